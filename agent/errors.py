@@ -1,0 +1,46 @@
+"""Exceptions with messages a user can act on.
+
+The command line prints `str(error)` as one line and exits with `error.exit_code`.
+"""
+
+
+class AgentError(Exception):
+    """Base class: a problem the user can fix; the message says how."""
+
+    exit_code = 2
+
+
+class ConfigError(AgentError):
+    """A setting, flag or configuration file is invalid."""
+
+
+class MCPConfigError(ConfigError):
+    """`mcp_config.json` cannot be used as it is."""
+
+
+class MCPServerError(AgentError):
+    """An MCP server failed to start or answer (fatal only with --strict-mcp)."""
+
+
+class ModelLoadError(AgentError):
+    """The model could not be found, downloaded or loaded."""
+
+
+class ModelServerError(AgentError):
+    """A remote OpenAI-compatible server failed or could not be reached."""
+
+
+class GenerationError(AgentError):
+    """Text generation failed while running."""
+
+    exit_code = 1
+
+
+class ToolError(AgentError):
+    """A tool call failed; the message becomes the error result the model sees."""
+
+    exit_code = 1
+
+
+class UnknownToolError(AgentError):
+    """A tool name given by the user does not exist."""

@@ -1,0 +1,34 @@
+"""Where the app keeps its files: one per-user directory, `AGENT_HOME` overrides it."""
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+
+def agent_home() -> Path:
+    """The directory that holds everything the app writes (config, runs, caches)."""
+    override = os.environ.get("AGENT_HOME")
+    if override:
+        return Path(override).expanduser().resolve()
+    return Path(platformdirs.user_data_dir("agent", appauthor=False))
+
+
+def config_file() -> Path:
+    """The user's config file (TOML)."""
+    return agent_home() / "config.toml"
+
+
+def runs_dir() -> Path:
+    """Per-run data: code interpreter work directories and the like."""
+    return agent_home() / "runs"
+
+
+def cache_dir() -> Path:
+    """Caches of the app's own (built test models, Qwen-Agent's workspace)."""
+    return agent_home() / "cache"
+
+
+def project_root() -> Path:
+    """The source checkout (holds `mcp_config.json` and `tools/`)."""
+    return Path(__file__).resolve().parent.parent
