@@ -1,0 +1,1 @@
+"""Model backends, each registered with Qwen-Agent as an LLM class."""

@@ -1,0 +1,182 @@
+"""The in-process backend: a Qwen3 checkpoint (GPTQ or not) run with transformers.
+
+Registered with Qwen-Agent as the LLM type `agent_local`. We do not use Qwen-Agent's own
+`transformers` backend (it breaks on transformers 5, cannot pass `enable_thinking`, hides
+generation errors behind a 60 s `queue.Empty` and keeps generating after the caller stops).
+Generation runs in the caller's thread, one token per step, so errors surface at once and
+generation stops as soon as the consumer stops reading.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from qwen_agent.llm.base import register_llm
+from qwen_agent.llm.function_calling import BaseFnCallModel
+from qwen_agent.llm.schema import ASSISTANT, Message
+
+from agent.backends.local_model import LoadedModel, load_local_model
+from agent.backends.sampling import SamplingParams, sample_next_token
+from agent.errors import GenerationError
+
+CONTEXT_TOKENS = 32_768
+THINK_PROMPT_SUFFIX = "<think>\n"
+
+
+@dataclass
+class Usage:
+    """Token counts and timings summed over the model calls of a run."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    first_token_s: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts, for the `run_finished` event."""
+        return {
+            "llm_calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
+
+
+class IncrementalDecoder:
+    """Turns token ids into text pieces, holding back incomplete UTF-8 sequences."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._ids: list[int] = []
+        self._text = ""
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""
+        piece, self._text = text[len(self._text) :], text
+        return piece
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers 5.x renamed `past_key_values` to `cache` in some releases."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def generate_token_ids(
+    loaded: LoadedModel,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    max_new_tokens: int,
+    seed: int,
+    usage: Usage,
+) -> Iterator[int]:
+    """Sample token ids one by one until an end-of-turn token or `max_new_tokens`."""
+    model = loaded.model
+    stop_ids = _stop_ids(loaded)
+    cache_name = _cache_kwarg(model)
+    generator = torch.Generator().manual_seed(seed)
+    seen = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    started = time.monotonic()
+    with torch.inference_mode():
+        inputs = torch.tensor([prompt_ids], device=model.device)
+        out = model(input_ids=inputs, use_cache=True, logits_to_keep=1)
+        usage.prefill_s += time.monotonic() - started
+        usage.first_token_s.append(time.monotonic() - started)
+        decode_started = time.monotonic()
+        try:
+            for _ in range(max_new_tokens):
+                token = sample_next_token(out.logits[0, -1].cpu(), params, seen, generator)
+                if token in stop_ids:
+                    return
+                seen[token] = True
+                usage.completion_tokens += 1
+                yield token
+                step = torch.tensor([[token]], device=model.device)
+                out = model(input_ids=step, use_cache=True, **{cache_name: out[cache_name]})
+        finally:
+            usage.decode_s += time.monotonic() - decode_started
+
+
+def _stop_ids(loaded: LoadedModel) -> set[int]:
+    tokenizer = loaded.tokenizer
+    ids = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id}
+    eos = getattr(loaded.model.generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos])
+    return {i for i in ids if isinstance(i, int) and i >= 0}
+
+
+@register_llm("agent_local")
+class LocalQwen(BaseFnCallModel):
+    """Qwen-Agent LLM running a local checkpoint; cfg keys: model, device, threads, thinking."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__(cfg)
+        self.loaded = load_local_model(cfg["model"], cfg.get("device", "auto"), cfg.get("threads"))
+        self.thinking = bool(cfg.get("thinking", False))
+        self.usage = Usage()
+
+    def render_prompt(self, messages: list[Message]) -> str:
+        """The prompt text from the tokenizer's own chat template."""
+        plain = [{"role": m.role, "content": m.content or ""} for m in messages]
+        return self.loaded.tokenizer.apply_chat_template(
+            plain, tokenize=False, add_generation_prompt=True, enable_thinking=self.thinking
+        )
+
+    def _chat_stream(
+        self, messages: list[Message], delta_stream: bool, generate_cfg: dict
+    ) -> Iterator[list[Message]]:
+        text = ""
+        for piece in self._generate(messages, generate_cfg):
+            text += piece
+            yield [Message(ASSISTANT, piece if delta_stream else text)]
+
+    def _chat_no_stream(self, messages: list[Message], generate_cfg: dict) -> list[Message]:
+        return [Message(ASSISTANT, "".join(self._generate(messages, generate_cfg)))]
+
+    def _generate(self, messages: list[Message], generate_cfg: dict) -> Iterator[str]:
+        prompt = self.render_prompt(messages)
+        tokenizer = self.loaded.tokenizer
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        max_new = int(generate_cfg.get("max_new_tokens", 2048))
+        room = CONTEXT_TOKENS - len(prompt_ids)
+        if room <= 0:
+            raise GenerationError(
+                f"the prompt is {len(prompt_ids)} tokens, over the model's {CONTEXT_TOKENS}-token "
+                "context; shorten the conversation or the tool results"
+            )
+        self.usage.calls += 1
+        self.usage.prompt_tokens += len(prompt_ids)
+        if prompt.endswith(THINK_PROMPT_SUFFIX):
+            # Some templates open the think block in the prompt; keep the output self-contained.
+            yield THINK_PROMPT_SUFFIX
+        decoder = IncrementalDecoder(tokenizer)
+        token_ids = generate_token_ids(
+            self.loaded,
+            prompt_ids,
+            _sampling_params(generate_cfg),
+            min(max_new, room),
+            int(generate_cfg.get("seed", 0)),
+            self.usage,
+        )
+        for token in token_ids:
+            if piece := decoder.push(token):
+                yield piece
+
+
+def _sampling_params(generate_cfg: dict) -> SamplingParams:
+    return SamplingParams(
+        temperature=float(generate_cfg.get("temperature", 0.7)),
+        top_p=float(generate_cfg.get("top_p", 0.8)),
+        top_k=int(generate_cfg.get("top_k", 20)),
+        min_p=float(generate_cfg.get("min_p", 0.0)),
+        presence_penalty=float(generate_cfg.get("presence_penalty", 0.0)),
+    )

@@ -1,0 +1,180 @@
+"""Finding, downloading and loading a Qwen3 checkpoint (GPTQ or unquantized) in-process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ModelLoadError
+
+log = logging.getLogger("agent")
+
+# GPTQModel kernel per device: on CPU its int8 torch kernel decodes ~3x faster than the default
+# (DESIGN.md); on CUDA GPTQModel picks the fastest GPU kernel (Marlin, ExLlama ...) itself.
+CPU_GPTQ_BACKEND = "gptq_torch_int8"
+CUDA_GPTQ_BACKEND = "auto"
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate, with what a user should know about how it was loaded."""
+
+    model: Any
+    tokenizer: Any
+    path: Path
+    device: str
+    dtype: str
+    quantization: str
+    kernel: str
+    load_s: float
+
+
+_LOADED: dict[tuple[str, str], LoadedModel] = {}
+
+
+def _quiet_dependency_logs() -> None:
+    # torchao (pulled in by gptqmodel) warns at import about CUDA libraries a CPU machine lacks.
+    for name in ("torchao", "torchao.kernel.intmm", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def resolve_model_dir(model: str) -> Path:
+    """A local directory holding `model`: the directory itself, or a hub download (cached)."""
+    candidate = Path(model).expanduser()
+    if candidate.is_dir():
+        if not (candidate / "config.json").is_file():
+            raise ModelLoadError(f"{candidate} is not a model directory (no config.json in it)")
+        return candidate.resolve()
+    if candidate.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelLoadError(
+            f"model directory {model} not found; pass --model with a local directory "
+            "or a hub id such as Qwen/Qwen3-0.6B-GPTQ-Int8"
+        )
+    return _download(model)
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    log.info("fetching %s from the Hugging Face hub (cached after the first time)", repo_id)
+    try:
+        return Path(snapshot_download(repo_id=repo_id, allow_patterns=HUB_FILES))
+    except RepositoryNotFoundError:
+        raise ModelLoadError(f"no model named {repo_id} on the Hugging Face hub") from None
+    except (OSError, HfHubHTTPError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(
+            f"cannot get {repo_id}: the Hugging Face hub is unreachable and no copy is cached "
+            f"({reason}); download it on a connected machine "
+            f"(`hf download {repo_id} --local-dir DIR`) and pass --model DIR"
+        ) from None
+
+
+def pick_device(requested: str) -> str:
+    """`auto` is CUDA when torch sees a GPU, else CPU."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for but torch sees no GPU; use --device cpu")
+    if requested != "cpu" and not requested.startswith("cuda"):
+        raise ModelLoadError(f"unknown device {requested!r}; use auto, cpu or cuda")
+    return requested
+
+
+def _quantization(path: Path) -> dict[str, Any] | None:
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    quant = config.get("quantization_config")
+    if quant is None and (path / "quantize_config.json").is_file():
+        quant = json.loads((path / "quantize_config.json").read_text(encoding="utf-8"))
+    return quant
+
+
+def _load_kwargs(quant: dict[str, Any] | None, device: str) -> dict[str, Any]:
+    import torch
+
+    if quant is None:
+        dtype = (
+            torch.bfloat16 if device == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+        )
+        return {"dtype": dtype}
+    method = quant.get("quant_method", "gptq")
+    if method != "gptq":
+        raise ModelLoadError(f"quantization {method!r} is not supported; use a GPTQ checkpoint")
+    from transformers import GPTQConfig
+
+    backend = CPU_GPTQ_BACKEND if device == "cpu" else CUDA_GPTQ_BACKEND
+    # bf16 on CPU: our CPUs have avx512_bf16 but no fp16 path (fp16 ran 12-35x slower).
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    return {"dtype": dtype, "quantization_config": GPTQConfig(bits=quant["bits"], backend=backend)}
+
+
+def _kernel_name(model: Any) -> str:
+    for module in model.modules():
+        if hasattr(module, "qweight"):
+            return type(module).__name__
+    return "torch (unquantized)"
+
+
+def load_local_model(model: str, device: str = "auto", threads: int | None = None) -> LoadedModel:
+    """Load `model` (hub id or directory) once per process; later calls reuse it."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = pick_device(device)
+    key = (model, device)
+    if key in _LOADED:
+        return _LOADED[key]
+    path = resolve_model_dir(model)
+    _quiet_dependency_logs()
+    started = time.monotonic()
+    quant = _quantization(path)
+    loaded = _load(path, device, quant)
+    loaded.load_s = time.monotonic() - started
+    log.info(
+        "loaded %s on %s in %.1f s (%s, %s, kernel %s)",
+        model,
+        device,
+        loaded.load_s,
+        loaded.quantization,
+        loaded.dtype,
+        loaded.kernel,
+    )
+    _LOADED[key] = loaded
+    return loaded
+
+
+def _load(path: Path, device: str, quant: dict[str, Any] | None) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = _load_kwargs(quant, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, device_map=device, **kwargs)
+    except ImportError as exc:
+        raise ModelLoadError(f"cannot load {path}: {exc}") from None
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise ModelLoadError(f"cannot load the model in {path}: {reason}") from None
+    model.eval()
+    if tokenizer.chat_template is None:
+        raise ModelLoadError(f"{path} has no chat template in its tokenizer files")
+    quantization = f"gptq int{quant['bits']}" if quant else "none"
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        path=path,
+        device=device,
+        dtype=str(kwargs["dtype"]).removeprefix("torch."),
+        quantization=quantization,
+        kernel=_kernel_name(model),
+        load_s=0.0,
+    )

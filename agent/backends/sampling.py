@@ -1,0 +1,47 @@
+"""Choosing the next token with Qwen3's sampling: temperature, top-k, top-p, min-p, presence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-call sampling; temperature 0 means greedy (for tests, not for real use)."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    presence_penalty: float = 0.0
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    seen: torch.Tensor,
+    generator: torch.Generator,
+) -> int:
+    """Pick the next token id from 1-D `logits`; `seen` marks tokens already generated."""
+    logits = logits.float()
+    if params.presence_penalty:
+        logits = logits - params.presence_penalty * seen.float()
+    if params.temperature <= 0:
+        return int(torch.argmax(logits))
+    candidates = torch.arange(logits.numel())
+    if 0 < params.top_k < logits.numel():
+        logits, candidates = torch.topk(logits, params.top_k)
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    probs, order = torch.sort(probs, descending=True)
+    candidates = candidates[order]
+    keep = torch.ones_like(probs, dtype=torch.bool)
+    if params.min_p > 0:
+        keep &= probs >= params.min_p * probs[0]
+    if params.top_p < 1.0:
+        keep &= (torch.cumsum(probs, dim=-1) - probs) < params.top_p
+    keep[0] = True
+    probs = torch.where(keep, probs, torch.zeros_like(probs))
+    choice = torch.multinomial(probs / probs.sum(), 1, generator=generator)
+    return int(candidates[choice])

@@ -1,0 +1,254 @@
+"""The command line: parse, call a module, render. Logic lives in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import json5
+
+from agent import qwen_agent_compat
+from agent.config import Settings, load_settings
+from agent.errors import AgentError, ConfigError
+from agent.paths import runs_dir
+
+log = logging.getLogger("agent")
+
+EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model", help="hub id or local directory (default Qwen/Qwen3-0.6B-GPTQ-Int8)"
+    )
+    group.add_argument(
+        "--model-server",
+        metavar="URL",
+        help="use an OpenAI-compatible server (vLLM, SGLang) instead of a local model",
+    )
+    group.add_argument("--api-key", help="API key for --model-server")
+    group.add_argument("--device", help="auto (default), cpu or cuda")
+    group.add_argument("--threads", type=int, help="CPU threads for the local model")
+    group.add_argument(
+        "--thinking",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let the model think before answering (default off)",
+    )
+    group.add_argument(
+        "--show-thinking", action="store_true", default=None, help="show the model's thinking"
+    )
+    group.add_argument("--temperature", type=float)
+    group.add_argument("--top-p", type=float)
+    group.add_argument("--top-k", type=int)
+    group.add_argument("--min-p", type=float)
+    group.add_argument("--presence-penalty", type=float, help="0-2 against repetition")
+    group.add_argument("--max-new-tokens", type=int)
+    group.add_argument("--seed", type=int)
+
+
+def _add_tool_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("tools")
+    group.add_argument("--mcp-config", type=Path, metavar="PATH", help="MCP servers file")
+    group.add_argument(
+        "--strict-mcp",
+        action="store_true",
+        default=None,
+        help="fail when an MCP server does not start",
+    )
+    group.add_argument("--code-timeout", type=float, help="seconds per code interpreter call")
+    group.add_argument("--debug", action="store_true", default=None, help="verbose logs on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `agent` argument parser."""
+    parser = argparse.ArgumentParser(prog="agent", description="A local, tool-calling Qwen3 agent.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one task and stream what happens")
+    run.add_argument("prompt", help="the task")
+    run.add_argument("--json", action="store_true", help="print JSON Lines events on stdout")
+    _add_model_flags(run)
+    _add_tool_flags(run)
+
+    tools = commands.add_parser("tools", help="list or call tools")
+    tool_commands = tools.add_subparsers(dest="tools_command", required=True)
+    tools_list = tool_commands.add_parser("list", help="every tool the assistant would get")
+    tools_list.add_argument("--json", action="store_true", help="one JSON object per tool")
+    _add_tool_flags(tools_list)
+    tools_call = tool_commands.add_parser("call", help="call one tool as the model would")
+    tools_call.add_argument("name")
+    tools_call.add_argument("arguments", nargs="?", default="{}", help="JSON object")
+    _add_tool_flags(tools_call)
+    return parser
+
+
+SETTING_FLAGS = (
+    "model",
+    "model_server",
+    "api_key",
+    "device",
+    "threads",
+    "thinking",
+    "show_thinking",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "max_new_tokens",
+    "seed",
+    "mcp_config",
+    "strict_mcp",
+    "code_timeout",
+    "debug",
+)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings({name: getattr(args, name, None) for name in SETTING_FLAGS})
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    checks = [
+        (settings.temperature is None or settings.temperature >= 0, "--temperature must be >= 0"),
+        (settings.top_p is None or 0 < settings.top_p <= 1, "--top-p must be in (0, 1]"),
+        (settings.top_k is None or settings.top_k >= 0, "--top-k must be >= 0 (0 turns it off)"),
+        (settings.min_p is None or 0 <= settings.min_p <= 1, "--min-p must be in [0, 1]"),
+        (0 <= settings.presence_penalty <= 2, "--presence-penalty must be in [0, 2]"),
+        (settings.max_new_tokens > 0, "--max-new-tokens must be > 0"),
+        (settings.threads is None or settings.threads > 0, "--threads must be > 0"),
+        (settings.code_timeout > 0, "--code-timeout must be > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    log.propagate = False
+    qwen_agent_compat.set_debug(debug)
+
+
+def _new_run_dir() -> Path:
+    path = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    (path / "work").mkdir(parents=True, exist_ok=True)
+    (path / "logs").mkdir(exist_ok=True)
+    return path
+
+
+def _open_tools(settings: Settings, run_dir: Path) -> Any:
+    from agent.toolset import open_toolset
+
+    toolset = open_toolset(settings, work_dir=run_dir / "work", log_dir=run_dir / "logs")
+    for problem in toolset.problems:
+        log.warning("warning: %s", problem)
+    return toolset
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`agent run PROMPT`."""
+    from agent.assistant import build_assistant, build_llm
+    from agent.render import JsonLinesRenderer, TerminalRenderer
+    from agent.runner import RunInfo, run_events
+
+    settings = _settings(args)
+    _setup_logging(settings.debug)
+    renderer = JsonLinesRenderer() if args.json else TerminalRenderer(settings.show_thinking)
+    llm = build_llm(settings)
+    with _open_tools(settings, _new_run_dir()) as toolset:
+        assistant = build_assistant(settings, llm, toolset)
+        info = RunInfo(
+            model=settings.model,
+            backend=f"server {settings.model_server}" if settings.model_server else "local",
+            thinking=settings.thinking,
+            tools=[tool.name for tool in toolset.tools],
+        )
+        status = "error"
+        for event in run_events(assistant, [{"role": "user", "content": args.prompt}], info):
+            renderer.show(event)
+            status = getattr(event, "status", status)
+    if status == "cancelled":
+        return EXIT_CANCELLED
+    return EXIT_OK if status == "answered" else EXIT_FAILED
+
+
+def cmd_tools_list(args: argparse.Namespace) -> int:
+    """`agent tools list`."""
+    from rich.console import Console
+    from rich.table import Table
+
+    settings = _settings(args)
+    _setup_logging(settings.debug)
+    with _open_tools(settings, _new_run_dir()) as toolset:
+        if args.json:
+            for entry in toolset.entries:
+                row = {
+                    "name": entry.tool.name,
+                    "source": entry.source,
+                    "description": entry.summary,
+                }
+                print(json.dumps(row, ensure_ascii=False))
+            return EXIT_OK
+        table = Table("name", "source", "description", box=None)
+        for entry in toolset.entries:
+            table.add_row(entry.tool.name, entry.source, entry.summary)
+        Console(highlight=False).print(table)
+    return EXIT_OK
+
+
+def cmd_tools_call(args: argparse.Namespace) -> int:
+    """`agent tools call NAME 'JSON'`: prints the result; exit 1 on an error result."""
+    from agent.tool_calls import invoke_tool
+
+    try:
+        parsed = json5.loads(args.arguments)
+    except ValueError as exc:
+        raise ConfigError(
+            f'arguments must be a JSON object, e.g. \'{{"code": "1+1"}}\' ({exc})'
+        ) from None
+    if not isinstance(parsed, dict):
+        raise ConfigError('arguments must be a JSON object, e.g. \'{"timezone": "UTC"}\'')
+    settings = _settings(args)
+    _setup_logging(settings.debug)
+    with _open_tools(settings, _new_run_dir()) as toolset:
+        outcome = invoke_tool(toolset.get(args.name), args.arguments)
+    print(outcome.content)
+    return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_tools_list, "call": cmd_tools_call}
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds `with` blocks, so child processes are stopped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `agent` console script."""
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    command = COMMANDS[getattr(args, "tools_command", None) or args.command]
+    try:
+        return command(args)
+    except AgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return EXIT_CANCELLED

@@ -1,0 +1,85 @@
+"""The typed events a run produces; every output is made from them."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base class; `type` names the event in JSON."""
+
+    type: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as a JSON-ready dict with its `type` first."""
+        return {"type": self.type, **asdict(self)}
+
+    def to_json(self) -> str:
+        """One line of JSON."""
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    type: ClassVar[str] = "run_started"
+    prompt: str
+    model: str
+    backend: str
+    thinking: bool
+    tools: list[str]
+    started_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Thinking(Event):
+    type: ClassVar[str] = "thinking"
+    delta: str
+
+
+@dataclass(frozen=True)
+class Text(Event):
+    type: ClassVar[str] = "text"
+    delta: str
+
+
+@dataclass(frozen=True)
+class ToolCall(Event):
+    type: ClassVar[str] = "tool_call"
+    call_id: str
+    name: str
+    arguments: Any
+
+
+@dataclass(frozen=True)
+class ToolResult(Event):
+    type: ClassVar[str] = "tool_result"
+    call_id: str
+    name: str
+    content: str
+    ok: bool
+    duration_s: float | None
+
+
+@dataclass(frozen=True)
+class Answer(Event):
+    type: ClassVar[str] = "answer"
+    text: str
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    type: ClassVar[str] = "run_finished"
+    status: str  # "answered", "no_answer", "error" or "cancelled"
+    usage: dict[str, int]
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    type: ClassVar[str] = "error"
+    message: str
+    where: str

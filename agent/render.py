@@ -1,0 +1,118 @@
+"""Event renderers: a human terminal view (rich) and JSON Lines for machines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import IO, Protocol
+
+from rich.console import Console
+from rich.text import Text as RichText
+
+from agent import events as ev
+
+RESULT_PREVIEW_CHARS = 300
+
+
+class Renderer(Protocol):
+    """Shows one event as it happens."""
+
+    def show(self, event: ev.Event) -> None: ...
+
+
+class JsonLinesRenderer:
+    """One JSON object per line on stdout, flushed at once, nothing else."""
+
+    def __init__(self, out: IO[str] | None = None) -> None:
+        self._out = out or sys.stdout
+
+    def show(self, event: ev.Event) -> None:
+        self._out.write(event.to_json() + "\n")
+        self._out.flush()
+
+
+def _shorten(text: str, limit: int = RESULT_PREVIEW_CHARS) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class TerminalRenderer:
+    """Answer text on stdout; tool activity, thinking and status lines on stderr."""
+
+    def __init__(
+        self, show_thinking: bool, out: Console | None = None, err: Console | None = None
+    ) -> None:
+        self.show_thinking = show_thinking
+        self.out = out or Console(highlight=False, soft_wrap=True)
+        self.err = err or Console(stderr=True, highlight=False, soft_wrap=True)
+        self._open: str | None = None  # the stream a line is open on: "text" or "thinking"
+        self._streamed_text = ""
+
+    def _close_line(self) -> None:
+        if self._open == "text":
+            self.out.print()
+        elif self._open == "thinking":
+            self.err.print()
+        self._open = None
+
+    def show(self, event: ev.Event) -> None:
+        handler = getattr(self, f"_{event.type}", None)
+        if handler:
+            handler(event)
+
+    def _run_started(self, event: ev.RunStarted) -> None:
+        tools = ", ".join(event.tools) or "none"
+        self.err.print(RichText(f"{event.model} ({event.backend}) · tools: {tools}", style="dim"))
+
+    def _thinking(self, event: ev.Thinking) -> None:
+        if not self.show_thinking:
+            return
+        if self._open != "thinking":
+            self._close_line()
+            self.err.print(RichText("thinking: ", style="dim bold"), end="")
+            self._open = "thinking"
+        self.err.print(RichText(event.delta, style="dim italic"), end="")
+
+    def _text(self, event: ev.Text) -> None:
+        if self._open != "text":
+            self._close_line()
+            self._open = "text"
+        self._streamed_text += event.delta
+        self.out.print(event.delta, end="", markup=False)
+
+    def _tool_call(self, event: ev.ToolCall) -> None:
+        self._close_line()
+        self._streamed_text = ""
+        args = json.dumps(event.arguments, ensure_ascii=False)
+        self.err.print(RichText.assemble(("→ ", "cyan"), (event.name, "bold cyan"), f" {args}"))
+
+    def _tool_result(self, event: ev.ToolResult) -> None:
+        self._close_line()
+        took = f" {event.duration_s:.1f}s" if event.duration_s is not None else ""
+        mark, style = ("←", "green") if event.ok else ("✗", "red")
+        label = RichText.assemble((f"{mark} {event.name}{took} ", style))
+        label.append(_shorten(event.content), style="" if event.ok else "red")
+        self.err.print(label)
+
+    def _answer(self, event: ev.Answer) -> None:
+        if not self._streamed_text.strip():
+            self._close_line()
+            self.out.print(event.text, markup=False)
+            self._open = None
+        else:
+            self._close_line()
+
+    def _error(self, event: ev.Error) -> None:
+        self._close_line()
+        self.err.print(RichText(f"error: {event.message}", style="bold red"))
+
+    def _run_finished(self, event: ev.RunFinished) -> None:
+        self._close_line()
+        parts = [f"{event.status} in {event.timings.get('total_s', 0):.1f}s"]
+        if event.usage:
+            parts.append(
+                f"{event.usage.get('llm_calls', 0)} model calls, "
+                f"{event.usage.get('prompt_tokens', 0)} prompt / "
+                f"{event.usage.get('completion_tokens', 0)} generated tokens"
+            )
+        self.err.print(RichText(" · ".join(parts), style="dim"))

@@ -1,0 +1,122 @@
+"""Drive `Assistant.run()` and turn what it does into a stream of events.
+
+The Assistant runs in a worker thread; its snapshots and tool-call notices come back through a
+queue, so tool calls are shown when they start, and Ctrl-C or a consumer that stops reading
+cancels the run within one generated token.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from agent.assistant import AgentAssistant
+from agent.errors import AgentError, GenerationError, ModelServerError
+from agent.events import Answer, Error, Event, RunFinished, RunStarted, Text, Thinking
+from agent.snapshots import SnapshotConverter
+from agent.tool_calls import ToolOutcome
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the `run_started` event says about the run."""
+
+    model: str
+    backend: str
+    thinking: bool
+    tools: list[str]
+
+
+class _QueueListener:
+    def __init__(self, inbox: queue.Queue[tuple[str, Any]]) -> None:
+        self._inbox = inbox
+
+    def tool_started(self, name: str, arguments: Any) -> None:
+        self._inbox.put(("tool_start", name))
+
+    def tool_finished(self, outcome: ToolOutcome) -> None:
+        self._inbox.put(("tool_end", outcome))
+
+
+def _work(
+    assistant: AgentAssistant,
+    messages: list[dict[str, Any]],
+    inbox: queue.Queue[tuple[str, Any]],
+    cancel: threading.Event,
+) -> None:
+    snapshots = assistant.run(messages=messages)
+    try:
+        for snapshot in snapshots:
+            inbox.put(("snapshot", snapshot))
+            if cancel.is_set():
+                break
+    except BaseException as exc:  # reported as an event by the consumer
+        inbox.put(("error", exc))
+    finally:
+        snapshots.close()
+        inbox.put(("done", None))
+
+
+def _error_event(exc: BaseException) -> Error:
+    where = "model" if isinstance(exc, GenerationError | ModelServerError) else "agent"
+    if isinstance(exc, AgentError):
+        return Error(message=str(exc), where=where)
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return Error(message=f"{type(exc).__name__}: {first_line}".rstrip(": "), where=where)
+
+
+def run_events(
+    assistant: AgentAssistant, messages: list[dict[str, Any]], info: RunInfo
+) -> Iterator[Event]:
+    """Run the assistant on `messages`; yield events ending with `run_finished`."""
+    inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+    cancel = threading.Event()
+    assistant.tool_listener = _QueueListener(inbox)
+    started = time.monotonic()
+    first_output: float | None = None
+    status = "no_answer"
+    prompt = str(messages[-1].get("content", "")) if messages else ""
+    yield RunStarted(
+        prompt=prompt,
+        model=info.model,
+        backend=info.backend,
+        thinking=info.thinking,
+        tools=info.tools,
+    )
+    worker = threading.Thread(target=_work, args=(assistant, messages, inbox, cancel), daemon=True)
+    worker.start()
+    converter = SnapshotConverter()
+    try:
+        while True:
+            kind, payload = inbox.get()
+            if kind == "done":
+                break
+            if kind == "error":
+                status = "error"
+                yield _error_event(payload)
+                continue
+            if kind == "tool_end":
+                converter.add_outcome(payload)
+                continue
+            events = converter.feed(payload) if kind == "snapshot" else converter.finalize_last()
+            for event in events:
+                if first_output is None and isinstance(event, Text | Thinking):
+                    first_output = time.monotonic() - started
+                yield event
+        for event in converter.finish():
+            if isinstance(event, Answer) and status != "error":
+                status = "answered"
+            yield event
+    except KeyboardInterrupt:
+        status = "cancelled"
+    finally:
+        cancel.set()
+    timings = {"total_s": round(time.monotonic() - started, 3)}
+    if first_output is not None:
+        timings["first_output_s"] = round(first_output, 3)
+    usage = assistant.llm.usage.as_dict() if hasattr(assistant.llm, "usage") else {}
+    yield RunFinished(status=status, usage=usage, timings=timings)
