@@ -7,7 +7,8 @@ Imported by `agent/__init__.py`, so it runs before anything imports `qwen_agent`
   so it is a setting of ours (`QWEN_AGENT_MAX_LLM_CALL_PER_RUN` is read at import time).
 - Importing its tools installs SIGINT/SIGTERM handlers (to kill its Docker kernels); we restore
   the handlers that were there, so Ctrl-C stays ours.
-- It logs INFO lines to stderr; we keep only warnings unless `--debug`.
+- It logs INFO and WARNING lines to stderr (one per tool we register under its own names); we
+  keep only errors unless `--debug`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def apply() -> None:
 
 def set_debug(debug: bool) -> None:
     """Show Qwen-Agent's INFO/DEBUG logs only when debugging."""
-    logging.getLogger(QWEN_AGENT_LOGGER).setLevel(logging.DEBUG if debug else logging.WARNING)
+    logging.getLogger(QWEN_AGENT_LOGGER).setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
 apply()

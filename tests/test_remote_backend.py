@@ -1,0 +1,116 @@
+"""`agent run --model-server URL` against a stub OpenAI-compatible server on 127.0.0.1."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.stub_openai_server import StubOpenAIServer
+
+
+@pytest.fixture
+def no_mcp(tmp_path: Path) -> Path:
+    path = tmp_path / "mcp_config.json"
+    path.write_text('{"mcpServers": {}}')
+    return path
+
+
+def agent_cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AGENT_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def events_of(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+@pytest.mark.parametrize("reasoning_field", ["reasoning_content", "reasoning"])
+def test_thinking_switch_sampling_and_reasoning_reach_the_user(
+    tmp_path: Path, no_mcp: Path, reasoning_field: str
+) -> None:
+    replies = [("The user greets me.", "Hello from the server!")]
+    with StubOpenAIServer(replies, reasoning_field=reasoning_field) as server:
+        done = agent_cli(
+            "run",
+            "Hi",
+            "--json",
+            "--thinking",
+            "--model-server",
+            server.url,
+            "--mcp-config",
+            str(no_mcp),
+            "--seed",
+            "7",
+            "--presence-penalty",
+            "1.5",
+            home=tmp_path,
+        )
+    assert done.returncode == 0, done.stderr
+    events = events_of(done.stdout)
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    thinking = "".join(e["delta"] for e in events if e["type"] == "thinking")
+    assert thinking == "The user greets me."
+    assert [e["text"] for e in events if e["type"] == "answer"] == ["Hello from the server!"]
+    assert events[-1]["status"] == "answered"
+    (request,) = server.requests
+    assert request["chat_template_kwargs"] == {"enable_thinking": True}
+    assert (request["temperature"], request["top_p"], request["top_k"]) == (0.6, 0.95, 20)
+    assert request["min_p"] == 0.0
+    assert request["presence_penalty"] == 1.5
+    assert request["seed"] == 7
+
+
+def test_no_thinking_preset_and_a_tool_call_round_trip(tmp_path: Path, no_mcp: Path) -> None:
+    call = '<tool_call>\n{"name": "code_interpreter", "arguments": {"code": "print(6*7)"}}\n</tool_call>'
+    replies = [("", call), ("", "The answer is 42.")]
+    with StubOpenAIServer(replies) as server:
+        done = agent_cli(
+            "run",
+            "What is 6*7?",
+            "--json",
+            "--model-server",
+            server.url,
+            "--mcp-config",
+            str(no_mcp),
+            home=tmp_path,
+        )
+    assert done.returncode == 0, done.stderr
+    events = events_of(done.stdout)
+    (tool_call,) = [e for e in events if e["type"] == "tool_call"]
+    assert tool_call["name"] == "code_interpreter"
+    assert tool_call["arguments"] == {"code": "print(6*7)"}
+    (tool_result,) = [e for e in events if e["type"] == "tool_result"]
+    assert tool_result["ok"] and tool_result["content"].strip() == "42"
+    assert tool_result["call_id"] == tool_call["call_id"]
+    first, second = server.requests
+    assert first["chat_template_kwargs"] == {"enable_thinking": False}
+    assert (first["temperature"], first["top_p"]) == (0.7, 0.8)
+    assert "code_interpreter" in first["messages"][0]["content"]  # tool schema in the prompt
+    assert "42" in second["messages"][-1]["content"]  # the tool result went back to the model
+
+
+def test_unreachable_server_is_one_clear_line(tmp_path: Path, no_mcp: Path) -> None:
+    done = agent_cli(
+        "run",
+        "Hi",
+        "--model-server",
+        "http://127.0.0.1:9/v1",
+        "--mcp-config",
+        str(no_mcp),
+        home=tmp_path,
+    )
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert errors and "http://127.0.0.1:9/v1" in errors[0]
+    assert "Traceback" not in done.stderr
