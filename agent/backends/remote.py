@@ -21,8 +21,8 @@ def _with_reasoning_content(chunks: Iterator[Any]) -> Iterator[Any]:
     """Copy newer vLLM's `reasoning` field to `reasoning_content`, which Qwen-Agent reads."""
     for chunk in chunks:
         for choice in getattr(chunk, "choices", None) or []:
-            delta = getattr(choice, "delta", None)
-            reasoning = getattr(delta, "reasoning", None) if delta is not None else None
+            delta: Any = getattr(choice, "delta", None)
+            reasoning = getattr(delta, "reasoning", None)
             if reasoning and not getattr(delta, "reasoning_content", None):
                 delta.reasoning_content = reasoning
         yield chunk
@@ -35,7 +35,7 @@ class RemoteQwen(TextChatAtOAI):
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
         self.server = cfg["model_server"]
-        create = self._chat_complete_create
+        create: Any = self.__dict__["_chat_complete_create"]  # set by TextChatAtOAI.__init__
 
         def create_with_reasoning(*args: Any, **kwargs: Any) -> Any:
             response = create(*args, **kwargs)
