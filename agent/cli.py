@@ -228,7 +228,7 @@ def cmd_tools_call(args: argparse.Namespace) -> int:
     _setup_logging(settings.debug)
     with _open_tools(settings, _new_run_dir()) as toolset:
         outcome = invoke_tool(toolset.get(args.name), args.arguments)
-    print(outcome.content)
+    print(outcome.content.rstrip("\n"))
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 

@@ -93,7 +93,6 @@ def open_toolset(settings: Settings, work_dir: Path, log_dir: Path) -> Toolset:
     for name, reason in connections.failures.items():
         toolset.problems.append(f"MCP server {name!r} is unavailable: {reason}")
     for tool in connections.tools:
-        server = tool.name.split("-", 1)[0]
-        toolset.entries.append(ToolEntry(tool=tool, source=f"mcp:{server}"))
+        toolset.entries.append(ToolEntry(tool=tool, source=f"mcp:{tool.server}"))
     toolset.entries.append(ToolEntry(tool=interpreter, source="builtin"))
     return toolset

@@ -1,0 +1,559 @@
+"""MCP servers from `mcp_config.json`, as Qwen-Agent tools.
+
+Our own adapter on the official `mcp` SDK (Qwen-Agent's `MCPManager` fails with `mcp` 2.x).
+All servers run on one background thread with an asyncio event loop, start in parallel under
+one deadline, and each MCP tool becomes a `BaseTool` named `<server>-<tool>` that the
+synchronous rest of the app calls like any other tool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO, TypeVar
+
+import anyio
+import json5
+import mcp_types as types
+from mcp.client.session import ClientSession
+from mcp.client.sse import sse_client
+from mcp.client.stdio import StdioServerParameters, get_default_environment, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from qwen_agent.tools.base import BaseTool
+
+from agent.errors import MCPConfigError, MCPServerError, ToolError
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+ALLOWED_SERVER_KEYS = ("command", "args", "env", "url", "type")
+# Config "type" -> transport; stdio is the default for a server with a "command".
+TRANSPORT_TYPES = {
+    "stdio": "stdio",
+    "streamable-http": "streamable-http",
+    "http": "streamable-http",
+    "sse": "sse",
+}
+_EXAMPLE = '{"mcpServers": {"time": {"command": "uvx", "args": ["mcp-server-time"]}}}'
+
+# Variables a server needs to reach a package index behind a proxy or a custom CA.
+PASS_THROUGH_ENV_VARS = (
+    "HOME",
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "PIP_CERT",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_FIND_LINKS",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+)
+PASS_THROUGH_ENV_PREFIXES = ("UV_", "NPM_CONFIG_", "npm_config_")
+
+
+@dataclass(frozen=True)
+class MCPServerSpec:
+    """One server from the config: a command to run (stdio) or a URL to connect to."""
+
+    name: str
+    command: str | None = None
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    url: str | None = None
+    type: str | None = None  # "stdio", "streamable-http" or "sse" once loaded
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def load_mcp_config(path: Path) -> list[MCPServerSpec]:
+    """Read the servers from an `mcp_config.json` (`{"mcpServers": {name: {...}}}`).
+
+    Raises `MCPConfigError` with one line that names the file and says what to fix.
+    """
+    data = _read_json(path)
+    servers = data.get("mcpServers") if isinstance(data, dict) else None
+    if not isinstance(servers, dict):
+        raise _config_error(path, f'expected {{"mcpServers": {{...}}}}, like {_EXAMPLE}')
+    return [_parse_server(path, str(name), entry) for name, entry in servers.items()]
+
+
+def _config_error(path: Path, problem: str) -> MCPConfigError:
+    return MCPConfigError(f"MCP config {path}: {problem}")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _config_error(path, f"file not found; create it, e.g. {_EXAMPLE}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _config_error(path, f"cannot be read ({exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise _config_error(path, f"not valid JSON ({exc.msg} at {where}); fix it there") from None
+
+
+def _parse_server(path: Path, name: str, entry: Any) -> MCPServerSpec:
+    def fail(problem: str) -> MCPConfigError:
+        return _config_error(path, f'server "{name}" {problem}')
+
+    if not isinstance(entry, dict):
+        raise fail('must be an object like {"command": "uvx", "args": ["mcp-server-time"]}')
+    unknown = sorted(set(entry) - set(ALLOWED_SERVER_KEYS))
+    if unknown:
+        allowed = ", ".join(ALLOWED_SERVER_KEYS)
+        raise fail(f"has unknown key(s) {', '.join(unknown)}; allowed keys: {allowed}")
+    kind = entry.get("type")
+    if kind is not None and (not isinstance(kind, str) or kind not in TRANSPORT_TYPES):
+        raise fail(f'has "type": {json.dumps(kind)}; use one of {", ".join(TRANSPORT_TYPES)}')
+    if "command" in entry and "url" in entry:
+        raise fail('has both "command" and "url"; keep one')
+    if "url" in entry:
+        return _http_server(name, entry, kind, fail)
+    return _stdio_server(name, entry, kind, fail)
+
+
+def _stdio_server(
+    name: str, entry: dict[str, Any], kind: str | None, fail: Callable[[str], MCPConfigError]
+) -> MCPServerSpec:
+    command = entry.get("command")
+    if not isinstance(command, str) or not command.strip():
+        raise fail('needs "command" (the program to run) or "url" (an HTTP server)')
+    if kind is not None and TRANSPORT_TYPES[kind] != "stdio":
+        raise fail(f'has "type": "{kind}", which needs a "url" instead of a "command"')
+    args = entry.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(arg, str) for arg in args):
+        raise fail('has "args" that is not a list of strings')
+    env = entry.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(value, str) for value in env.values()):
+        raise fail('has "env" that is not an object of string values')
+    return MCPServerSpec(name=name, command=command, args=args, env=env, type="stdio")
+
+
+def _http_server(
+    name: str, entry: dict[str, Any], kind: str | None, fail: Callable[[str], MCPConfigError]
+) -> MCPServerSpec:
+    url = entry["url"]
+    if "args" in entry or "env" in entry:
+        raise fail('has "args" or "env", which only a server with a "command" uses')
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise fail('has a "url" that is not an http:// or https:// address')
+    transport = TRANSPORT_TYPES.get(kind or "streamable-http")
+    if transport == "stdio":
+        raise fail('has "type": "stdio", which needs a "command" instead of a "url"')
+    return MCPServerSpec(name=name, url=url, type=transport)
+
+
+# --- environment and schemas -----------------------------------------------------------------
+
+
+def server_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a stdio server starts with: the SDK's safe default, plus pass-through.
+
+    The SDK's `get_default_environment()` keeps only HOME, LOGNAME, PATH, SHELL, TERM and USER.
+    `uvx` asks the package index at every start (and `mcp-server-fetch` runs npm), so without
+    the certificate, proxy, index and `UV_*` variables they fail behind a proxy or a custom CA.
+    The server's own `env` from the config goes on top.
+    """
+    env = get_default_environment()
+    for key, value in os.environ.items():
+        if key in PASS_THROUGH_ENV_VARS or key.startswith(PASS_THROUGH_ENV_PREFIXES):
+            env[key] = value
+    return env | dict(extra or {})
+
+
+def normalize_parameters(schema: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Turn an MCP input schema into parameters Qwen-Agent accepts.
+
+    Qwen-Agent wants exactly `type`, `properties` and `required`: `$ref`s are inlined (a
+    recursive one becomes an open schema), `$defs`, `title` and the like are dropped.
+    """
+    root = dict(schema or {})
+    properties = _inline_refs(root.get("properties") or {}, root, ())
+    required = [name for name in root.get("required") or [] if name in properties]
+    return {"type": "object", "properties": properties, "required": required}
+
+
+def _inline_refs(node: Any, root: Mapping[str, Any], expanding: tuple[str, ...]) -> Any:
+    if isinstance(node, list):
+        return [_inline_refs(item, root, expanding) for item in node]
+    if not isinstance(node, dict):
+        return node
+    rest = {
+        key: _inline_refs(value, root, expanding)
+        for key, value in node.items()
+        if key not in ("$ref", "$defs", "definitions")
+    }
+    ref = node.get("$ref")
+    if not isinstance(ref, str) or ref in expanding:
+        return rest
+    target = _resolve_ref(root, ref)
+    if target is None:
+        return rest
+    return {**_inline_refs(target, root, (*expanding, ref)), **rest}
+
+
+def _resolve_ref(root: Mapping[str, Any], ref: str) -> Any:
+    """The schema a local `#/...` JSON pointer names, or None."""
+    if not ref.startswith("#/"):
+        return None
+    node: Any = root
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+# --- tools -----------------------------------------------------------------------------------
+
+
+class MCPTool(BaseTool):
+    """One MCP tool as a Qwen-Agent tool; `call` raises `ToolError` when the tool fails."""
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        parameters: dict[str, Any],
+        invoke: Callable[[dict[str, Any]], str],
+        server: str = "",
+    ) -> None:
+        self.name = name
+        self.server = server
+        self.description = description
+        self.parameters = parameters
+        self._invoke = invoke
+        super().__init__()
+
+    def call(self, params: str | dict[str, Any], **kwargs: Any) -> str:
+        """Run the tool with model-style arguments (a JSON/JSON5 string or a dict)."""
+        return self._invoke(_parse_arguments(self.name, params))
+
+
+def _parse_arguments(tool_name: str, params: str | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(params, str):
+        try:
+            params = json5.loads(params) if params.strip() else {}
+        except ValueError as exc:
+            raise ToolError(f"{tool_name}: the arguments are not valid JSON ({exc})") from None
+    if not isinstance(params, dict):
+        raise ToolError(f"{tool_name}: the arguments must be a JSON object")
+    return params
+
+
+def result_text(result: types.CallToolResult) -> str:
+    """The text of a tool result; non-text content becomes a short placeholder."""
+    parts = [_content_text(item) for item in result.content]
+    if not parts and result.structured_content is not None:
+        parts.append(json.dumps(result.structured_content, ensure_ascii=False))
+    return "\n".join(parts)
+
+
+def _content_text(item: Any) -> str:
+    if isinstance(item, types.TextContent):
+        return item.text
+    if isinstance(item, types.ImageContent | types.AudioContent):
+        return f"[{item.type}: {item.mime_type}]"
+    if isinstance(item, types.EmbeddedResource):
+        text = getattr(item.resource, "text", None)
+        return text if isinstance(text, str) else f"[resource: {item.resource.uri}]"
+    if isinstance(item, types.ResourceLink):
+        return f"[resource: {item.uri}]"
+    return f"[{getattr(item, 'type', 'content')}]"
+
+
+# --- connections -----------------------------------------------------------------------------
+
+
+class MCPConnections:
+    """The running MCP servers and their tools; a context manager (close it when done).
+
+    `tools` holds one `BaseTool` per MCP tool. A server that fails to start is left out and
+    its one-line reason kept in `failures` (with `strict=True`, `start` raises instead).
+    Each stdio server's stderr goes to `<log_dir>/<server>.log`, or nowhere without `log_dir`.
+    """
+
+    def __init__(
+        self,
+        specs: Iterable[MCPServerSpec],
+        *,
+        start_timeout: float = 60.0,
+        call_timeout: float = 120.0,
+        strict: bool = False,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.specs = list(specs)
+        self.start_timeout = start_timeout
+        self.call_timeout = call_timeout
+        self.strict = strict
+        self.log_dir = log_dir
+        self.tools: list[MCPTool] = []
+        self.failures: dict[str, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lifetimes: list[anyio.CancelScope] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._logs: list[TextIO] = []
+        self._closed = False
+
+    def __enter__(self) -> MCPConnections:
+        if self._loop is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> MCPConnections:
+        """Start every server in parallel; return once each is ready or has failed."""
+        if self._loop is not None:
+            raise RuntimeError("MCPConnections.start() called twice")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="mcp", daemon=True)
+        self._thread.start()
+        try:
+            outcomes = self._run(self._start_all())
+        except BaseException:
+            self.close()
+            raise
+        for spec, outcome in zip(self.specs, outcomes, strict=True):
+            if isinstance(outcome, str):
+                self.failures[spec.name] = outcome
+            else:
+                self.tools.extend(outcome)
+        if self.strict and self.failures:
+            self.close()
+            raise MCPServerError("; ".join(self.failures.values()))
+        return self
+
+    def close(self) -> None:
+        """Stop every server and wait until its process is gone; safe to call again."""
+        if self._closed or self._loop is None or self._thread is None:
+            self._closed = True
+            return
+        self._closed = True
+        try:
+            self._run(self._stop_all())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+            for log in self._logs:
+                log.close()
+
+    def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _start_all(self) -> list[list[MCPTool] | str]:
+        loop = asyncio.get_running_loop()
+        readies: list[asyncio.Future[list[MCPTool] | str]] = []
+        deadline = anyio.current_time() + self.start_timeout
+        for spec in self.specs:
+            lifetime = anyio.CancelScope(deadline=deadline)
+            ready: asyncio.Future[list[MCPTool] | str] = loop.create_future()
+            self._lifetimes.append(lifetime)
+            self._tasks.append(loop.create_task(self._serve(spec, lifetime, ready)))
+            readies.append(ready)
+        return list(await asyncio.gather(*readies))
+
+    async def _stop_all(self) -> None:
+        for lifetime in self._lifetimes:
+            lifetime.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(
+        self,
+        spec: MCPServerSpec,
+        lifetime: anyio.CancelScope,
+        ready: asyncio.Future[list[MCPTool] | str],
+    ) -> None:
+        """Run one server for the lifetime of the connections (until `lifetime` is cancelled).
+
+        Everything is entered and left in this one task, as anyio requires; cancelling
+        `lifetime` (its deadline during start-up, or `close`) makes the SDK stop the server.
+        """
+        try:
+            with lifetime:
+                async with self._transport(spec) as (read, write), ClientSession(read, write) as s:
+                    await s.initialize()
+                    listed = await _list_tools(s)
+                    lifetime.deadline = math.inf
+                    ready.set_result(self._make_tools(spec, s, listed))
+                    await anyio.sleep_forever()
+        except Exception as exc:
+            reason = _one_line(f"{spec.name}: {self._failure_reason(spec, exc)}")
+            if ready.done():
+                logger.warning("MCP server %s", reason)
+            else:
+                ready.set_result(reason)
+        if not ready.done():
+            ready.set_result(f"{spec.name}: did not start within {self.start_timeout:g} s")
+
+    def _transport(self, spec: MCPServerSpec) -> AbstractAsyncContextManager[Any]:
+        if spec.url is not None:
+            return sse_client(spec.url) if spec.type == "sse" else streamable_http_client(spec.url)
+        assert spec.command is not None
+        params = StdioServerParameters(
+            command=spec.command, args=spec.args, env=server_environment(spec.env)
+        )
+        return stdio_client(params, errlog=self._open_log(spec.name))
+
+    def _open_log(self, server: str) -> TextIO:
+        path: str | Path = os.devnull
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            path = self._log_path(server)
+        log = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._logs.append(log)
+        return log
+
+    def _log_path(self, server: str) -> Path:
+        assert self.log_dir is not None
+        return self.log_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', server)}.log"
+
+    def _failure_reason(self, spec: MCPServerSpec, exc: BaseException) -> str:
+        exc = _first_leaf(exc)
+        if isinstance(exc, FileNotFoundError) and spec.command is not None:
+            where = "" if os.sep in spec.command else " on PATH"
+            return f"command '{spec.command}' not found{where}"
+        if isinstance(exc, OSError) and spec.command is not None:
+            return f"cannot run '{spec.command}': {exc.strerror or exc}"
+        if isinstance(exc, MCPError) and exc.code == types.CONNECTION_CLOSED:
+            return f"closed the connection while starting ({self._where_to_look(spec)})"
+        if isinstance(exc, MCPError):
+            return f"failed to start: {exc.error.message}"
+        where = f" ({spec.url})" if spec.url else ""
+        return f"failed to start{where}: {type(exc).__name__}: {exc}"
+
+    def _where_to_look(self, spec: MCPServerSpec) -> str:
+        if spec.url is not None:
+            return f"is {spec.url} an MCP endpoint?"
+        if self.log_dir is None:
+            return "its stderr was discarded; give a log directory to see it"
+        return f"see {self._log_path(spec.name)}"
+
+    def _make_tools(
+        self, spec: MCPServerSpec, session: ClientSession, listed: list[types.Tool]
+    ) -> list[MCPTool]:
+        tools: list[MCPTool] = []
+        for mcp_tool in listed:
+            name = f"{spec.name}-{mcp_tool.name}"
+            invoke = self._invoker(session, spec.name, mcp_tool.name)
+            description = mcp_tool.description or mcp_tool.title or ""
+            try:
+                parameters = normalize_parameters(mcp_tool.input_schema)
+                tools.append(MCPTool(name, description, parameters, invoke, server=spec.name))
+            except ValueError as exc:
+                logger.warning("Skipping MCP tool %s: its input schema is unusable (%s)", name, exc)
+        return tools
+
+    def _invoker(
+        self, session: ClientSession, server: str, mcp_name: str
+    ) -> Callable[[dict[str, Any]], str]:
+        name = f"{server}-{mcp_name}"
+
+        def invoke(arguments: dict[str, Any]) -> str:
+            if self._closed:
+                raise ToolError(f"{name}: the MCP servers have been shut down")
+            try:
+                result = self._run(self._call(session, mcp_name, arguments))
+            except TimeoutError:
+                raise ToolError(f"{name} did not answer within {self.call_timeout:g} s") from None
+            except MCPError as exc:
+                if exc.code == types.CONNECTION_CLOSED:
+                    raise ToolError(f"{name}: the MCP server '{server}' has stopped") from None
+                raise ToolError(f"{name}: {exc.error.message}") from None
+            if result.is_error:
+                raise ToolError(result_text(result) or f"{name} failed without a message")
+            return result_text(result)
+
+        return invoke
+
+    async def _call(
+        self, session: ClientSession, name: str, arguments: dict[str, Any]
+    ) -> types.CallToolResult:
+        with anyio.fail_after(self.call_timeout):
+            return await session.call_tool(name, arguments)
+
+
+async def _list_tools(session: ClientSession) -> list[types.Tool]:
+    tools: list[types.Tool] = []
+    cursor: str | None = None
+    while True:
+        params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+        page = await session.list_tools(params=params)
+        tools.extend(page.tools)
+        cursor = page.next_cursor
+        if not cursor:
+            return tools
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first real exception inside (nested) exception groups from anyio task groups."""
+    while isinstance(getattr(exc, "exceptions", None), tuple) and exc.exceptions:  # type: ignore[attr-defined]
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return exc
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def open_mcp_tools(
+    config_path: Path,
+    *,
+    strict: bool = False,
+    log_dir: Path | None = None,
+    start_timeout: float = 60.0,
+    call_timeout: float = 120.0,
+) -> MCPConnections:
+    """Load `config_path`, start its servers and return the connections (the caller closes)."""
+    specs = load_mcp_config(config_path)
+    connections = MCPConnections(
+        specs,
+        start_timeout=start_timeout,
+        call_timeout=call_timeout,
+        strict=strict,
+        log_dir=log_dir,
+    )
+    return connections.start()
