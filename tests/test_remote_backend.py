@@ -1,13 +1,11 @@
 """`agent run --model-server URL` against a stub OpenAI-compatible server on 127.0.0.1."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.clirun import agent_cli
+from tests.clirun import json_events as events_of
 from tests.stub_openai_server import StubOpenAIServer
 
 
@@ -16,22 +14,6 @@ def no_mcp(tmp_path: Path) -> Path:
     path = tmp_path / "mcp_config.json"
     path.write_text('{"mcpServers": {}}')
     return path
-
-
-def agent_cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AGENT_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-
-
-def events_of(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines()]
 
 
 @pytest.mark.parametrize("reasoning_field", ["reasoning_content", "reasoning"])

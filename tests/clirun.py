@@ -1,0 +1,30 @@
+"""Run the real `agent` command line in a subprocess with its own AGENT_HOME."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def agent_cli(
+    *args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python -m agent ARGS` with AGENT_HOME=home; output captured as text."""
+    full_env = {**os.environ, "AGENT_HOME": str(home), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def json_events(stdout: str) -> list[dict[str, Any]]:
+    """Every stdout line parsed as one JSON object (fails on anything else)."""
+    return [json.loads(line) for line in stdout.splitlines()]
