@@ -54,7 +54,8 @@ def test_thinking_switch_sampling_and_reasoning_reach_the_user(
 
 
 def test_no_thinking_preset_and_a_tool_call_round_trip(tmp_path: Path, no_mcp: Path) -> None:
-    call = '<tool_call>\n{"name": "code_interpreter", "arguments": {"code": "print(6*7)"}}\n</tool_call>'
+    payload = '{"name": "code_interpreter", "arguments": {"code": "print(6*7)"}}'
+    call = f"<tool_call>\n{payload}\n</tool_call>"
     replies = [("", call), ("", "The answer is 42.")]
     with StubOpenAIServer(replies) as server:
         done = agent_cli(
