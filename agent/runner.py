@@ -21,6 +21,9 @@ from agent.snapshots import SnapshotConverter
 from agent.tool_calls import ToolOutcome
 
 
+WORKER_STOP_S = 10.0
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """What the `run_started` event says about the run."""
@@ -115,6 +118,8 @@ def run_events(
         status = "cancelled"
     finally:
         cancel.set()
+        # The worker stops at its next token; let it, so no model call runs into shutdown.
+        worker.join(timeout=WORKER_STOP_S)
     timings = {"total_s": round(time.monotonic() - started, 3)}
     if first_output is not None:
         timings["first_output_s"] = round(first_output, 3)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,7 +122,7 @@ def _load_kwargs(quant: dict[str, Any] | None, device: str) -> dict[str, Any]:
 
 def _kernel_name(model: Any) -> str:
     for module in model.modules():
-        if hasattr(module, "qweight"):
+        if type(module).__module__.startswith("gptqmodel."):
             return type(module).__name__
     return "torch (unquantized)"
 
@@ -152,13 +156,25 @@ def load_local_model(model: str, device: str = "auto", threads: int | None = Non
     return loaded
 
 
+@contextlib.contextmanager
+def _dependency_output_to_stderr() -> Iterator[None]:
+    """GPTQModel logs to stdout (at import and while loading), which would break `--json`."""
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        # transformers warns that the checkpoint's own quantization_config wins over ours
+        # (it does, except for the kernel we pick) and about deprecations not ours to fix.
+        warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+        yield
+
+
 def _load(path: Path, device: str, quant: dict[str, Any] | None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = _load_kwargs(quant, device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, device_map=device, **kwargs)
+        with _dependency_output_to_stderr():
+            model = AutoModelForCausalLM.from_pretrained(path, device_map=device, **kwargs)
     except ImportError as exc:
         raise ModelLoadError(f"cannot load {path}: {exc}") from None
     except (OSError, ValueError) as exc:

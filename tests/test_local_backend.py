@@ -1,0 +1,129 @@
+"""The local backend on a small GPTQ-quantized Qwen3 checkpoint the test suite builds itself."""
+
+import time
+from pathlib import Path
+
+import pytest
+from qwen_agent.llm.schema import Message
+
+from agent.backends.local import LocalQwen
+from agent.backends.local_model import load_local_model
+from agent.errors import GenerationError
+from tests.clirun import agent_cli, json_events
+
+GREEDY = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": 0}
+
+
+def local_llm(model_dir: Path, thinking: bool = False, **generate_cfg) -> LocalQwen:
+    cfg = {"model": str(model_dir), "model_type": "agent_local", "device": "cpu"}
+    return LocalQwen({**cfg, "thinking": thinking, "generate_cfg": generate_cfg})
+
+
+def stream(llm: LocalQwen, prompt: str, **generate_cfg) -> list[str]:
+    messages = [Message("system", "You are a helpful assistant."), Message("user", prompt)]
+    cfg = {**GREEDY, "max_new_tokens": 12, **generate_cfg}
+    return [out[-1].content for out in llm._chat_stream(messages, False, cfg)]
+
+
+def test_gptq_checkpoint_loads_with_the_fast_cpu_kernel(tiny_gptq: Path) -> None:
+    loaded = load_local_model(str(tiny_gptq), device="cpu")
+    assert loaded.quantization == "gptq int8"
+    assert loaded.dtype == "bfloat16"
+    assert "Int8" in loaded.kernel, loaded.kernel  # GPTQModel's gptq_torch_int8 kernel
+
+
+def test_unquantized_checkpoint_loads(tiny_float: Path) -> None:
+    loaded = load_local_model(str(tiny_float), device="cpu")
+    assert (loaded.quantization, loaded.kernel) == ("none", "torch (unquantized)")
+
+
+def test_streams_token_by_token_and_is_reproducible(tiny_gptq: Path) -> None:
+    llm = local_llm(tiny_gptq)
+    pieces = stream(llm, "Hello")
+    assert len(pieces) >= 5
+    assert all(
+        later.startswith(earlier) for earlier, later in zip(pieces, pieces[1:], strict=False)
+    )
+    assert stream(llm, "Hello") == pieces
+    sampled = {stream(llm, "Hello", temperature=1.0, top_k=0, seed=s)[-1] for s in range(4)}
+    assert len(sampled) > 1
+    assert llm.usage.completion_tokens > 0 and llm.usage.prompt_tokens > 0
+
+
+def test_prompt_uses_the_chat_template_and_thinking_switch(tiny_gptq: Path) -> None:
+    messages = [Message("user", "Hi")]
+    plain = local_llm(tiny_gptq, thinking=False).render_prompt(messages)
+    thinking = local_llm(tiny_gptq, thinking=True).render_prompt(messages)
+    assert plain.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert thinking.endswith("<|im_start|>assistant\n")
+
+
+def test_generation_errors_surface_at_once(tiny_gptq: Path, monkeypatch) -> None:
+    llm = local_llm(tiny_gptq)
+
+    def broken_forward(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(llm.loaded.model, "forward", broken_forward)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="kernel exploded"):
+        stream(llm, "Hello")
+    assert time.monotonic() - started < 5
+
+
+def test_stops_generating_when_the_consumer_stops_reading(tiny_gptq: Path, monkeypatch) -> None:
+    llm = local_llm(tiny_gptq)
+    calls = []
+    forward = llm.loaded.model.forward
+    monkeypatch.setattr(
+        llm.loaded.model, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k)
+    )
+    messages = [Message("user", "Hello")]
+    outputs = llm._chat_stream(messages, False, {**GREEDY, "max_new_tokens": 200})
+    next(outputs)
+    next(outputs)
+    outputs.close()
+    made = len(calls)
+    assert made < 20
+    assert len(calls) == made
+
+
+def test_prompt_over_the_context_is_a_clear_error(tiny_gptq: Path) -> None:
+    llm = local_llm(tiny_gptq)
+    with pytest.raises(GenerationError, match="over the model's 32768-token context"):
+        stream(llm, "word " * 33_000)
+
+
+def test_agent_run_json_on_the_tiny_checkpoint(tiny_gptq: Path, tmp_path: Path) -> None:
+    no_mcp = tmp_path / "mcp.json"
+    no_mcp.write_text('{"mcpServers": {}}')
+    done = agent_cli(
+        "run",
+        "Hello",
+        "--json",
+        "--model",
+        str(tiny_gptq),
+        "--mcp-config",
+        str(no_mcp),
+        "--seed",
+        "1",
+        "--max-new-tokens",
+        "16",
+        home=tmp_path,
+    )
+    events = json_events(done.stdout)
+    assert events[0]["type"] == "run_started" and events[0]["backend"] == "local"
+    assert events[-1]["type"] == "run_finished"
+    assert events[-1]["usage"]["llm_calls"] >= 1
+    assert events[-1]["usage"]["completion_tokens"] >= 1
+    assert {e["type"] for e in events} <= {
+        "run_started",
+        "thinking",
+        "text",
+        "tool_call",
+        "tool_result",
+        "answer",
+        "run_finished",
+    }
+    assert done.returncode == (0 if events[-1]["status"] == "answered" else 1)
+    assert "loaded" in done.stderr  # load time is reported on stderr
