@@ -20,7 +20,6 @@ from agent.events import Answer, Error, Event, RunFinished, RunStarted, Text, Th
 from agent.snapshots import SnapshotConverter
 from agent.tool_calls import ToolOutcome
 
-
 WORKER_STOP_S = 10.0
 
 
