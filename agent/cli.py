@@ -165,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`agent run PROMPT`."""
     from agent.assistant import build_assistant, build_llm
     from agent.render import JsonLinesRenderer, TerminalRenderer
-    from agent.runner import RunInfo, run_events
+    from agent.runner import RunInfo, run_events, show_run
 
     settings = _settings(args)
     _setup_logging(settings.debug)
@@ -179,10 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             thinking=settings.thinking,
             tools=[tool.name for tool in toolset.tools],
         )
-        status = "error"
-        for event in run_events(assistant, [{"role": "user", "content": args.prompt}], info):
-            renderer.show(event)
-            status = getattr(event, "status", status)
+        events = run_events(assistant, [{"role": "user", "content": args.prompt}], info)
+        status = show_run(events, renderer.show)
     if status == "cancelled":
         return EXIT_CANCELLED
     return EXIT_OK if status == "answered" else EXIT_FAILED

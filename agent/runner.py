@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +73,7 @@ def _error_event(exc: BaseException) -> Error:
 
 def run_events(
     assistant: AgentAssistant, messages: list[dict[str, Any]], info: RunInfo
-) -> Iterator[Event]:
+) -> Generator[Event, None, None]:
     """Run the assistant on `messages`; yield events ending with `run_finished`."""
     inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
     cancel = threading.Event()
@@ -124,3 +124,21 @@ def run_events(
         timings["first_output_s"] = round(first_output, 3)
     usage = assistant.llm.usage.as_dict() if hasattr(assistant.llm, "usage") else {}
     yield RunFinished(status=status, usage=usage, timings=timings)
+
+
+def show_run(events: Generator[Event, None, None], show: Callable[[Event], None]) -> str:
+    """Show every event of a run; Ctrl-C while showing cancels the run. Returns its status."""
+    status = "error"
+    interrupted = False
+    while True:
+        try:
+            event = events.throw(KeyboardInterrupt()) if interrupted else next(events)
+        except StopIteration:
+            return status
+        interrupted = False
+        try:
+            show(event)
+        except KeyboardInterrupt:
+            interrupted = True
+        if isinstance(event, RunFinished):
+            status = event.status

@@ -1,5 +1,10 @@
 """The local backend on a small GPTQ-quantized Qwen3 checkpoint the test suite builds itself."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -127,3 +132,39 @@ def test_agent_run_json_on_the_tiny_checkpoint(tiny_gptq: Path, tmp_path: Path) 
     }
     assert done.returncode == (0 if events[-1]["status"] == "answered" else 1)
     assert "loaded" in done.stderr  # load time is reported on stderr
+
+
+def test_ctrl_c_stops_generation_and_exits_130(tiny_gptq: Path, tmp_path: Path) -> None:
+    no_mcp = tmp_path / "mcp.json"
+    no_mcp.write_text('{"mcpServers": {}}')
+    command = [
+        sys.executable,
+        "-m",
+        "agent",
+        "run",
+        "Hello",
+        "--json",
+        "--model",
+        str(tiny_gptq),
+        "--mcp-config",
+        str(no_mcp),
+        "--max-new-tokens",
+        "30000",
+        "--seed",
+        "1",
+    ]
+    env = {**os.environ, "AGENT_HOME": str(tmp_path)}
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    ) as proc:
+        assert proc.stdout is not None
+        texts = 0
+        events = []
+        for line in proc.stdout:
+            events.append(json.loads(line))
+            texts += events[-1]["type"] == "text"
+            if texts == 3:
+                proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "cancelled"
+    assert events[-1]["usage"]["completion_tokens"] < 200
