@@ -1,0 +1,1 @@
+"""Test support: a real Qwen3 tokenizer and chat template, and a tiny Qwen3 checkpoint to load."""

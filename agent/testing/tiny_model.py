@@ -1,0 +1,247 @@
+"""A tiny Qwen3 checkpoint shaped like `Qwen/Qwen3-0.6B-GPTQ-Int8`, built here for tests.
+
+`build_tiny_checkpoint(dir)` writes `dir/float` (bf16, with the tokenizer) and `dir/gptq-int8`
+(GPTQ 8-bit, group size 128, symmetric, no act-order, in the `gptq` checkpoint format). The
+weights are seeded random for now; a trained model goes in at `random_model`'s place.
+The build is deterministic: fixed seeds, one torch thread, fixed calibration texts.
+
+    python -m agent.testing.tiny_model build DIR [--no-quantize] [--seed N]
+"""
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+from agent.paths import cache_dir
+from agent.testing.tokenizer import build_qwen3_tokenizer
+
+FLOAT_SUBDIR = "float"
+GPTQ_SUBDIR = "gptq-int8"
+EOS_TOKEN_IDS = (151645, 151643)  # <|im_end|>, <|endoftext|>
+ENDOFTEXT_ID = 151643  # <|endoftext|>: bos, pad and the second eos
+ROPE_THETA = 1_000_000.0
+
+GPTQ_BITS = 8
+GPTQ_GROUP_SIZE = 128
+
+_BUILD_SOURCES = ("tiny_model.py", "tokenizer.py", "chat_template.py")
+_BUILD_PACKAGES = ("torch", "transformers", "gptqmodel", "tokenizers", "qwen-agent")
+
+
+def tiny_config() -> Qwen3Config:
+    """Qwen3-0.6B's architecture, shrunk; every input width is a multiple of the group size."""
+    return Qwen3Config(
+        vocab_size=151936,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        hidden_act="silu",
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        attention_bias=False,
+        use_sliding_window=False,
+        sliding_window=None,
+        max_window_layers=2,
+        bos_token_id=ENDOFTEXT_ID,
+        eos_token_id=EOS_TOKEN_IDS[0],
+        pad_token_id=ENDOFTEXT_ID,
+        dtype="bfloat16",
+    )
+
+
+def generation_config() -> GenerationConfig:
+    """Qwen3's published generation defaults (the thinking-mode sampling preset)."""
+    return GenerationConfig(
+        bos_token_id=ENDOFTEXT_ID,
+        eos_token_id=list(EOS_TOKEN_IDS),
+        pad_token_id=ENDOFTEXT_ID,
+        do_sample=True,
+        temperature=0.6,
+        top_p=0.95,
+        top_k=20,
+    )
+
+
+def random_model(seed: int) -> Qwen3ForCausalLM:
+    """The tiny model with seeded random weights, in bf16."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Qwen3ForCausalLM(tiny_config())
+    return model.to(torch.bfloat16).eval()  # type: ignore[arg-type]
+
+
+def calibration_texts(tokenizer: PreTrainedTokenizerFast) -> list[str]:
+    """A few dozen short prompts in the shapes the agent sends: chat turns, tool calls, code."""
+    questions = [
+        "What time is it in Tokyo?",
+        "Summarise this page in two sentences.",
+        "Compute 17 * 23 with the code interpreter.",
+        "今天北京的天气怎么样？",
+        "Write a Python function that reverses a string.",
+        "List three prime numbers greater than 100.",
+        "Translate 'good morning' into French and German.",
+        "Why is the sky blue? Answer briefly.",
+    ]
+    tool_call = {"name": "get_time", "arguments": {"timezone": "Asia/Tokyo"}}
+    texts = []
+    for question in questions:
+        for thinking in (True, False):
+            texts.append(_render(tokenizer, [{"role": "user", "content": question}], thinking))
+        call = {"role": "assistant", "content": "", "tool_calls": [tool_call]}
+        result = {"role": "tool", "content": '{"time": "09:30", "ok": true}'}
+        texts.append(_render(tokenizer, [{"role": "user", "content": question}, call, result]))
+        texts.append(f"def answer():\n    # {question}\n    return {len(question)}\n")
+    return texts
+
+
+def _render(tokenizer: PreTrainedTokenizerFast, messages: list[dict], thinking: bool = True) -> str:
+    return str(
+        tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, enable_thinking=thinking
+        )
+    )
+
+
+def save_float_checkpoint(
+    model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, out_dir: Path
+) -> Path:
+    """Write the float model with its tokenizer and generation config, as the hub lays them out."""
+    model.save_pretrained(out_dir)
+    _finish_checkpoint(out_dir, tokenizer)
+    return out_dir
+
+
+def quantize_checkpoint(float_dir: Path, out_dir: Path, tokenizer: PreTrainedTokenizerFast) -> Path:
+    """GPTQ-quantize a float checkpoint (8 bits, group 128, sym, no act-order) on the CPU."""
+    # GPTQModel wants two CPU workers for its loader pool; a 2-core machine gives it one.
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    config = QuantizeConfig(
+        bits=GPTQ_BITS,
+        group_size=GPTQ_GROUP_SIZE,
+        sym=True,
+        desc_act=False,
+        # Pure-torch packing: the default compiles a C++ extension (g++, ~45 s) on first use.
+        pack_impl="original",
+        # Otherwise a random temporary path lands in the saved config, breaking determinism.
+        offload_to_disk=False,
+    )
+    float_dir, out_dir = float_dir.resolve(), out_dir.resolve()
+    # GPTQModel writes a `logs/` folder into the current directory: keep it out of the user's.
+    with tempfile.TemporaryDirectory() as scratch, _working_directory(Path(scratch)):
+        model = GPTQModel.load(str(float_dir), config, device="cpu")
+        model.quantize([dict(tokenizer(text)) for text in calibration_texts(tokenizer)])
+        model.save(str(out_dir))
+    (out_dir / "quant_log.csv").unlink(missing_ok=True)
+    _finish_checkpoint(out_dir, tokenizer)
+    return out_dir
+
+
+def _finish_checkpoint(out_dir: Path, tokenizer: PreTrainedTokenizerFast) -> None:
+    """Our tokenizer files and generation config, and a top-level `rope_theta` in config.json."""
+    (out_dir / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer.save_pretrained(out_dir, save_jinja_files=False)
+    generation_config().save_pretrained(out_dir)
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["rope_theta"] = config["rope_parameters"]["rope_theta"]
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: bit-identical results, and no spin-waiting on a busy 2-core box."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def build_tiny_checkpoint(out_dir: Path, *, seed: int = 0, quantize: bool = True) -> Path:
+    """Build the checkpoint into `out_dir` (`float/`, and `gptq-int8/` unless `quantize` is off)."""
+    out_dir = Path(out_dir)
+    tokenizer = build_qwen3_tokenizer()
+    with _one_torch_thread():
+        float_dir = save_float_checkpoint(random_model(seed), tokenizer, out_dir / FLOAT_SUBDIR)
+        if quantize:
+            quantize_checkpoint(float_dir, out_dir / GPTQ_SUBDIR, tokenizer)
+    return out_dir
+
+
+def checkpoint_version() -> str:
+    """A short hash of everything the build depends on: our sources and the library versions."""
+    digest = hashlib.sha256()
+    for name in _BUILD_SOURCES:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    for package in _BUILD_PACKAGES:
+        digest.update(f"{package}=={metadata.version(package)}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def cached_tiny_checkpoint() -> Path:
+    """The quantized tiny checkpoint in the app's cache, built on first use.
+
+    The build goes to a temporary directory beside the target and is renamed into place, so a
+    half-written build is never seen; if a concurrent build wins the rename, its copy is used.
+    """
+    target = cache_dir() / f"tiny-model-{checkpoint_version()}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}-", dir=target.parent) as scratch:
+        built = build_tiny_checkpoint(Path(scratch) / "checkpoint")
+        try:
+            built.rename(target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: `build DIR [--no-quantize] [--seed N]`."""
+    parser = argparse.ArgumentParser(prog="python -m agent.testing.tiny_model")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="build the tiny Qwen3 checkpoint into DIR")
+    build.add_argument("dir", type=Path)
+    build.add_argument("--no-quantize", dest="quantize", action="store_false")
+    build.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.dir.exists() and any(args.dir.iterdir()):
+        parser.error(f"{args.dir} is not empty")
+    with contextlib.redirect_stdout(sys.stderr):  # GPTQModel prints its progress to stdout.
+        built = build_tiny_checkpoint(args.dir, seed=args.seed, quantize=args.quantize)
+    print(built)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""Shared fixtures. Keep each group under its own heading."""
+
+from pathlib import Path
+
+import pytest
+from transformers import PreTrainedTokenizerFast
+
+from agent.testing.tiny_model import FLOAT_SUBDIR, GPTQ_SUBDIR, cached_tiny_checkpoint
+from agent.testing.tokenizer import build_qwen3_tokenizer
+
+# --- Tiny Qwen3 model and tokenizer (agent.testing) -------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer() -> PreTrainedTokenizerFast:
+    """The Qwen3 tokenizer rebuilt from Qwen-Agent's BPE ranks, with our chat template."""
+    return build_qwen3_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint root, built once per session under a throwaway AGENT_HOME."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AGENT_HOME", str(tmp_path_factory.mktemp("agent-home")))
+        return cached_tiny_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def tiny_gptq(tiny_checkpoint: Path) -> Path:
+    """The GPTQ-Int8 tiny checkpoint, laid out like `Qwen/Qwen3-0.6B-GPTQ-Int8`."""
+    return tiny_checkpoint / GPTQ_SUBDIR
+
+
+@pytest.fixture(scope="session")
+def tiny_float(tiny_checkpoint: Path) -> Path:
+    """The same tiny model before quantization (bf16)."""
+    return tiny_checkpoint / FLOAT_SUBDIR
