@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +163,22 @@ def _open_tools(settings: Settings, run_dir: Path) -> Any:
     return toolset
 
 
+@contextlib.contextmanager
+def _open_tools_while(load: Callable[[], Any], settings: Settings) -> Iterator[tuple[Any, Any]]:
+    """Start the tools in the background while `load` runs (the model load); close them after."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        opening = pool.submit(_open_tools, settings, _new_run_dir())
+        try:
+            loaded = load()
+        except BaseException:
+            if opening.exception() is None:
+                opening.result().close()
+            raise
+        toolset = opening.result()  # raises what went wrong starting the tools
+    with toolset:
+        yield loaded, toolset
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """`agent run PROMPT`."""
     from agent.assistant import build_assistant, build_llm
@@ -170,8 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _setup_logging(settings.debug)
     renderer = JsonLinesRenderer() if args.json else TerminalRenderer(settings.show_thinking)
-    llm = build_llm(settings)
-    with _open_tools(settings, _new_run_dir()) as toolset:
+    with _open_tools_while(lambda: build_llm(settings), settings) as (llm, toolset):
         assistant = build_assistant(settings, llm, toolset)
         info = RunInfo(
             model=settings.model,

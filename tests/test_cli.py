@@ -52,6 +52,10 @@ def test_tools_call_time_server(tmp_path: Path) -> None:
         (["tools", "call", "code_interpreter", "[1, 2]"], "must be a JSON object"),
         (["run", "hi", "--temperature", "-1"], "--temperature must be >= 0"),
         (["run", "hi", "--model", "./no/such/model"], "model directory ./no/such/model not found"),
+        (
+            ["run", "hi", "--model-server", "http://127.0.0.1:9/v1", "--mcp-config", "/no.json"],
+            "MCP config /no.json: file not found",
+        ),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(
