@@ -28,3 +28,10 @@ def agent_cli(
 def json_events(stdout: str) -> list[dict[str, Any]]:
     """Every stdout line parsed as one JSON object (fails on anything else)."""
     return [json.loads(line) for line in stdout.splitlines()]
+
+
+def empty_mcp_config(directory: Path) -> Path:
+    """An `mcp_config.json` with no servers, for runs that need no MCP tools."""
+    path = directory / "no-mcp.json"
+    path.write_text('{"mcpServers": {}}')
+    return path

@@ -14,7 +14,7 @@ from qwen_agent.llm.schema import Message
 from agent.backends.local import LocalQwen
 from agent.backends.local_model import load_local_model
 from agent.errors import GenerationError
-from tests.clirun import agent_cli, json_events
+from tests.clirun import agent_cli, empty_mcp_config, json_events
 
 GREEDY = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": 0}
 
@@ -100,8 +100,7 @@ def test_prompt_over_the_context_is_a_clear_error(tiny_gptq: Path) -> None:
 
 
 def test_agent_run_json_on_the_tiny_checkpoint(tiny_gptq: Path, tmp_path: Path) -> None:
-    no_mcp = tmp_path / "mcp.json"
-    no_mcp.write_text('{"mcpServers": {}}')
+    no_mcp = empty_mcp_config(tmp_path)
     done = agent_cli(
         "run",
         "Hello",
@@ -135,8 +134,7 @@ def test_agent_run_json_on_the_tiny_checkpoint(tiny_gptq: Path, tmp_path: Path) 
 
 
 def test_ctrl_c_stops_generation_and_exits_130(tiny_gptq: Path, tmp_path: Path) -> None:
-    no_mcp = tmp_path / "mcp.json"
-    no_mcp.write_text('{"mcpServers": {}}')
+    no_mcp = empty_mcp_config(tmp_path)
     command = [
         sys.executable,
         "-m",

@@ -4,16 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.clirun import agent_cli
+from tests.clirun import agent_cli, empty_mcp_config
 from tests.clirun import json_events as events_of
 from tests.stub_openai_server import StubOpenAIServer
 
 
 @pytest.fixture
 def no_mcp(tmp_path: Path) -> Path:
-    path = tmp_path / "mcp_config.json"
-    path.write_text('{"mcpServers": {}}')
-    return path
+    return empty_mcp_config(tmp_path)
 
 
 @pytest.mark.parametrize("reasoning_field", ["reasoning_content", "reasoning"])
