@@ -87,6 +87,8 @@ class AgentAssistant(Assistant):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tool_listener: ToolListener | None = None
+        self.result_limit: int | None = None
+        self.debug = False
 
     def _call_tool(self, tool_name: str, tool_args: Any = "{}", **kwargs: Any) -> str:
         if self.tool_listener:
@@ -98,7 +100,7 @@ class AgentAssistant(Assistant):
                 f"Error: there is no tool named {tool_name!r}; tools: {names}", False, 0.0
             )
         else:
-            outcome = invoke_tool(tool, tool_args)
+            outcome = invoke_tool(tool, tool_args, limit=self.result_limit, debug=self.debug)
         if self.tool_listener:
             self.tool_listener.tool_finished(outcome)
         return outcome.content
@@ -106,8 +108,11 @@ class AgentAssistant(Assistant):
 
 def build_assistant(settings: Settings, llm: BaseChatModel, toolset: Toolset) -> AgentAssistant:
     """The Assistant wired to `llm` and every tool in `toolset`."""
-    return AgentAssistant(
+    assistant = AgentAssistant(
         llm=llm,
         function_list=toolset.tools,
         system_message=settings.system_prompt,
     )
+    assistant.result_limit = settings.tool_result_limit
+    assistant.debug = settings.debug
+    return assistant

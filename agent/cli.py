@@ -68,7 +68,43 @@ def _add_tool_flags(parser: argparse.ArgumentParser) -> None:
         help="fail when an MCP server does not start",
     )
     group.add_argument("--code-timeout", type=float, help="seconds per code interpreter call")
-    group.add_argument("--debug", action="store_true", default=None, help="verbose logs on stderr")
+    group.add_argument(
+        "--tool",
+        dest="tool_files",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="also load the tools in this Python file (repeatable)",
+    )
+    group.add_argument(
+        "--strict-tools",
+        action="store_true",
+        default=None,
+        help="fail when a plugin tool does not load",
+    )
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        default=None,
+        help="verbose logs on stderr; tracebacks in tool error results",
+    )
+
+
+def _add_selection_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("tool selection").add_mutually_exclusive_group()
+    group.add_argument(
+        "--tools",
+        type=_names,
+        metavar="NAME,NAME",
+        help="only these tools: tool names, MCP server names or plugin file names",
+    )
+    group.add_argument(
+        "--no-tools", dest="tools", action="store_const", const=(), help="no tools at all"
+    )
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,16 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print JSON Lines events on stdout")
     _add_model_flags(run)
     _add_tool_flags(run)
+    _add_selection_flags(run)
 
-    tools = commands.add_parser("tools", help="list or call tools")
+    tools = commands.add_parser("tools", help="list, show, call or create tools")
     tool_commands = tools.add_subparsers(dest="tools_command", required=True)
     tools_list = tool_commands.add_parser("list", help="every tool the assistant would get")
     tools_list.add_argument("--json", action="store_true", help="one JSON object per tool")
     _add_tool_flags(tools_list)
+    _add_selection_flags(tools_list)
+    tools_show = tool_commands.add_parser("show", help="the exact schema the model sees")
+    tools_show.add_argument("name", help="a tool, or a group (MCP server, plugin file)")
+    _add_tool_flags(tools_show)
     tools_call = tool_commands.add_parser("call", help="call one tool as the model would")
     tools_call.add_argument("name")
     tools_call.add_argument("arguments", nargs="?", default="{}", help="JSON object")
     _add_tool_flags(tools_call)
+    tools_new = tool_commands.add_parser("new", help="write a tool template to edit")
+    tools_new.add_argument("name", help="the tool's name (a Python identifier)")
     return parser
 
 
@@ -112,12 +155,18 @@ SETTING_FLAGS = (
     "mcp_config",
     "strict_mcp",
     "code_timeout",
+    "tools",
+    "tool_files",
+    "strict_tools",
     "debug",
 )
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings({name: getattr(args, name, None) for name in SETTING_FLAGS})
+def _settings(args: argparse.Namespace, **forced: Any) -> Settings:
+    flags = {name: getattr(args, name, None) for name in SETTING_FLAGS}
+    if flags["tool_files"]:
+        flags["tool_files"] = tuple(flags["tool_files"])
+    settings = load_settings({**flags, **forced})
     _validate(settings)
     return settings
 
@@ -132,6 +181,7 @@ def _validate(settings: Settings) -> None:
         (settings.max_new_tokens > 0, "--max-new-tokens must be > 0"),
         (settings.threads is None or settings.threads > 0, "--threads must be > 0"),
         (settings.code_timeout > 0, "--code-timeout must be > 0"),
+        (settings.tool_result_limit > 0, "tool_result_limit must be > 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -239,15 +289,46 @@ def cmd_tools_call(args: argparse.Namespace) -> int:
         ) from None
     if not isinstance(parsed, dict):
         raise ConfigError('arguments must be a JSON object, e.g. \'{"timezone": "UTC"}\'')
-    settings = _settings(args)
+    settings = _settings(args, tools=(args.name,))
     _setup_logging(settings.debug)
     with _open_tools(settings, _new_run_dir()) as toolset:
-        outcome = invoke_tool(toolset.get(args.name), args.arguments)
+        outcome = invoke_tool(
+            toolset.get(args.name),
+            args.arguments,
+            limit=settings.tool_result_limit,
+            debug=settings.debug,
+        )
     print(outcome.content.rstrip("\n"))
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_tools_list, "call": cmd_tools_call}
+def cmd_tools_show(args: argparse.Namespace) -> int:
+    """`agent tools show NAME`: the function description the model gets, as JSON."""
+    settings = _settings(args, tools=(args.name,))
+    _setup_logging(settings.debug)
+    with _open_tools(settings, _new_run_dir()) as toolset:
+        for tool in toolset.tools:
+            print(json.dumps(tool.function, ensure_ascii=False, indent=2))
+    return EXIT_OK
+
+
+def cmd_tools_new(args: argparse.Namespace) -> int:
+    """`agent tools new NAME`: write a template into the user's tools directory."""
+    from agent.plugins import new_tool_file
+
+    path = new_tool_file(args.name)
+    print(path)
+    print(f'edit it, then: agent tools call {args.name} \'{{"text": "hello"}}\'', file=sys.stderr)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "list": cmd_tools_list,
+    "show": cmd_tools_show,
+    "call": cmd_tools_call,
+    "new": cmd_tools_new,
+}
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

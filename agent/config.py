@@ -53,6 +53,10 @@ class Settings:
     tool_timeout: float = 120.0
     code_timeout: float = 30.0
     code_output_limit: int = 20_000
+    tools: tuple[str, ...] | None = None  # None: every tool; (): none
+    tool_files: tuple[Path, ...] = ()
+    strict_tools: bool = False
+    tool_result_limit: int = 20_000
     system_prompt: str = "You are a helpful assistant."
     debug: bool = False
 
@@ -84,6 +88,8 @@ def _field_types() -> dict[str, str]:
 def _coerce(name: str, value: Any, source: str) -> Any:
     kind = _field_types()[name]
     try:
+        if kind.startswith("tuple"):
+            return _coerce_list(kind, value)
         if "Path" in kind:
             return Path(str(value)).expanduser()
         if kind.startswith("bool"):
@@ -101,8 +107,22 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return str(value)
     except ValueError:
         raise ConfigError(
-            f"{source}: '{name}' must be a {kind.split(' ')[0]}, not {value!r}"
+            f"{source}: '{name}' must be a {_kind_name(kind)}, not {value!r}"
         ) from None
+
+
+def _coerce_list(kind: str, value: Any) -> tuple[Any, ...]:
+    """A TOML list, or a comma-separated string, as a tuple of str (or Path)."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str | Path) for v in value):
+        raise ValueError(value)
+    items = [str(v).strip() for v in value if str(v).strip()]
+    return tuple(Path(v).expanduser() for v in items) if "Path" in kind else tuple(items)
+
+
+def _kind_name(kind: str) -> str:
+    return "list of strings" if kind.startswith("tuple") else kind.split(" ")[0]
 
 
 def _from_file(path: Path) -> dict[str, Any]:

@@ -44,3 +44,7 @@ class ToolError(AgentError):
 
 class UnknownToolError(AgentError):
     """A tool name given by the user does not exist."""
+
+
+class PluginError(ConfigError):
+    """A custom tool could not be loaded (fatal only with --strict-tools)."""

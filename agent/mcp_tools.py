@@ -15,7 +15,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,6 @@ from types import TracebackType
 from typing import Any, TextIO, TypeVar
 
 import anyio
-import json5
 import mcp_types as types
 from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
@@ -33,6 +32,7 @@ from mcp.shared.exceptions import MCPError
 from qwen_agent.tools.base import BaseTool
 
 from agent.errors import MCPConfigError, MCPServerError, ToolError
+from agent.tool_calls import parse_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -261,18 +261,7 @@ class MCPTool(BaseTool):
 
     def call(self, params: str | dict[str, Any], **kwargs: Any) -> str:
         """Run the tool with model-style arguments (a JSON/JSON5 string or a dict)."""
-        return self._invoke(_parse_arguments(self.name, params))
-
-
-def _parse_arguments(tool_name: str, params: str | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(params, str):
-        try:
-            params = json5.loads(params) if params.strip() else {}
-        except ValueError as exc:
-            raise ToolError(f"{tool_name}: the arguments are not valid JSON ({exc})") from None
-    if not isinstance(params, dict):
-        raise ToolError(f"{tool_name}: the arguments must be a JSON object")
-    return params
+        return self._invoke(parse_arguments(self.name, params))
 
 
 def result_text(result: types.CallToolResult) -> str:
@@ -546,9 +535,11 @@ def open_mcp_tools(
     log_dir: Path | None = None,
     start_timeout: float = 60.0,
     call_timeout: float = 120.0,
+    only: Collection[str] | None = None,
 ) -> MCPConnections:
-    """Load `config_path`, start its servers and return the connections (the caller closes)."""
-    specs = load_mcp_config(config_path)
+    """Load `config_path`, start its servers (those named in `only`, if given) and return the
+    connections (the caller closes)."""
+    specs = [s for s in load_mcp_config(config_path) if only is None or s.name in only]
     connections = MCPConnections(
         specs,
         start_timeout=start_timeout,

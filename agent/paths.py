@@ -32,3 +32,17 @@ def cache_dir() -> Path:
 def project_root() -> Path:
     """The source checkout (holds `mcp_config.json` and `tools/`)."""
     return Path(__file__).resolve().parent.parent
+
+
+def user_tools_dirs() -> list[Path]:
+    """The user's tool directories, first one first (`agent tools new` writes there).
+
+    `AGENT_TOOLS_PATH` (several paths joined by the platform's path separator) if set; else
+    `$AGENT_HOME/tools` if `AGENT_HOME` is set; else `tools/` in the user's config directory.
+    """
+    override = os.environ.get("AGENT_TOOLS_PATH")
+    if override:
+        return [Path(part).expanduser() for part in override.split(os.pathsep) if part]
+    if os.environ.get("AGENT_HOME"):
+        return [agent_home() / "tools"]
+    return [Path(platformdirs.user_config_dir("agent", appauthor=False)) / "tools"]

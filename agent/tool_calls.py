@@ -2,9 +2,11 @@
 
 import json
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
+import json5
 from qwen_agent.llm.schema import ContentItem
 from qwen_agent.tools.base import BaseTool
 
@@ -20,6 +22,18 @@ class ToolOutcome:
     duration_s: float
 
 
+def parse_arguments(tool_name: str, params: str | dict[str, Any]) -> dict[str, Any]:
+    """Model-style arguments (a JSON/JSON5 string or a dict) as a dict, or `ToolError`."""
+    if isinstance(params, str):
+        try:
+            params = json5.loads(params) if params.strip() else {}
+        except ValueError as exc:
+            raise ToolError(f"{tool_name}: the arguments are not valid JSON ({exc})") from None
+    if not isinstance(params, dict):
+        raise ToolError(f"{tool_name}: the arguments must be a JSON object")
+    return params
+
+
 def _as_text(result: Any) -> str:
     if isinstance(result, str):
         return result
@@ -28,18 +42,39 @@ def _as_text(result: Any) -> str:
     return json.dumps(result, ensure_ascii=False, indent=2)
 
 
-def invoke_tool(tool: BaseTool, arguments: str | dict[str, Any]) -> ToolOutcome:
+def cap_result(content: str, limit: int | None) -> str:
+    """`content` cut to `limit` characters, with a marker saying how much was cut."""
+    if limit is None or len(content) <= limit:
+        return content
+    cut = len(content) - limit
+    return (
+        f"{content[:limit]}\n[... {cut} more characters cut: "
+        f"tool results are limited to {limit} characters]"
+    )
+
+
+def invoke_tool(
+    tool: BaseTool,
+    arguments: str | dict[str, Any],
+    *,
+    limit: int | None = None,
+    debug: bool = False,
+) -> ToolOutcome:
     """Call `tool` with model-style arguments (a JSON string or dict); never raises.
 
     A `ToolError` (or any other exception) becomes an error result the model can read:
-    the exception type and message, no traceback.
+    the exception type and message, plus the traceback when `debug`. Results longer than
+    `limit` characters are cut, with a marker.
     """
     started = time.monotonic()
     try:
-        content = _as_text(tool.call(arguments))
-        ok = True
-    except ToolError as exc:
-        content, ok = f"Error: {exc}", False
+        content, ok = _as_text(tool.call(arguments)), True
     except Exception as exc:  # a tool's bug must not end the run
-        content, ok = f"Error: {type(exc).__name__}: {exc}", False
-    return ToolOutcome(content=content, ok=ok, duration_s=time.monotonic() - started)
+        content, ok = _error_text(exc, debug), False
+    return ToolOutcome(cap_result(content, limit), ok, time.monotonic() - started)
+
+
+def _error_text(exc: Exception, debug: bool) -> str:
+    """`Error: message` for a `ToolError`, `Error: Type: message` for others; + traceback."""
+    text = f"Error: {exc}" if isinstance(exc, ToolError) else f"Error: {type(exc).__name__}: {exc}"
+    return f"{text}\n{traceback.format_exc()}" if debug else text

@@ -1,4 +1,5 @@
-"""The tools a run gets (MCP servers, code interpreter), where each came from, and their cleanup."""
+"""The tools a run gets (MCP servers, code interpreter, plugins), where each came from, which
+are selected, and their cleanup."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ from pathlib import Path
 from qwen_agent.tools.base import BaseTool
 
 from agent.config import Settings
-from agent.errors import UnknownToolError
+from agent.errors import PluginError, UnknownToolError
 
 log = logging.getLogger("agent")
 
 
 @dataclass(frozen=True)
 class ToolEntry:
-    """One tool and its source (`builtin`, `mcp:time`, ...)."""
+    """One tool, its source (`builtin`, `mcp:time`, a file, `package:NAME`) and the group that
+    selects it with its siblings (MCP server, plugin file stem or entry point name)."""
 
     tool: BaseTool
     source: str
+    group: str = ""
 
     @property
     def summary(self) -> str:
@@ -67,11 +70,19 @@ class Toolset:
 
 
 def open_toolset(settings: Settings, work_dir: Path, log_dir: Path) -> Toolset:
-    """Start the MCP servers and set up the code interpreter for one run."""
+    """The selected tools for one run: plugins, the code interpreter, the MCP servers needed.
+
+    Plugin problems are one-line `problems` (`PluginError` with `strict_tools`); a selection
+    naming no tool is a `UnknownToolError`; no selection means every tool.
+    """
     from agent.code_interpreter import CodeInterpreter
     from agent.mcp_tools import open_mcp_tools
+    from agent.plugins import load_plugin_tools
 
     toolset = Toolset()
+    if settings.tools == ():
+        return toolset
+    plugins = load_plugin_tools(settings.tool_files)
     try:
         interpreter = CodeInterpreter(
             work_dir=work_dir,
@@ -85,14 +96,71 @@ def open_toolset(settings: Settings, work_dir: Path, log_dir: Path) -> Toolset:
             log_dir=log_dir,
             start_timeout=settings.mcp_start_timeout,
             call_timeout=settings.tool_timeout,
+            only=None if settings.tools is None else _server_names(settings.tools),
         )
         toolset._closers.append(connections.close)
+        found = [
+            *(ToolEntry(tool, f"mcp:{tool.server}", tool.server) for tool in connections.tools),
+            ToolEntry(interpreter, "builtin"),
+            *plugins.entries,
+        ]
+        toolset.entries = _unique(found, plugins.problems)
+        if settings.strict_tools and plugins.problems:
+            raise PluginError(f"{plugins.problems[0]} (--strict-tools)")
+        if settings.tools is not None:
+            unavailable = plugins.failed | set(connections.failures)
+            toolset.entries = select(toolset.entries, settings.tools, unavailable)
     except BaseException:
         toolset.close()
         raise
     for name, reason in connections.failures.items():
         toolset.problems.append(f"MCP server {name!r} is unavailable: {reason}")
-    for tool in connections.tools:
-        toolset.entries.append(ToolEntry(tool=tool, source=f"mcp:{tool.server}"))
-    toolset.entries.append(ToolEntry(tool=interpreter, source="builtin"))
+    toolset.problems.extend(plugins.problems)
     return toolset
+
+
+def _server_names(selection: tuple[str, ...]) -> set[str]:
+    """Every MCP server a selection may name: `time`, or `fetch` in `fetch-fetch`."""
+    names: set[str] = set()
+    for item in selection:
+        parts = item.split("-")
+        names.update("-".join(parts[:end]) for end in range(1, len(parts) + 1))
+    return names
+
+
+def _unique(entries: list[ToolEntry], problems: list[str]) -> list[ToolEntry]:
+    """The first tool of each name; each later one is reported in `problems`."""
+    kept: dict[str, ToolEntry] = {}
+    for entry in entries:
+        first = kept.setdefault(entry.tool.name, entry)
+        if first is not entry:
+            problems.append(
+                f"{entry.source}: tool {entry.tool.name!r} is already defined by {first.source}; "
+                "rename one (@tool(name=...) or @register_tool(...)); this one is left out"
+            )
+    return list(kept.values())
+
+
+def select(
+    entries: list[ToolEntry], selection: tuple[str, ...], unavailable: set[str]
+) -> list[ToolEntry]:
+    """The entries whose name or group is in `selection`.
+
+    An item naming nothing is an `UnknownToolError`, unless it names (or is a tool of) a
+    source in `unavailable`, which failed and was reported already.
+    """
+    wanted = set(selection)
+    known = {entry.tool.name for entry in entries} | {e.group for e in entries if e.group}
+    unknown = [
+        item
+        for item in selection
+        if item not in known and not (_server_names((item,)) & unavailable)
+    ]
+    if unknown:
+        names = ", ".join(entry.tool.name for entry in entries) or "none"
+        groups = ", ".join(sorted({e.group for e in entries if e.group})) or "none"
+        raise UnknownToolError(
+            f"no tool named {', '.join(map(repr, unknown))}, nor a group of tools (--tools or "
+            f"the 'tools' setting); tools: {names}; groups: {groups}"
+        )
+    return [entry for entry in entries if entry.tool.name in wanted or entry.group in wanted]
