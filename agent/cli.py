@@ -69,6 +69,21 @@ def _add_tool_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--code-timeout", type=float, help="seconds per code interpreter call")
     group.add_argument(
+        "--code-network",
+        action="store_true",
+        default=None,
+        help="let the code interpreter reach the network (pip, HTTP)",
+    )
+    group.add_argument(
+        "--unsafe-code",
+        action="store_true",
+        default=None,
+        help="run code without isolation where no sandbox works",
+    )
+    group.add_argument(
+        "--code-memory", dest="code_memory_mb", type=int, metavar="MB", help="kernel memory limit"
+    )
+    group.add_argument(
         "--tool",
         dest="tool_files",
         type=Path,
@@ -119,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tool_flags(run)
     _add_selection_flags(run)
 
+    doctor = commands.add_parser("doctor", help="check the sandbox, model, MCP commands, GPU")
+    doctor.add_argument("--json", action="store_true", help="one JSON object per check")
+    _add_model_flags(doctor)
+    _add_tool_flags(doctor)
+
     tools = commands.add_parser("tools", help="list, show, call or create tools")
     tool_commands = tools.add_subparsers(dest="tools_command", required=True)
     tools_list = tool_commands.add_parser("list", help="every tool the assistant would get")
@@ -155,6 +175,9 @@ SETTING_FLAGS = (
     "mcp_config",
     "strict_mcp",
     "code_timeout",
+    "code_network",
+    "unsafe_code",
+    "code_memory_mb",
     "tools",
     "tool_files",
     "strict_tools",
@@ -181,6 +204,7 @@ def _validate(settings: Settings) -> None:
         (settings.max_new_tokens > 0, "--max-new-tokens must be > 0"),
         (settings.threads is None or settings.threads > 0, "--threads must be > 0"),
         (settings.code_timeout > 0, "--code-timeout must be > 0"),
+        (settings.code_memory_mb >= 0, "--code-memory must be >= 0 (0: no limit)"),
         (settings.tool_result_limit > 0, "tool_result_limit must be > 0"),
     ]
     for ok, message in checks:
@@ -245,12 +269,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             backend=f"server {settings.model_server}" if settings.model_server else "local",
             thinking=settings.thinking,
             tools=[tool.name for tool in toolset.tools],
+            sandbox=_sandbox_line(settings, toolset),
         )
         events = run_events(assistant, [{"role": "user", "content": args.prompt}], info)
         status = show_run(events, renderer.show)
     if status == "cancelled":
         return EXIT_CANCELLED
     return EXIT_OK if status == "answered" else EXIT_FAILED
+
+
+def _sandbox_line(settings: Settings, toolset: Any) -> str:
+    """The run header's sandbox part, when the code interpreter is one of the tools."""
+    from agent.sandbox import detect
+
+    if "code_interpreter" not in [tool.name for tool in toolset.tools]:
+        return ""
+    return "sandbox: " + detect().summary(settings.code_network)
 
 
 def cmd_tools_list(args: argparse.Namespace) -> int:
@@ -322,8 +356,27 @@ def cmd_tools_new(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """`agent doctor`: exit 1 when a check failed."""
+    from dataclasses import asdict
+
+    from agent.doctor import run_checks
+
+    settings = _settings(args)
+    _setup_logging(settings.debug)
+    checks = run_checks(settings)
+    for check in checks:
+        if args.json:
+            print(json.dumps(asdict(check), ensure_ascii=False))
+        else:
+            mark = {True: "ok  ", False: "FAIL", None: "    "}[check.ok]
+            print(f"{mark} {check.name}: {check.detail}")
+    return EXIT_FAILED if any(check.ok is False for check in checks) else EXIT_OK
+
+
 COMMANDS = {
     "run": cmd_run,
+    "doctor": cmd_doctor,
     "list": cmd_tools_list,
     "show": cmd_tools_show,
     "call": cmd_tools_call,

@@ -1,18 +1,24 @@
 """The `code_interpreter` tool: Python code run in a Jupyter kernel that keeps its state.
 
 One kernel per tool instance, started on the first call in the run's work directory and
-shut down by `close()`. Each call has a wall-clock timeout and an output cap. The kernel
-runs as an ordinary child process of ours, with no isolation of any kind.
+shut down by `close()`. Each call has a wall-clock timeout and an output cap. The kernel runs
+in the sandbox `agent.sandbox` finds (bubblewrap) with rlimits, and talks to us over IPC sockets
+in a private runtime directory, not TCP. Without a working sandbox it refuses to start unless
+unsafe code is allowed.
 """
 
 import base64
 import json
 import queue
 import re
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,10 +27,12 @@ from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 from qwen_agent.tools.base import BaseTool, register_tool
 
+from agent import sandbox as sb
+from agent.config import Settings
 from agent.errors import ToolError
 
 _START_TIMEOUT_S = 60.0  # a cold kernel start takes 1-3 s; a loaded machine may need more
-_INTERRUPT_GRACE_S = 2.0  # how long an interrupted kernel has to become idle before it is killed
+_INTERRUPT_GRACE_S = 1.0  # how long an interrupted kernel has to become idle before it is killed
 _POLL_S = 0.2  # how often a silent kernel is checked for being alive
 _ANSI_ESCAPE = re.compile(r"(?:\x1B[@-_]|[\x80-\x9F])[0-?]*[ -/]*[@-~]")
 
@@ -51,19 +59,89 @@ def _parse_code(params: str | dict[str, Any]) -> str:
     return code
 
 
-class _Kernel:
-    """A running ipykernel of the current interpreter, and a client connected to it."""
+class _SandboxedManager(KernelManager):
+    """A KernelManager whose kernel command is wrapped in the sandbox and rlimits."""
 
-    def __init__(self, cwd: Path) -> None:
+    wrap: Callable[[list[str]], list[str]] = staticmethod(lambda argv: argv)
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        return self.wrap(super().format_kernel_cmd(extra_arguments))
+
+    def write_connection_file(self, **kwargs: Any) -> None:
+        super().write_connection_file(**kwargs)
+        sb.prepare_writable(Path(self.connection_file))  # the kernel reads it as `nobody`
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """How the kernel is isolated and limited."""
+
+    limits: sb.Limits = field(default_factory=sb.Limits)
+    network: bool = False
+    allow_unsafe: bool = False
+
+
+def kernel_options(settings: Settings) -> KernelOptions:
+    """The kernel options the settings ask for."""
+    limits = sb.Limits(
+        memory_mb=settings.code_memory_mb,
+        cpu_s=settings.code_cpu_s,
+        processes=settings.code_processes,
+        file_size_mb=settings.code_file_size_mb,
+    )
+    return KernelOptions(limits, network=settings.code_network, allow_unsafe=settings.unsafe_code)
+
+
+def _kernel_env(work_dir: Path, runtime: Path) -> dict[str, str]:
+    """A minimal environment: none of the user's variables (API keys, tokens) get through."""
+    return {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(work_dir),
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "IPYTHONDIR": str(runtime / "ipython"),
+        "MPLCONFIGDIR": str(runtime / "matplotlib"),
+        "XDG_CACHE_HOME": str(runtime / "cache"),
+        "TMPDIR": str(runtime),
+    }
+
+
+def _parent_watch(sandbox: sb.Sandbox) -> list[str]:
+    """In a PID namespace the kernel's parent is pid 1, which ipykernel takes for its parent
+    having died; bwrap's --die-with-parent does that job there."""
+    return ["--IPKernelApp.parent_handle=0"] if sandbox.isolated else []
+
+
+class _Kernel:
+    """A running ipykernel of the current interpreter in the sandbox, and a client of it."""
+
+    def __init__(self, cwd: Path, options: KernelOptions, sandbox: sb.Sandbox) -> None:
+        self.runtime = Path(tempfile.mkdtemp(prefix="agent-kernel-"))  # short: socket paths
+        sb.prepare_writable(self.runtime)
+        sb.prepare_writable(cwd)
         specs = KernelSpecManager(kernel_dirs=[])  # only ipykernel's own spec: sys.executable
-        self.manager = KernelManager(kernel_name="python3", kernel_spec_manager=specs)
-        # Keep our stdout clean for `--json`; log only errors (not the warning that loopback
-        # TCP is unencrypted: its messages are signed with a key only we hold).
-        self.manager.start_kernel(
-            cwd=str(cwd),
-            stdout=subprocess.DEVNULL,
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        self.manager = _SandboxedManager(
+            kernel_name="python3",
+            kernel_spec_manager=specs,
+            transport="ipc",
+            ip=str(self.runtime / "kernel"),
+            connection_file=str(self.runtime / "connection.json"),
         )
+        assert self.manager.kernel_spec is not None
+        self.manager.kernel_spec.interrupt_mode = "message"  # a signal would reach bwrap only
+        self.manager.wrap = lambda argv: sb.kernel_command(
+            argv, sandbox, [cwd, self.runtime], options.limits, options.network
+        )
+        try:  # keep our stdout clean for `--json`; the kernel logs errors only
+            self.manager.start_kernel(
+                cwd=str(cwd),
+                env=_kernel_env(cwd, self.runtime),
+                stdout=subprocess.DEVNULL,
+                extra_arguments=["--IPKernelApp.log_level=ERROR", *_parent_watch(sandbox)],
+            )
+        except Exception as exc:
+            shutil.rmtree(self.runtime, ignore_errors=True)
+            raise ToolError(f"the Python kernel failed to start: {exc}") from exc
         self.client = self.manager.client()
         self.client.start_channels()
         try:
@@ -92,13 +170,15 @@ class _Kernel:
         """Kill the kernel's whole process group and close the connection."""
         self.client.stop_channels()
         self.manager.shutdown_kernel(now=True)
+        shutil.rmtree(self.runtime, ignore_errors=True)
 
 
 class _Output:
     """What one call printed and displayed, capped at `limit` characters."""
 
-    def __init__(self, limit: int, work_dir: Path) -> None:
+    def __init__(self, limit: int, work_dir: Path, image_limit: int = 5_000_000) -> None:
         self.limit = limit
+        self.image_limit = image_limit
         self.work_dir = work_dir
         self.parts: list[str] = []
         self.size = 0
@@ -128,8 +208,12 @@ class _Output:
 
     def add_data(self, data: dict[str, Any]) -> None:
         if "image/png" in data:
+            png = base64.b64decode(data["image/png"])
+            if len(png) > self.image_limit:
+                self.add(f"[image of {len(png)} bytes dropped: the limit is {self.image_limit}]\n")
+                return
             path = self.work_dir / f"image-{uuid.uuid4().hex[:8]}.png"
-            path.write_bytes(base64.b64decode(data["image/png"]))
+            path.write_bytes(png)
             self.add(f"![image]({path})\n")
         elif "text/plain" in data:
             self.add(data["text/plain"] + "\n")
@@ -146,7 +230,7 @@ class _Output:
 
 @register_tool("code_interpreter", allow_overwrite=True)
 class CodeInterpreter(BaseTool):
-    """Runs Python code in one stateful Jupyter kernel per instance (no sandbox yet)."""
+    """Runs Python code in one stateful, sandboxed Jupyter kernel per instance."""
 
     description = "Python code interpreter, which can be used to execute Python code."
     parameters = {
@@ -156,19 +240,32 @@ class CodeInterpreter(BaseTool):
     }
 
     def __init__(
-        self, work_dir: Path, *, timeout_s: float = 30.0, output_limit: int = 20_000
+        self,
+        work_dir: Path,
+        *,
+        timeout_s: float = 30.0,
+        output_limit: int = 20_000,
+        image_limit: int = 5_000_000,
+        options: KernelOptions | None = None,
     ) -> None:
         super().__init__()
         self.work_dir = Path(work_dir).resolve()
         self.timeout_s = timeout_s
         self.output_limit = output_limit
+        self.image_limit = image_limit
+        self.options = options or KernelOptions()
         self._kernel: _Kernel | None = None
+
+    @property
+    def sandbox(self) -> sb.Sandbox:
+        """The isolation the kernel runs in (found once per process)."""
+        return sb.detect()
 
     def call(self, params: str | dict[str, Any], **kwargs: Any) -> str:
         """Run the code; return its output, or raise `ToolError` if it failed or timed out."""
         code = _parse_code(params)
         kernel = self._started_kernel()
-        output = _Output(self.output_limit, self.work_dir)
+        output = _Output(self.output_limit, self.work_dir, self.image_limit)
         msg_id = kernel.client.execute(code, allow_stdin=False)
         ending = kernel.wait(msg_id, time.monotonic() + self.timeout_s, output.on_message)
         if ending == "timeout":
@@ -176,7 +273,8 @@ class CodeInterpreter(BaseTool):
         if ending == "died":
             self.close()
             raise ToolError(
-                "the kernel died while running the code (did it exit or run out of memory?); "
+                "the kernel died while running the code (did it exit, or hit a memory, CPU time or "
+                "process limit?); "
                 "its state was lost; the next call starts a fresh kernel."
                 + _labelled("Output before it died", output.text())
             )
@@ -192,8 +290,15 @@ class CodeInterpreter(BaseTool):
 
     def _started_kernel(self) -> _Kernel:
         if self._kernel is None:
+            sandbox = self.sandbox
+            if not sandbox.isolated and not self.options.allow_unsafe:
+                raise ToolError(
+                    f"code is not run: no sandbox works here ({sandbox.note}); "
+                    "the user can allow unsafe code with --unsafe-code or "
+                    "unsafe_code = true in config.toml"
+                )
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            self._kernel = _Kernel(self.work_dir)
+            self._kernel = _Kernel(self.work_dir, self.options, sandbox)
         return self._kernel
 
     def _stop_timed_out(self, kernel: _Kernel, msg_id: str, output: _Output) -> str:

@@ -53,6 +53,13 @@ class Settings:
     tool_timeout: float = 120.0
     code_timeout: float = 30.0
     code_output_limit: int = 20_000
+    code_image_limit: int = 5_000_000  # bytes per image
+    code_network: bool = False
+    unsafe_code: bool = False  # run code even where no sandbox works
+    code_memory_mb: int = 2048
+    code_cpu_s: int = 600
+    code_processes: int = 128
+    code_file_size_mb: int = 1024
     tools: tuple[str, ...] | None = None  # None: every tool; (): none
     tool_files: tuple[Path, ...] = ()
     strict_tools: bool = False

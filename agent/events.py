@@ -31,6 +31,7 @@ class RunStarted(Event):
     backend: str
     thinking: bool
     tools: list[str]
+    sandbox: str = ""  # the code interpreter's isolation, e.g. "sandbox: bubblewrap, network off"
     started_at: float = field(default_factory=time.time)
 
 

@@ -62,7 +62,10 @@ class TerminalRenderer:
 
     def _run_started(self, event: ev.RunStarted) -> None:
         tools = ", ".join(event.tools) or "none"
-        self.err.print(RichText(f"{event.model} ({event.backend}) · tools: {tools}", style="dim"))
+        header = f"{event.model} ({event.backend}) · tools: {tools}"
+        if event.sandbox:
+            header += f" · {event.sandbox}"
+        self.err.print(RichText(header, style="dim"))
 
     def _thinking(self, event: ev.Thinking) -> None:
         if not self.show_thinking:

@@ -31,6 +31,7 @@ class RunInfo:
     backend: str
     thinking: bool
     tools: list[str]
+    sandbox: str = ""
 
 
 class _QueueListener:
@@ -88,6 +89,7 @@ def run_events(
         backend=info.backend,
         thinking=info.thinking,
         tools=info.tools,
+        sandbox=info.sandbox,
     )
     worker = threading.Thread(target=_work, args=(assistant, messages, inbox, cancel), daemon=True)
     worker.start()

@@ -75,7 +75,7 @@ def open_toolset(settings: Settings, work_dir: Path, log_dir: Path) -> Toolset:
     Plugin problems are one-line `problems` (`PluginError` with `strict_tools`); a selection
     naming no tool is a `UnknownToolError`; no selection means every tool.
     """
-    from agent.code_interpreter import CodeInterpreter
+    from agent.code_interpreter import CodeInterpreter, kernel_options
     from agent.mcp_tools import open_mcp_tools
     from agent.plugins import load_plugin_tools
 
@@ -88,6 +88,8 @@ def open_toolset(settings: Settings, work_dir: Path, log_dir: Path) -> Toolset:
             work_dir=work_dir,
             timeout_s=settings.code_timeout,
             output_limit=settings.code_output_limit,
+            image_limit=settings.code_image_limit,
+            options=kernel_options(settings),
         )
         toolset._closers.append(interpreter.close)
         connections = open_mcp_tools(

@@ -78,7 +78,7 @@ def test_endless_loop_times_out_and_next_call_works(make_tool: MakeTool) -> None
     assert run(tool, "y = 1").ok  # start the kernel outside the timed call
     started = time.monotonic()
     outcome = run(tool, "while True: pass")
-    assert time.monotonic() - started < 4.5
+    assert time.monotonic() - started < 4
     assert not outcome.ok
     assert "timed out after 2 s" in outcome.content
     assert run(tool, "print(y)").content.strip() == "1"
@@ -128,12 +128,11 @@ def test_image_is_saved_to_work_dir(make_tool: MakeTool, tmp_path: Path) -> None
 
 def test_close_kills_kernel_and_its_children(make_tool: MakeTool) -> None:
     tool = make_tool()
-    code = (
-        "import os, subprocess\n"
-        "child = subprocess.Popen(['sleep', '60'])\n"
-        "print(os.getpid(), child.pid)"
-    )
-    pids = [int(pid) for pid in run(tool, code).content.split()]
+    assert run(tool, "import subprocess; child = subprocess.Popen(['sleep', '60'])").ok
+    assert tool._kernel is not None
+    launched = psutil.Process(tool._kernel.manager.provisioner.process.pid)  # type: ignore[attr-defined]
+    pids = [launched.pid, *(p.pid for p in launched.children(recursive=True))]
+    assert any(psutil.Process(pid).name() == "sleep" for pid in pids)
     tool.close()
     tool.close()  # idempotent
     deadline = time.monotonic() + 5

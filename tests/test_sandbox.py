@@ -1,0 +1,241 @@
+"""The sandboxed code interpreter, called as the model calls it (`invoke_tool`)."""
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent import sandbox as sb
+from agent.code_interpreter import CodeInterpreter, KernelOptions
+from agent.tool_calls import ToolOutcome, invoke_tool
+
+MakeTool = Callable[..., CodeInterpreter]
+needs_sandbox = pytest.mark.skipif(
+    not sb.detect().isolated, reason=f"no sandbox works here: {sb.detect().note}"
+)
+
+
+@pytest.fixture
+def make_tool(tmp_path: Path) -> Iterator[MakeTool]:
+    tools: list[CodeInterpreter] = []
+
+    def make(
+        timeout_s: float = 10,
+        output_limit: int = 20_000,
+        image_limit: int = 5_000_000,
+        **kw: object,
+    ) -> CodeInterpreter:
+        options = KernelOptions(**kw)  # type: ignore[arg-type]
+        tool = CodeInterpreter(
+            tmp_path / "run",
+            timeout_s=timeout_s,
+            output_limit=output_limit,
+            image_limit=image_limit,
+            options=options,
+        )
+        tools.append(tool)
+        return tool
+
+    yield make
+    for tool in tools:
+        tool.close()
+
+
+def run(tool: CodeInterpreter, code: str) -> ToolOutcome:
+    return invoke_tool(tool, json.dumps({"code": code}), limit=10**8)
+
+
+def timed(tool: CodeInterpreter, code: str) -> tuple[ToolOutcome, float]:
+    started = time.monotonic()
+    outcome = run(tool, code)
+    return outcome, time.monotonic() - started
+
+
+@needs_sandbox
+def test_reading_outside_the_work_dir_fails(make_tool: MakeTool, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret")
+    tool = make_tool()
+    outcome = run(tool, f"print(open({str(secret)!r}).read())")
+    assert not outcome.ok and "s3cret" not in outcome.content
+    assert "FileNotFoundError" in outcome.content
+    home = str(Path.home())
+    listing = run(tool, f"import os; print(os.path.isdir({home!r}) and os.listdir({home!r}))")
+    assert ".bashrc" not in listing.content and "secret" not in listing.content
+
+
+@needs_sandbox
+def test_writing_outside_the_work_dir_fails(make_tool: MakeTool, tmp_path: Path) -> None:
+    tool = make_tool()
+    for target in (tmp_path / "escape.txt", Path("/usr/x"), Path("/tmp/x"), Path("/x")):
+        outcome = run(tool, f"open({str(target)!r}, 'w').write('x')")
+        assert not outcome.ok, target
+        assert not target.exists()
+    assert run(tool, "open('inside.txt', 'w').write('ok')").ok
+    assert (tmp_path / "run" / "inside.txt").read_text() == "ok"
+
+
+@pytest.fixture
+def tcp_server() -> Iterator[int]:
+    server = socket.create_server(("127.0.0.1", 0))
+    yield server.getsockname()[1]
+    server.close()
+
+
+@needs_sandbox
+def test_tcp_to_localhost_fails(make_tool: MakeTool, tcp_server: int) -> None:
+    code = f"import socket; socket.create_connection(('127.0.0.1', {tcp_server}), timeout=2)"
+    outcome = run(make_tool(), code)
+    assert not outcome.ok
+    assert "ConnectionRefusedError" in outcome.content or "OSError" in outcome.content
+
+
+@needs_sandbox
+def test_code_network_lets_the_connection_through(make_tool: MakeTool, tcp_server: int) -> None:
+    code = f"import socket; socket.create_connection(('127.0.0.1', {tcp_server}), timeout=2)"
+    outcome = run(make_tool(network=True), code)
+    assert outcome.ok, outcome.content
+
+
+@needs_sandbox
+def test_secrets_in_the_environment_are_not_visible(
+    make_tool: MakeTool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENT_TEST_API_KEY", "sk-secret")
+    outcome = run(make_tool(), "import os; print(sorted(os.environ))")
+    assert outcome.ok
+    assert "AGENT_TEST_API_KEY" not in outcome.content and "sk-secret" not in outcome.content
+
+
+@needs_sandbox
+def test_fork_bomb_is_contained_and_next_call_works(make_tool: MakeTool) -> None:
+    limits = sb.Limits(processes=64)
+    tool = make_tool(timeout_s=5, limits=limits)
+    assert run(tool, "alive = True").ok
+    assert tool._kernel is not None
+    bwrap = psutil.Process(tool._kernel.manager.provisioner.process.pid)  # type: ignore[attr-defined]
+    outcome, took = timed(tool, "import os\nwhile True:\n    os.fork()")
+    assert not outcome.ok
+    assert took < 5 + 2
+    if tool._kernel is not None:  # the bomb hit the limit and ended: count what it left
+        assert len(bwrap.children(recursive=True)) <= 64 + 2
+    assert run(tool, "print('works')").content.strip() == "works"
+
+
+@needs_sandbox
+def test_ten_times_the_memory_limit_is_stopped_and_reported(make_tool: MakeTool) -> None:
+    tool = make_tool(limits=sb.Limits(memory_mb=512))
+    outcome = run(tool, "x = bytearray(10 * 512 * 2**20)")
+    assert not outcome.ok
+    assert "MemoryError" in outcome.content or "memory" in outcome.content
+    assert run(tool, "print('works')").content.strip() == "works"
+
+
+@needs_sandbox
+def test_file_size_is_limited(make_tool: MakeTool) -> None:
+    tool = make_tool(limits=sb.Limits(file_size_mb=1))
+    outcome = run(tool, "open('big', 'wb').write(b'x' * 2 * 2**20)")
+    assert not outcome.ok
+    assert "File too large" in outcome.content
+
+
+@pytest.mark.parametrize("code", ["while True: pass", "sum(range(10**10))"])
+def test_loops_are_stopped_within_timeout_plus_2s(make_tool: MakeTool, code: str) -> None:
+    tool = make_tool(timeout_s=2, allow_unsafe=True)
+    assert run(tool, "1").ok  # start the kernel outside the timed call
+    outcome, took = timed(tool, code)
+    assert not outcome.ok and "timed out after 2 s" in outcome.content
+    assert took < 2 + 2
+    assert run(tool, "print('works')").content.strip() == "works"
+
+
+def test_ten_megabytes_of_output_are_capped(make_tool: MakeTool) -> None:
+    outcome = run(make_tool(allow_unsafe=True), "print('x' * 10_000_000)")
+    assert outcome.ok
+    assert len(outcome.content) < 20_200
+    assert "more characters dropped" in outcome.content
+
+
+def test_exit_is_an_error_and_next_call_gets_a_fresh_kernel(make_tool: MakeTool) -> None:
+    tool = make_tool(allow_unsafe=True)
+    assert run(tool, "kept = 1").ok
+    assert run(tool, "print(kept + 1)").content.strip() == "2"  # state is kept across calls
+    outcome = run(tool, "import os; os._exit(1)")
+    assert not outcome.ok and "kernel died" in outcome.content
+    assert run(tool, "print('kept' in globals())").content.strip() == "False"
+
+
+def test_matplotlib_figure_comes_back_as_an_image(make_tool: MakeTool, tmp_path: Path) -> None:
+    code = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()"
+    outcome = run(make_tool(timeout_s=60, allow_unsafe=True), code)
+    assert outcome.ok, outcome.content
+    path = Path(outcome.content.split("![image](")[1].split(")")[0])
+    assert path.parent == tmp_path / "run" and path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_image_over_the_limit_is_dropped(make_tool: MakeTool, tmp_path: Path) -> None:
+    code = (
+        "from IPython.display import Image, display\n"
+        "display(Image(data=b'\\x89PNG\\r\\n\\x1a\\n' + b'x' * 1000, format='png'))"
+    )
+    outcome = run(make_tool(image_limit=100, allow_unsafe=True), code)
+    assert outcome.ok
+    assert "image of 1008 bytes dropped" in outcome.content
+    assert not list((tmp_path / "run").glob("*.png"))
+
+
+def test_without_a_sandbox_code_is_refused_unless_allowed(
+    make_tool: MakeTool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sb, "detect", lambda: sb.Sandbox("none", (), (), note="test"))
+    refused = run(make_tool(), "print(1)")
+    assert not refused.ok and "--unsafe-code" in refused.content
+    allowed = run(make_tool(allow_unsafe=True), "import os; print(os.getpid() != 1)")
+    assert allowed.ok and allowed.content.strip() == "True"
+
+
+@needs_sandbox
+def test_kernel_uses_ipc_not_tcp(make_tool: MakeTool) -> None:
+    tool = make_tool()
+    assert run(tool, "1").ok
+    assert tool._kernel is not None
+    assert tool._kernel.manager.transport == "ipc"
+    info = json.loads(Path(tool._kernel.manager.connection_file).read_text())
+    assert info["transport"] == "ipc" and os.path.isabs(info["ip"])
+
+
+def test_doctor_says_which_sandbox_is_in_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import main
+
+    monkeypatch.setenv("AGENT_HOME", str(tmp_path))
+    (tmp_path / "mcp.json").write_text('{"mcpServers": {"x": {"command": "no-such-cmd-xyz"}}}')
+    code = main(["doctor", "--json", "--mcp-config", str(tmp_path / "mcp.json")])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    checks = {row["name"]: row for row in rows}
+    assert checks["sandbox"]["detail"].startswith(sb.detect().summary(network=False))
+    assert any(row["name"].strip() == "protects" for row in rows)
+    assert checks["mcp x"]["ok"] is False and "not on PATH" in checks["mcp x"]["detail"]
+    assert code == 1
+
+
+def test_run_header_states_the_sandbox() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from agent.events import RunStarted
+    from agent.render import TerminalRenderer
+
+    err = StringIO()
+    renderer = TerminalRenderer(False, err=Console(file=err, width=200))
+    renderer.show(
+        RunStarted("p", "m", "local", False, ["code_interpreter"], "sandbox: x, network off")
+    )
+    assert "sandbox: x, network off" in err.getvalue()
