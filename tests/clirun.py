@@ -10,16 +10,25 @@ from pathlib import Path
 from typing import Any
 
 
+def agent_argv(*args: str) -> list[str]:
+    """The command line of `python -m agent ARGS` with this interpreter."""
+    return [sys.executable, "-m", "agent", *args]
+
+
+def agent_env(home: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment with AGENT_HOME=home and `env` on top."""
+    return {**os.environ, "AGENT_HOME": str(home), **(env or {})}
+
+
 def agent_cli(
     *args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """`python -m agent ARGS` with AGENT_HOME=home; output captured as text."""
-    full_env = {**os.environ, "AGENT_HOME": str(home), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
+        agent_argv(*args),
         capture_output=True,
         text=True,
-        env=full_env,
+        env=agent_env(home, env),
         timeout=timeout,
         check=False,
     )

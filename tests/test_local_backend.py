@@ -1,10 +1,8 @@
 """The local backend on a small GPTQ-quantized Qwen3 checkpoint the test suite builds itself."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from qwen_agent.llm.schema import Message
 from agent.backends.local import LocalQwen
 from agent.backends.local_model import load_local_model
 from agent.errors import GenerationError
-from tests.clirun import agent_cli, empty_mcp_config, json_events
+from tests.clirun import agent_argv, agent_cli, agent_env, empty_mcp_config, json_events
 
 GREEDY = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": 0}
 
@@ -99,22 +97,15 @@ def test_prompt_over_the_context_is_a_clear_error(tiny_gptq: Path) -> None:
         stream(llm, "word " * 33_000)
 
 
+def tiny_run_args(model: Path, home: Path, *extra: str) -> list[str]:
+    """`agent run Hello --json` on `model` with no MCP servers."""
+    no_mcp = empty_mcp_config(home)
+    return ["run", "Hello", "--json", "--model", str(model), "--mcp-config", str(no_mcp), *extra]
+
+
 def test_agent_run_json_on_the_tiny_checkpoint(tiny_gptq: Path, tmp_path: Path) -> None:
-    no_mcp = empty_mcp_config(tmp_path)
-    done = agent_cli(
-        "run",
-        "Hello",
-        "--json",
-        "--model",
-        str(tiny_gptq),
-        "--mcp-config",
-        str(no_mcp),
-        "--seed",
-        "1",
-        "--max-new-tokens",
-        "16",
-        home=tmp_path,
-    )
+    args = tiny_run_args(tiny_gptq, tmp_path, "--seed", "1", "--max-new-tokens", "16")
+    done = agent_cli(*args, home=tmp_path)
     events = json_events(done.stdout)
     assert events[0]["type"] == "run_started" and events[0]["backend"] == "local"
     assert events[-1]["type"] == "run_finished"
@@ -134,26 +125,13 @@ def test_agent_run_json_on_the_tiny_checkpoint(tiny_gptq: Path, tmp_path: Path) 
 
 
 def test_ctrl_c_stops_generation_and_exits_130(tiny_gptq: Path, tmp_path: Path) -> None:
-    no_mcp = empty_mcp_config(tmp_path)
-    command = [
-        sys.executable,
-        "-m",
-        "agent",
-        "run",
-        "Hello",
-        "--json",
-        "--model",
-        str(tiny_gptq),
-        "--mcp-config",
-        str(no_mcp),
-        "--max-new-tokens",
-        "30000",
-        "--seed",
-        "1",
-    ]
-    env = {**os.environ, "AGENT_HOME": str(tmp_path)}
+    args = tiny_run_args(tiny_gptq, tmp_path, "--max-new-tokens", "30000", "--seed", "1")
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        agent_argv(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=agent_env(tmp_path),
     ) as proc:
         assert proc.stdout is not None
         texts = 0
