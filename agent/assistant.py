@@ -84,11 +84,13 @@ def build_llm(settings: Settings) -> BaseChatModel:
 class AgentAssistant(Assistant):
     """Qwen-Agent's Assistant, with tool calls that report their start and outcome."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, result_limit: int | None = None, debug: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.tool_listener: ToolListener | None = None
-        self.result_limit: int | None = None
-        self.debug = False
+        self.result_limit = result_limit
+        self.debug = debug
 
     def _call_tool(self, tool_name: str, tool_args: Any = "{}", **kwargs: Any) -> str:
         if self.tool_listener:
@@ -108,11 +110,10 @@ class AgentAssistant(Assistant):
 
 def build_assistant(settings: Settings, llm: BaseChatModel, toolset: Toolset) -> AgentAssistant:
     """The Assistant wired to `llm` and every tool in `toolset`."""
-    assistant = AgentAssistant(
+    return AgentAssistant(
         llm=llm,
         function_list=toolset.tools,
         system_message=settings.system_prompt,
+        result_limit=settings.tool_result_limit,
+        debug=settings.debug,
     )
-    assistant.result_limit = settings.tool_result_limit
-    assistant.debug = settings.debug
-    return assistant
