@@ -21,6 +21,7 @@ from agent import qwen_agent_compat
 from agent.config import Settings, load_settings
 from agent.errors import AgentError, ConfigError
 from agent.paths import runs_dir
+from agent.sandbox import SANDBOX_CHOICES
 
 log = logging.getLogger("agent")
 
@@ -79,6 +80,11 @@ def _add_tool_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="run code without isolation where no sandbox works",
+    )
+    group.add_argument(
+        "--sandbox",
+        choices=SANDBOX_CHOICES,
+        help="code isolation: auto (bubblewrap, else Landlock + seccomp), bubblewrap, landlock",
     )
     group.add_argument(
         "--code-memory", dest="code_memory_mb", type=int, metavar="MB", help="kernel memory limit"
@@ -177,6 +183,7 @@ SETTING_FLAGS = (
     "code_timeout",
     "code_network",
     "unsafe_code",
+    "sandbox",
     "code_memory_mb",
     "tools",
     "tool_files",
@@ -205,6 +212,10 @@ def _validate(settings: Settings) -> None:
         (settings.threads is None or settings.threads > 0, "--threads must be > 0"),
         (settings.code_timeout > 0, "--code-timeout must be > 0"),
         (settings.code_memory_mb >= 0, "--code-memory must be >= 0 (0: no limit)"),
+        (
+            settings.sandbox in SANDBOX_CHOICES,
+            f"sandbox must be one of {', '.join(SANDBOX_CHOICES)}, not {settings.sandbox!r}",
+        ),
         (settings.tool_result_limit > 0, "tool_result_limit must be > 0"),
     ]
     for ok, message in checks:
@@ -284,7 +295,7 @@ def _sandbox_line(settings: Settings, toolset: Any) -> str:
 
     if "code_interpreter" not in [tool.name for tool in toolset.tools]:
         return ""
-    return "sandbox: " + detect().summary(settings.code_network)
+    return "sandbox: " + detect(settings.sandbox).summary(settings.code_network)
 
 
 def cmd_tools_list(args: argparse.Namespace) -> int:

@@ -2,9 +2,9 @@
 
 One kernel per tool instance, started on the first call in the run's work directory and
 shut down by `close()`. Each call has a wall-clock timeout and an output cap. The kernel runs
-in the sandbox `agent.sandbox` finds (bubblewrap) with rlimits, and talks to us over IPC sockets
-in a private runtime directory, not TCP. Without a working sandbox it refuses to start unless
-unsafe code is allowed.
+in the sandbox `agent.sandbox` finds (bubblewrap, else Landlock) with rlimits, and talks to us
+over IPC sockets in a private runtime directory, not TCP. Without a working sandbox it refuses
+to start unless unsafe code is allowed.
 """
 
 import base64
@@ -63,13 +63,14 @@ class _SandboxedManager(KernelManager):
     """A KernelManager whose kernel command is wrapped in the sandbox and rlimits."""
 
     wrap: Callable[[list[str]], list[str]] = staticmethod(lambda argv: argv)
+    sandbox: sb.Sandbox = sb.Sandbox("none", (), ())
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         return self.wrap(super().format_kernel_cmd(extra_arguments))
 
     def write_connection_file(self, **kwargs: Any) -> None:
         super().write_connection_file(**kwargs)
-        sb.prepare_writable(Path(self.connection_file))  # the kernel reads it as `nobody`
+        sb.prepare_writable(Path(self.connection_file), self.sandbox)  # read as `nobody`
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class KernelOptions:
     limits: sb.Limits = field(default_factory=sb.Limits)
     network: bool = False
     allow_unsafe: bool = False
+    sandbox: str = "auto"  # one of sandbox.SANDBOX_CHOICES
 
 
 def kernel_options(settings: Settings) -> KernelOptions:
@@ -89,7 +91,12 @@ def kernel_options(settings: Settings) -> KernelOptions:
         processes=settings.code_processes,
         file_size_mb=settings.code_file_size_mb,
     )
-    return KernelOptions(limits, network=settings.code_network, allow_unsafe=settings.unsafe_code)
+    return KernelOptions(
+        limits,
+        network=settings.code_network,
+        allow_unsafe=settings.unsafe_code,
+        sandbox=settings.sandbox,
+    )
 
 
 def _kernel_env(work_dir: Path, runtime: Path) -> dict[str, str]:
@@ -109,7 +116,7 @@ def _kernel_env(work_dir: Path, runtime: Path) -> dict[str, str]:
 def _parent_watch(sandbox: sb.Sandbox) -> list[str]:
     """In a PID namespace the kernel's parent is pid 1, which ipykernel takes for its parent
     having died; bwrap's --die-with-parent does that job there."""
-    return ["--IPKernelApp.parent_handle=0"] if sandbox.isolated else []
+    return ["--IPKernelApp.parent_handle=0"] if sandbox.mechanism == "bubblewrap" else []
 
 
 class _Kernel:
@@ -117,8 +124,8 @@ class _Kernel:
 
     def __init__(self, cwd: Path, options: KernelOptions, sandbox: sb.Sandbox) -> None:
         self.runtime = Path(tempfile.mkdtemp(prefix="agent-kernel-"))  # short: socket paths
-        sb.prepare_writable(self.runtime)
-        sb.prepare_writable(cwd)
+        sb.prepare_writable(self.runtime, sandbox)
+        sb.prepare_writable(cwd, sandbox)
         specs = KernelSpecManager(kernel_dirs=[])  # only ipykernel's own spec: sys.executable
         self.manager = _SandboxedManager(
             kernel_name="python3",
@@ -129,6 +136,7 @@ class _Kernel:
         )
         assert self.manager.kernel_spec is not None
         self.manager.kernel_spec.interrupt_mode = "message"  # a signal would reach bwrap only
+        self.manager.sandbox = sandbox
         self.manager.wrap = lambda argv: sb.kernel_command(
             argv, sandbox, [cwd, self.runtime], options.limits, options.network
         )
@@ -259,7 +267,7 @@ class CodeInterpreter(BaseTool):
     @property
     def sandbox(self) -> sb.Sandbox:
         """The isolation the kernel runs in (found once per process)."""
-        return sb.detect()
+        return sb.detect(self.options.sandbox)
 
     def call(self, params: str | dict[str, Any], **kwargs: Any) -> str:
         """Run the code; return its output, or raise `ToolError` if it failed or timed out."""

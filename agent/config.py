@@ -56,6 +56,7 @@ class Settings:
     code_image_limit: int = 5_000_000  # bytes per image
     code_network: bool = False
     unsafe_code: bool = False  # run code even where no sandbox works
+    sandbox: str = "auto"  # auto (bubblewrap, else Landlock), bubblewrap or landlock
     code_memory_mb: int = 2048
     code_cpu_s: int = 600
     code_processes: int = 128

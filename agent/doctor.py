@@ -29,9 +29,10 @@ def sandbox_checks(settings: Settings) -> list[Check]:
     """Which sandbox the code interpreter gets, what it protects and what it does not."""
     from agent.sandbox import detect
 
-    sandbox = detect()
+    sandbox = detect(settings.sandbox)
     if sandbox.isolated:
-        head = Check("sandbox", True, sandbox.summary(settings.code_network))
+        note = f" ({sandbox.note})" if sandbox.note else ""
+        head = Check("sandbox", True, sandbox.summary(settings.code_network) + note)
     elif settings.unsafe_code:
         head = Check("sandbox", False, f"none ({sandbox.note}); unsafe code allowed: NO isolation")
     else:

@@ -1,4 +1,8 @@
-"""The sandboxed code interpreter, called as the model calls it (`invoke_tool`)."""
+"""The sandboxed code interpreter, called as the model calls it (`invoke_tool`).
+
+Every isolation test runs in both sandboxes: bubblewrap (the default) and Landlock + seccomp
+(the fallback where bubblewrap does not work), forced with `KernelOptions(sandbox=...)`.
+"""
 
 import json
 import os
@@ -17,8 +21,14 @@ from agent.tool_calls import ToolOutcome, invoke_tool
 MakeTool = Callable[..., CodeInterpreter]
 
 
+@pytest.fixture(params=["bubblewrap", "landlock"])
+def mechanism(request: pytest.FixtureRequest) -> str:
+    assert sb.detect(request.param).mechanism == request.param, sb.detect(request.param).note
+    return str(request.param)
+
+
 @pytest.fixture
-def make_tool(tmp_path: Path) -> Iterator[MakeTool]:
+def make_tool(tmp_path: Path, mechanism: str) -> Iterator[MakeTool]:
     tools: list[CodeInterpreter] = []
 
     def make(
@@ -27,7 +37,7 @@ def make_tool(tmp_path: Path) -> Iterator[MakeTool]:
         image_limit: int = 5_000_000,
         **kw: object,
     ) -> CodeInterpreter:
-        options = KernelOptions(**kw)  # type: ignore[arg-type]
+        options = KernelOptions(sandbox=mechanism, **kw)  # type: ignore[arg-type]
         tool = CodeInterpreter(
             tmp_path / "run",
             timeout_s=timeout_s,
@@ -59,7 +69,7 @@ def test_reading_outside_the_work_dir_fails(make_tool: MakeTool, tmp_path: Path)
     tool = make_tool()
     outcome = run(tool, f"print(open({str(secret)!r}).read())")
     assert not outcome.ok and "s3cret" not in outcome.content
-    assert "FileNotFoundError" in outcome.content
+    assert "FileNotFoundError" in outcome.content or "PermissionError" in outcome.content
     home = str(Path.home())
     listing = run(tool, f"import os; print(os.path.isdir({home!r}) and os.listdir({home!r}))")
     assert ".bashrc" not in listing.content and "secret" not in listing.content
@@ -86,7 +96,21 @@ def test_tcp_to_localhost_fails(make_tool: MakeTool, tcp_server: int) -> None:
     code = f"import socket; socket.create_connection(('127.0.0.1', {tcp_server}), timeout=2)"
     outcome = run(make_tool(), code)
     assert not outcome.ok
-    assert "ConnectionRefusedError" in outcome.content or "OSError" in outcome.content
+    assert any(
+        error in outcome.content for error in ("ConnectionRefused", "OSError", "PermissionError")
+    )
+
+
+def test_udp_to_localhost_does_not_arrive(make_tool: MakeTool) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(1)
+        port = server.getsockname()[1]
+        send = f"sendto(b'x', ('127.0.0.1', {port}))"
+        code = f"import socket; socket.socket(type=socket.SOCK_DGRAM).{send}"
+        run(make_tool(), code)
+        with pytest.raises(TimeoutError):
+            server.recv(10)
 
 
 def test_code_network_lets_the_connection_through(make_tool: MakeTool, tcp_server: int) -> None:
@@ -109,13 +133,35 @@ def test_fork_bomb_is_contained_and_next_call_works(make_tool: MakeTool) -> None
     tool = make_tool(timeout_s=5, limits=limits)
     assert run(tool, "alive = True").ok
     assert tool._kernel is not None
-    bwrap = psutil.Process(tool._kernel.manager.provisioner.process.pid)  # type: ignore[attr-defined]
+    launched = psutil.Process(tool._kernel.manager.provisioner.process.pid)  # type: ignore[attr-defined]
     outcome, took = timed(tool, "import os\nwhile True:\n    os.fork()")
     assert not outcome.ok
     assert took < 5 + 2
     if tool._kernel is not None:  # the bomb hit the limit and ended: count what it left
-        assert len(bwrap.children(recursive=True)) <= 64 + 2
+        assert len(launched.children(recursive=True)) <= 64 + 2
     assert run(tool, "print('works')").content.strip() == "works"
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_close_kills_the_kernel_and_its_children(make_tool: MakeTool) -> None:
+    tool = make_tool()
+    assert run(tool, "import subprocess; child = subprocess.Popen(['sleep', '60'])").ok
+    assert tool._kernel is not None
+    launched = psutil.Process(tool._kernel.manager.provisioner.process.pid)  # type: ignore[attr-defined]
+    pids = [launched.pid, *(p.pid for p in launched.children(recursive=True))]
+    assert any(psutil.Process(pid).name() == "sleep" for pid in pids)
+    tool.close()
+    tool.close()  # idempotent
+    deadline = time.monotonic() + 5
+    while not all(gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(gone(pid) for pid in pids)
 
 
 def test_ten_times_the_memory_limit_is_stopped_and_reported(make_tool: MakeTool) -> None:
@@ -181,7 +227,7 @@ def test_an_image_over_the_limit_is_dropped(make_tool: MakeTool, tmp_path: Path)
 def test_without_a_sandbox_code_is_refused_unless_allowed(
     make_tool: MakeTool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sb, "detect", lambda: sb.Sandbox("none", (), (), note="test"))
+    monkeypatch.setattr(sb, "detect", lambda choice: sb.Sandbox("none", (), (), note="test"))
     refused = run(make_tool(), "print(1)")
     assert not refused.ok and "--unsafe-code" in refused.content
     allowed = run(make_tool(allow_unsafe=True), "import os; print(os.getpid() != 1)")
@@ -211,6 +257,43 @@ def test_doctor_says_which_sandbox_is_in_force(
     assert any(row["name"].strip() == "protects" for row in rows)
     assert checks["mcp x"]["ok"] is False and "not on PATH" in checks["mcp x"]["detail"]
     assert code == 1
+
+
+def test_auto_falls_back_to_landlock_where_bubblewrap_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sb, "_try_bubblewrap", lambda: "bubblewrap does not work here: test")
+    sandbox = sb.detect.__wrapped__("auto")  # type: ignore[attr-defined]
+    assert sandbox.mechanism == "landlock"
+    assert sandbox.note == "bubblewrap does not work here: test"
+    assert any(item.startswith("filesystem (Landlock ABI") for item in sandbox.protections)
+    assert any("seccomp: Unix and netlink sockets only" in item for item in sandbox.protections)
+    assert any("no PID namespace" in item for item in sandbox.missing)
+    assert sandbox.summary(network=False) == "landlock, network off"
+
+
+def test_doctor_states_the_landlock_sandbox_and_its_gaps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import main
+
+    monkeypatch.setenv("AGENT_HOME", str(tmp_path))
+    main(["doctor", "--json", "--sandbox", "landlock", "--mcp-config", str(tmp_path / "none")])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0] == {"name": "sandbox", "ok": True, "detail": "landlock, network off"}
+    gaps = [row["detail"] for row in rows if row["name"].strip() == "does not"]
+    assert any("no PID namespace" in gap for gap in gaps)
+
+
+def test_an_unknown_sandbox_in_config_is_a_one_line_error(tmp_path: Path) -> None:
+    from tests.clirun import agent_cli
+
+    (tmp_path / "config.toml").write_text('sandbox = "docker"\n')
+    done = agent_cli("doctor", home=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: sandbox must be one of auto, bubblewrap, landlock, not 'docker'"
+    ]
 
 
 def test_run_header_states_the_sandbox() -> None:
