@@ -122,7 +122,9 @@ def _parent_watch(sandbox: sb.Sandbox) -> list[str]:
 class _Kernel:
     """A running ipykernel of the current interpreter in the sandbox, and a client of it."""
 
-    def __init__(self, cwd: Path, options: KernelOptions, sandbox: sb.Sandbox) -> None:
+    def __init__(
+        self, cwd: Path, options: KernelOptions, sandbox: sb.Sandbox, log_dir: Path | None
+    ) -> None:
         self.runtime = Path(tempfile.mkdtemp(prefix="agent-kernel-"))  # short: socket paths
         sb.prepare_writable(self.runtime, sandbox)
         sb.prepare_writable(cwd, sandbox)
@@ -140,15 +142,18 @@ class _Kernel:
         self.manager.wrap = lambda argv: sb.kernel_command(
             argv, sandbox, [cwd, self.runtime], options.limits, options.network
         )
-        try:  # keep our stdout clean for `--json`; the kernel logs errors only
+        # keep our stdout clean for `--json`; the kernel's warnings go to the run's logs
+        self.log = open(log_dir / "kernel.log", "ab") if log_dir else None  # noqa: SIM115
+        try:
             self.manager.start_kernel(
                 cwd=str(cwd),
                 env=_kernel_env(cwd, self.runtime),
                 stdout=subprocess.DEVNULL,
+                stderr=self.log,
                 extra_arguments=["--IPKernelApp.log_level=ERROR", *_parent_watch(sandbox)],
             )
         except Exception as exc:
-            shutil.rmtree(self.runtime, ignore_errors=True)
+            self._remove_files()
             raise ToolError(f"the Python kernel failed to start: {exc}") from exc
         self.client = self.manager.client()
         self.client.start_channels()
@@ -178,7 +183,12 @@ class _Kernel:
         """Kill the kernel's whole process group and close the connection."""
         self.client.stop_channels()
         self.manager.shutdown_kernel(now=True)
+        self._remove_files()
+
+    def _remove_files(self) -> None:
         shutil.rmtree(self.runtime, ignore_errors=True)
+        if self.log is not None:
+            self.log.close()
 
 
 class _Output:
@@ -255,6 +265,7 @@ class CodeInterpreter(BaseTool):
         output_limit: int = 20_000,
         image_limit: int = 5_000_000,
         options: KernelOptions | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         super().__init__()
         self.work_dir = Path(work_dir).resolve()
@@ -262,6 +273,7 @@ class CodeInterpreter(BaseTool):
         self.output_limit = output_limit
         self.image_limit = image_limit
         self.options = options or KernelOptions()
+        self.log_dir = log_dir  # the kernel's stderr goes to kernel.log there (else ours)
         self._kernel: _Kernel | None = None
 
     @property
@@ -306,7 +318,7 @@ class CodeInterpreter(BaseTool):
                     "unsafe_code = true in config.toml"
                 )
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            self._kernel = _Kernel(self.work_dir, self.options, sandbox)
+            self._kernel = _Kernel(self.work_dir, self.options, sandbox, self.log_dir)
         return self._kernel
 
     def _stop_timed_out(self, kernel: _Kernel, msg_id: str, output: _Output) -> str:

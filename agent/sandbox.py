@@ -99,7 +99,7 @@ def _bwrap_base(bwrap: str, network: bool) -> list[str]:
     if not network:
         cmd.append("--unshare-net")
     cmd += ["--die-with-parent", "--new-session", "--proc", "/proc", "--dev", "/dev"]
-    cmd += ["--tmpfs", "/tmp"]
+    cmd += ["--tmpfs", "/tmp", "--perms", "1777", "--tmpfs", "/dev/shm"]  # multiprocessing
     for path in _SYSTEM_DIRS:
         if os.path.islink(path):
             cmd += ["--symlink", os.readlink(path), path]

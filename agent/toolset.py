@@ -90,6 +90,7 @@ def open_toolset(settings: Settings, work_dir: Path, log_dir: Path) -> Toolset:
             output_limit=settings.code_output_limit,
             image_limit=settings.code_image_limit,
             options=kernel_options(settings),
+            log_dir=log_dir,
         )
         toolset._closers.append(interpreter.close)
         connections = open_mcp_tools(

@@ -116,3 +116,17 @@ def test_image_is_saved_to_work_dir(make_tool: MakeTool, tmp_path: Path) -> None
     path = Path(outcome.content.strip().removeprefix("![image](").removesuffix(")"))
     assert path.parent == tmp_path / "run"
     assert path.read_bytes() == b"\x89PNG\r\n\x1a\nfake"
+
+
+def test_kernel_stderr_goes_to_the_run_log(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "logs").mkdir()
+    tool = CodeInterpreter(tmp_path / "run", log_dir=tmp_path / "logs")
+    try:
+        code = "import sys; print('kernel-own-stderr', file=sys.__stderr__, flush=True)"
+        assert run(tool, code).ok
+    finally:
+        tool.close()
+    assert "kernel-own-stderr" in (tmp_path / "logs" / "kernel.log").read_text()
+    assert "kernel-own-stderr" not in capfd.readouterr().err

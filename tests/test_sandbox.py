@@ -164,6 +164,22 @@ def test_close_kills_the_kernel_and_its_children(make_tool: MakeTool) -> None:
     assert all(gone(pid) for pid in pids)
 
 
+def test_multiprocessing_works_under_bubblewrap_with_a_private_dev_shm(tmp_path: Path) -> None:
+    tool = CodeInterpreter(tmp_path / "run", options=KernelOptions(sandbox="bubblewrap"))
+    try:
+        code = (
+            "import multiprocessing, os\n"
+            "with multiprocessing.Pool(2) as pool:\n"
+            "    print(pool.map(abs, [-1, -2]), os.listdir('/dev/shm'))"
+        )
+        outcome = run(tool, code)
+    finally:
+        tool.close()
+    assert outcome.ok, outcome.content
+    assert outcome.content.startswith("[1, 2] ")
+    assert not any(name.startswith("mp-") for name in os.listdir("/dev/shm"))
+
+
 def test_ten_times_the_memory_limit_is_stopped_and_reported(make_tool: MakeTool) -> None:
     tool = make_tool(limits=sb.Limits(memory_mb=512))
     outcome = run(tool, "x = bytearray(10 * 512 * 2**20)")
