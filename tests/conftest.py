@@ -5,7 +5,13 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from agent.testing.tiny_model import FLOAT_SUBDIR, GPTQ_SUBDIR, cached_tiny_checkpoint
+from agent.testing.tiny_model import (
+    FLOAT_SUBDIR,
+    GPTQ_SUBDIR,
+    TRAINED_FLOAT_SUBDIR,
+    TRAINED_GPTQ_SUBDIR,
+    cached_tiny_checkpoint,
+)
 from agent.testing.tokenizer import build_qwen3_tokenizer
 
 # --- Tiny Qwen3 model and tokenizer (agent.testing) -------------------------------------------
@@ -35,3 +41,15 @@ def tiny_gptq(tiny_checkpoint: Path) -> Path:
 def tiny_float(tiny_checkpoint: Path) -> Path:
     """The same tiny model before quantization (bf16)."""
     return tiny_checkpoint / FLOAT_SUBDIR
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_gptq(tiny_checkpoint: Path) -> Path:
+    """The tiny model trained on scripted agent runs, GPTQ-Int8 like the official model."""
+    return tiny_checkpoint / TRAINED_GPTQ_SUBDIR
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_float(tiny_checkpoint: Path) -> Path:
+    """The trained tiny model before quantization (bf16)."""
+    return tiny_checkpoint / TRAINED_FLOAT_SUBDIR

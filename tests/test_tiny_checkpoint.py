@@ -10,6 +10,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig, PreTra
 from agent.testing.tiny_model import (
     FLOAT_SUBDIR,
     GPTQ_SUBDIR,
+    ROPE_THETA,
+    TRAINED_FLOAT_SUBDIR,
+    TRAINED_GPTQ_SUBDIR,
     cached_tiny_checkpoint,
     checkpoint_version,
     main,
@@ -48,18 +51,23 @@ def prompt_ids(qwen3_tokenizer: PreTrainedTokenizerFast) -> dict[str, torch.Tens
 
 def test_files_are_laid_out_like_the_hub_checkpoint(tiny_checkpoint: Path) -> None:
     assert tiny_checkpoint.name == f"tiny-model-{checkpoint_version()}"
-    assert {p.name for p in (tiny_checkpoint / FLOAT_SUBDIR).iterdir()} == FILES | TOKENIZER_FILES
+    for subdir in (FLOAT_SUBDIR, TRAINED_FLOAT_SUBDIR):
+        assert {p.name for p in (tiny_checkpoint / subdir).iterdir()} == FILES | TOKENIZER_FILES
     expected = FILES | TOKENIZER_FILES | {"quantize_config.json"}
-    assert {p.name for p in (tiny_checkpoint / GPTQ_SUBDIR).iterdir()} == expected
+    for subdir in (GPTQ_SUBDIR, TRAINED_GPTQ_SUBDIR):
+        assert {p.name for p in (tiny_checkpoint / subdir).iterdir()} == expected
 
 
-@pytest.mark.parametrize("subdir", [FLOAT_SUBDIR, GPTQ_SUBDIR])
+ALL_SUBDIRS = [FLOAT_SUBDIR, GPTQ_SUBDIR, TRAINED_FLOAT_SUBDIR, TRAINED_GPTQ_SUBDIR]
+
+
+@pytest.mark.parametrize("subdir", ALL_SUBDIRS)
 def test_config_matches_qwen3_shape(tiny_checkpoint: Path, subdir: str) -> None:
     config = read_json(tiny_checkpoint / subdir / "config.json")
     assert config["architectures"] == ["Qwen3ForCausalLM"] and config["model_type"] == "qwen3"
     assert config["vocab_size"] == 151936 and config["tie_word_embeddings"] is True
     assert config["max_position_embeddings"] == 32768 and config["head_dim"] == 32
-    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == 1_000_000
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == ROPE_THETA
     generation = read_json(tiny_checkpoint / subdir / "generation_config.json")
     assert generation["eos_token_id"] == [151645, 151643]
     tokenizer_config = read_json(tiny_checkpoint / subdir / "tokenizer_config.json")
@@ -68,19 +76,23 @@ def test_config_matches_qwen3_shape(tiny_checkpoint: Path, subdir: str) -> None:
     assert "<think>" in tokenizer_config["chat_template"]
 
 
-def test_quantization_config_matches_the_official_format(tiny_gptq: Path) -> None:
-    in_config = read_json(tiny_gptq / "config.json")["quantization_config"]
-    quantize_config = read_json(tiny_gptq / "quantize_config.json")
+@pytest.mark.parametrize("subdir", [GPTQ_SUBDIR, TRAINED_GPTQ_SUBDIR])
+def test_quantization_config_matches_the_official_format(
+    tiny_checkpoint: Path, subdir: str
+) -> None:
+    in_config = read_json(tiny_checkpoint / subdir / "config.json")["quantization_config"]
+    quantize_config = read_json(tiny_checkpoint / subdir / "quantize_config.json")
     for config in (in_config, quantize_config):
         assert config["quant_method"] == "gptq" and config["checkpoint_format"] == "gptq"
         assert (config["bits"], config["group_size"]) == (8, 128)
         assert (config["sym"], config["desc_act"], config["lm_head"]) == (True, False, False)
 
 
-def test_embeddings_and_lm_head_stay_unquantized(tiny_gptq: Path) -> None:
+@pytest.mark.parametrize("subdir", [GPTQ_SUBDIR, TRAINED_GPTQ_SUBDIR])
+def test_embeddings_and_lm_head_stay_unquantized(tiny_checkpoint: Path, subdir: str) -> None:
     from safetensors import safe_open
 
-    with safe_open(tiny_gptq / "model.safetensors", "pt") as weights:
+    with safe_open(tiny_checkpoint / subdir / "model.safetensors", "pt") as weights:
         names = set(weights.keys())
         assert weights.get_slice("model.embed_tokens.weight").get_dtype() == "BF16"
     assert not any(name.startswith("lm_head") for name in names)  # tied to the embeddings
@@ -123,7 +135,7 @@ def test_cache_is_reused(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_cli_builds_a_float_checkpoint_deterministically(tiny_float: Path, tmp_path: Path) -> None:
-    assert main(["build", str(tmp_path), "--no-quantize"]) == 0
-    assert not (tmp_path / GPTQ_SUBDIR).exists()
+    assert main(["build", str(tmp_path), "--no-quantize", "--no-trained"]) == 0
+    assert {p.name for p in tmp_path.iterdir()} == {FLOAT_SUBDIR}
     for name in FILES | TOKENIZER_FILES:
         assert (tmp_path / FLOAT_SUBDIR / name).read_bytes() == (tiny_float / name).read_bytes()

@@ -114,6 +114,16 @@ def _stop_ids(loaded: LoadedModel) -> set[int]:
     return {i for i in ids if isinstance(i, int) and i >= 0}
 
 
+def render_prompt(tokenizer: Any, messages: list[Message], thinking: bool) -> str:
+    """The prompt for Qwen-Agent's already function-formatted `messages`, from the chat template."""
+    plain = [{"role": m.role, "content": m.content or ""} for m in messages]
+    return str(
+        tokenizer.apply_chat_template(
+            plain, tokenize=False, add_generation_prompt=True, enable_thinking=thinking
+        )
+    )
+
+
 @register_llm("agent_local")
 class LocalQwen(BaseFnCallModel):
     """Qwen-Agent LLM running a local checkpoint; cfg keys: model, device, threads, thinking."""
@@ -126,10 +136,7 @@ class LocalQwen(BaseFnCallModel):
 
     def render_prompt(self, messages: list[Message]) -> str:
         """The prompt text from the tokenizer's own chat template."""
-        plain = [{"role": m.role, "content": m.content or ""} for m in messages]
-        return self.loaded.tokenizer.apply_chat_template(
-            plain, tokenize=False, add_generation_prompt=True, enable_thinking=self.thinking
-        )
+        return render_prompt(self.loaded.tokenizer, messages, self.thinking)
 
     def _chat_stream(
         self, messages: list[Message], delta_stream: bool, generate_cfg: dict

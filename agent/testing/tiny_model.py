@@ -1,11 +1,17 @@
-"""A tiny Qwen3 checkpoint shaped like `Qwen/Qwen3-0.6B-GPTQ-Int8`, built here for tests.
+"""Tiny Qwen3 checkpoints shaped like `Qwen/Qwen3-0.6B-GPTQ-Int8`, built here for tests.
 
-`build_tiny_checkpoint(dir)` writes `dir/float` (bf16, with the tokenizer) and `dir/gptq-int8`
-(GPTQ 8-bit, group size 128, symmetric, no act-order, in the `gptq` checkpoint format). The
-weights are seeded random for now; a trained model goes in at `random_model`'s place.
-The build is deterministic: fixed seeds, one torch thread, fixed calibration texts.
+`build_tiny_checkpoint(dir)` writes two models, each in bf16 with the tokenizer and as GPTQ
+(8-bit, group size 128, symmetric, no act-order, in the `gptq` checkpoint format):
+- `trained-float`, `trained-gptq-int8`: trained on scripted agent runs (`transcripts.py`, by
+  `training.py`) until it makes their tool calls and quotes the tools' results, for end-to-end
+  tests; `train` writes its weights (committed, ~1 MB), `build` loads them;
+- `float`, `gptq-int8`: seeded random weights, for tests of the generation mechanics (it never
+  stops on its own and its sampling is spread out).
+Both are deterministic: fixed seeds, a fixed thread count, fixed calibration texts.
 
-    python -m agent.testing.tiny_model build DIR [--no-quantize] [--seed N]
+    python -m agent.testing.tiny_model build DIR [--no-quantize] [--no-trained] [--seed N]
+    python -m agent.testing.tiny_model train [--out FILE]   # the trained weights, from scratch
+    python -m agent.testing.tiny_model check DIR            # transcripts reproduced, per kind
 """
 
 import argparse
@@ -13,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -24,17 +31,42 @@ from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config,
 
 from agent.paths import cache_dir
 from agent.testing.tokenizer import build_qwen3_tokenizer
+from agent.testing.training import TinyQwen3Trainer, train_tiny_model
+from agent.testing.transcripts import (
+    TASKS,
+    load_tool_schemas,
+    random_runs,
+    random_transcript,
+    render_transcript,
+)
 
 FLOAT_SUBDIR = "float"
 GPTQ_SUBDIR = "gptq-int8"
+TRAINED_FLOAT_SUBDIR = "trained-float"
+TRAINED_GPTQ_SUBDIR = "trained-gptq-int8"
 EOS_TOKEN_IDS = (151645, 151643)  # <|im_end|>, <|endoftext|>
 ENDOFTEXT_ID = 151643  # <|endoftext|>: bos, pad and the second eos
-ROPE_THETA = 1_000_000.0
+# Qwen3's is 1,000,000; 10,000 resolves the short distances the tiny model copies across.
+ROPE_THETA = 10_000.0
 
+CALIBRATION_TRANSCRIPTS = 16
+# The trained weights (`train_weights`), committed: training takes longer than a test session
+# should (see the README); `build` loads them.
+TRAINED_WEIGHTS = Path(__file__).with_name("tiny_trained.safetensors")
+TRAINING_THREADS = 2
 GPTQ_BITS = 8
 GPTQ_GROUP_SIZE = 128
 
-_BUILD_SOURCES = ("tiny_model.py", "tokenizer.py", "chat_template.py")
+_BUILD_SOURCES = (
+    "tiny_model.py",
+    "tokenizer.py",
+    "chat_template.py",
+    "transcripts.py",
+    "training.py",
+    "default_tool_schemas.json",
+    "tiny_trained.safetensors",
+    "../backends/local.py",  # renders the training prompts
+)
 _BUILD_PACKAGES = ("torch", "transformers", "gptqmodel", "tokenizers", "qwen-agent")
 
 
@@ -45,8 +77,8 @@ def tiny_config() -> Qwen3Config:
         hidden_size=128,
         intermediate_size=256,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=8,  # 2 query heads per key/value head, as in Qwen3-0.6B (16/8)
+        num_key_value_heads=4,
         head_dim=32,
         hidden_act="silu",
         max_position_embeddings=32768,
@@ -126,8 +158,26 @@ def save_float_checkpoint(
     return out_dir
 
 
-def quantize_checkpoint(float_dir: Path, out_dir: Path, tokenizer: PreTrainedTokenizerFast) -> Path:
-    """GPTQ-quantize a float checkpoint (8 bits, group 128, sym, no act-order) on the CPU."""
+def transcript_texts(tokenizer: PreTrainedTokenizerFast, count: int, seed: int) -> list[str]:
+    """Whole model calls (prompt and scripted output) of random transcripts: calibration for
+    the trained model, which has only ever seen such text."""
+    rng = random.Random(seed)
+    schemas = load_tool_schemas()
+    return [
+        prompt + output
+        for _ in range(count)
+        for prompt, output in render_transcript(random_transcript(rng), tokenizer, schemas)
+    ]
+
+
+def quantize_checkpoint(
+    float_dir: Path,
+    out_dir: Path,
+    tokenizer: PreTrainedTokenizerFast,
+    texts: list[str] | None = None,
+) -> Path:
+    """GPTQ-quantize a float checkpoint (8 bits, group 128, sym, no act-order) on the CPU,
+    calibrated on `texts` (default: `calibration_texts`)."""
     # GPTQModel wants two CPU workers for its loader pool; a 2-core machine gives it one.
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
     from gptqmodel import GPTQModel, QuantizeConfig
@@ -146,7 +196,8 @@ def quantize_checkpoint(float_dir: Path, out_dir: Path, tokenizer: PreTrainedTok
     # GPTQModel writes a `logs/` folder into the current directory: keep it out of the user's.
     with tempfile.TemporaryDirectory() as scratch, _working_directory(Path(scratch)):
         model = GPTQModel.load(str(float_dir), config, device="cpu")
-        model.quantize([dict(tokenizer(text)) for text in calibration_texts(tokenizer)])
+        texts = texts or calibration_texts(tokenizer)
+        model.quantize([dict(tokenizer(text)) for text in texts])
         model.save(str(out_dir))
     (out_dir / "quant_log.csv").unlink(missing_ok=True)
     _finish_checkpoint(out_dir, tokenizer)
@@ -175,25 +226,51 @@ def _working_directory(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: bit-identical results, and no spin-waiting on a busy 2-core box."""
+def _torch_threads(count: int) -> Iterator[None]:
+    """`count` intra-op threads for a while: results are bit-identical for a given count (one
+    thread also avoids spin-waiting on a busy 2-core box)."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
 
 
-def build_tiny_checkpoint(out_dir: Path, *, seed: int = 0, quantize: bool = True) -> Path:
-    """Build the checkpoint into `out_dir` (`float/`, and `gptq-int8/` unless `quantize` is off)."""
+def build_tiny_checkpoint(
+    out_dir: Path, *, seed: int = 0, quantize: bool = True, trained: bool = True
+) -> Path:
+    """Build the checkpoints into `out_dir`: `float/` (random weights) and, unless `trained` is
+    off, `trained-float/` from the committed trained weights; with `quantize`, the GPTQ copy of
+    each (`gptq-int8/`, `trained-gptq-int8/`)."""
     out_dir = Path(out_dir)
     tokenizer = build_qwen3_tokenizer()
-    with _one_torch_thread():
+    with _torch_threads(1):
         float_dir = save_float_checkpoint(random_model(seed), tokenizer, out_dir / FLOAT_SUBDIR)
         if quantize:
             quantize_checkpoint(float_dir, out_dir / GPTQ_SUBDIR, tokenizer)
+        if trained:
+            model = random_model(seed)
+            model = TinyQwen3Trainer.load(model, TRAINED_WEIGHTS).export(model)
+            trained_dir = save_float_checkpoint(model, tokenizer, out_dir / TRAINED_FLOAT_SUBDIR)
+            if quantize:
+                texts = transcript_texts(tokenizer, CALIBRATION_TRANSCRIPTS, seed + 1)
+                quantize_checkpoint(trained_dir, out_dir / TRAINED_GPTQ_SUBDIR, tokenizer, texts)
     return out_dir
+
+
+def train_weights(out: Path, *, seed: int = 0, threads: int = TRAINING_THREADS) -> Path:
+    """Train the tiny model from its random weights and save what `build` loads (`out`)."""
+    tokenizer = build_qwen3_tokenizer()
+    with _torch_threads(threads):
+        trainer = train_tiny_model(random_model(seed), tokenizer, seed, log=_progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save(out)
+    return out
+
+
+def _progress(line: str) -> None:
+    print(f"training: {line}", file=sys.stderr, flush=True)
 
 
 def checkpoint_version() -> str:
@@ -227,19 +304,57 @@ def cached_tiny_checkpoint() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: `build DIR [--no-quantize] [--seed N]`."""
+    """Command line: `build DIR [--no-quantize] [--no-trained] [--seed N]`, `train [--out F]`,
+    `check DIR`."""
     parser = argparse.ArgumentParser(prog="python -m agent.testing.tiny_model")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build the tiny Qwen3 checkpoint into DIR")
     build.add_argument("dir", type=Path)
     build.add_argument("--no-quantize", dest="quantize", action="store_false")
+    build.add_argument(
+        "--no-trained", dest="trained", action="store_false", help="the random model only"
+    )
+    train = commands.add_parser(
+        "train", help=f"train the tiny model and write its weights (default {TRAINED_WEIGHTS})"
+    )
+    train.add_argument("--out", type=Path, default=TRAINED_WEIGHTS)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=TRAINING_THREADS)
     build.add_argument("--seed", type=int, default=0)
+    check = commands.add_parser(
+        "check", help="count the transcripts a built DIR reproduces, before and after GPTQ"
+    )
+    check.add_argument("dir", type=Path)
+    check.add_argument("--per-kind", type=int, default=4)
     args = parser.parse_args(argv)
+    if args.command == "check":
+        return _check(args.dir, args.per_kind)
+    if args.command == "train":
+        print(train_weights(args.out, seed=args.seed, threads=args.threads))
+        return 0
     if args.dir.exists() and any(args.dir.iterdir()):
         parser.error(f"{args.dir} is not empty")
     with contextlib.redirect_stdout(sys.stderr):  # GPTQModel prints its progress to stdout.
-        built = build_tiny_checkpoint(args.dir, seed=args.seed, quantize=args.quantize)
+        built = build_tiny_checkpoint(
+            args.dir, seed=args.seed, quantize=args.quantize, trained=args.trained
+        )
     print(built)
+    return 0
+
+
+def _check(built: Path, per_kind: int) -> int:
+    from agent.testing.reproduction import held_out_runs, reproduction_counts, total
+
+    sets = {
+        "training": random_runs(per_kind * len(TASKS), seed=0),
+        "held-out": held_out_runs(per_kind),
+    }
+    for subdir in (TRAINED_FLOAT_SUBDIR, TRAINED_GPTQ_SUBDIR):
+        for name, transcripts in sets.items():
+            with contextlib.redirect_stdout(sys.stderr):
+                counts = reproduction_counts(built / subdir, transcripts)
+            kinds = ", ".join(f"{kind} {right}/{n}" for kind, (right, n) in counts.items())
+            print(f"{subdir} {name}: %d/%d exact ({kinds})" % total(counts))
     return 0
 
 
