@@ -314,13 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument(
         "--no-trained", dest="trained", action="store_false", help="the random model only"
     )
+    build.add_argument("--seed", type=int, default=0)
     train = commands.add_parser(
         "train", help=f"train the tiny model and write its weights (default {TRAINED_WEIGHTS})"
     )
     train.add_argument("--out", type=Path, default=TRAINED_WEIGHTS)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=TRAINING_THREADS)
-    build.add_argument("--seed", type=int, default=0)
     check = commands.add_parser(
         "check", help="count the transcripts a built DIR reproduces, before and after GPTQ"
     )
@@ -353,8 +353,9 @@ def _check(built: Path, per_kind: int) -> int:
         for name, transcripts in sets.items():
             with contextlib.redirect_stdout(sys.stderr):
                 counts = reproduction_counts(built / subdir, transcripts)
-            kinds = ", ".join(f"{kind} {right}/{n}" for kind, (right, n) in counts.items())
-            print(f"{subdir} {name}: %d/%d exact ({kinds})" % total(counts))
+            right, runs = total(counts)
+            kinds = ", ".join(f"{kind} {r}/{n}" for kind, (r, n) in counts.items())
+            print(f"{subdir} {name}: {right}/{runs} exact ({kinds})")
     return 0
 
 
