@@ -66,6 +66,8 @@ def llm_config(settings: Settings) -> dict[str, Any]:
         "model": settings.model,
         "device": settings.device,
         "threads": settings.threads,
+        "engine": settings.engine,
+        "kv_cache_mb": settings.kv_cache_mb,
         "thinking": settings.thinking,
         "generate_cfg": generate_cfg,
     }

@@ -18,6 +18,7 @@ from typing import Any
 import json5
 
 from agent import qwen_agent_compat
+from agent.backends.local_model import ENGINES
 from agent.config import Settings, load_settings
 from agent.errors import AgentError, ConfigError
 from agent.paths import runs_dir
@@ -41,6 +42,16 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--api-key", help="API key for --model-server")
     group.add_argument("--device", help="auto (default), cpu or cuda")
     group.add_argument("--threads", type=int, help="CPU threads for the local model")
+    group.add_argument(
+        "--engine",
+        help="local engine: auto (default: native on CPU, transformers on CUDA), native "
+        "or transformers",
+    )
+    group.add_argument(
+        "--kv-cache-mb",
+        type=int,
+        help="memory for reusing prompt prefixes across model calls (default 1024; 0: off)",
+    )
     group.add_argument(
         "--thinking",
         action=argparse.BooleanOptionalAction,
@@ -169,6 +180,8 @@ SETTING_FLAGS = (
     "api_key",
     "device",
     "threads",
+    "engine",
+    "kv_cache_mb",
     "thinking",
     "show_thinking",
     "temperature",
@@ -210,6 +223,11 @@ def _validate(settings: Settings) -> None:
         (0 <= settings.presence_penalty <= 2, "--presence-penalty must be in [0, 2]"),
         (settings.max_new_tokens > 0, "--max-new-tokens must be > 0"),
         (settings.threads is None or settings.threads > 0, "--threads must be > 0"),
+        (
+            settings.engine in ENGINES,
+            f"engine must be one of {', '.join(ENGINES)}, not {settings.engine!r}",
+        ),
+        (settings.kv_cache_mb >= 0, "--kv-cache-mb must be >= 0 (0: no reuse)"),
         (settings.code_timeout > 0, "--code-timeout must be > 0"),
         (settings.code_memory_mb >= 0, "--code-memory must be >= 0 (0: no limit)"),
         (

@@ -38,6 +38,8 @@ class Settings:
     api_key: str | None = None
     device: str = "auto"
     threads: int | None = None
+    engine: str = "auto"  # auto (native on CPU, transformers on CUDA), native or transformers
+    kv_cache_mb: int = 1024  # memory kept for reusing prompt prefixes across model calls
     thinking: bool = False
     show_thinking: bool = False
     temperature: float | None = None
@@ -85,6 +87,8 @@ ENVIRONMENT = {
     "AGENT_API_KEY": "api_key",
     "AGENT_DEVICE": "device",
     "AGENT_THREADS": "threads",
+    "AGENT_ENGINE": "engine",
+    "AGENT_KV_CACHE_MB": "kv_cache_mb",
     "AGENT_MCP_CONFIG": "mcp_config",
 }
 

@@ -28,16 +28,22 @@ def stream(llm: LocalQwen, prompt: str, **generate_cfg) -> list[str]:
     return [out[-1].content for out in llm._chat_stream(messages, False, cfg)]
 
 
-def test_gptq_checkpoint_loads_with_the_fast_cpu_kernel(tiny_gptq: Path) -> None:
+def test_gptq_checkpoint_loads_with_the_native_int8_engine(tiny_gptq: Path) -> None:
     loaded = load_local_model(str(tiny_gptq), device="cpu")
     assert loaded.quantization == "gptq int8"
     assert loaded.dtype == "bfloat16"
-    assert "Int8" in loaded.kernel, loaded.kernel  # GPTQModel's gptq_torch_int8 kernel
+    assert loaded.kernel.startswith("native int8"), loaded.kernel
+
+
+def test_gptq_checkpoint_loads_with_transformers_and_the_int8_kernel(tiny_gptq: Path) -> None:
+    loaded = load_local_model(str(tiny_gptq), device="cpu", engine="transformers")
+    assert loaded.quantization == "gptq int8"
+    assert "TorchInt8Linear" in loaded.kernel, loaded.kernel  # GPTQModel's gptq_torch_int8
 
 
 def test_unquantized_checkpoint_loads(tiny_float: Path) -> None:
     loaded = load_local_model(str(tiny_float), device="cpu")
-    assert (loaded.quantization, loaded.kernel) == ("none", "torch (unquantized)")
+    assert (loaded.quantization, loaded.kernel) == ("none", "native bf16")
 
 
 def test_streams_token_by_token_and_is_reproducible(tiny_gptq: Path) -> None:
@@ -67,7 +73,7 @@ def test_generation_errors_surface_at_once(tiny_gptq: Path, monkeypatch) -> None
     def broken_forward(*args, **kwargs):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(llm.loaded.model, "forward", broken_forward)
+    monkeypatch.setattr(llm.loaded.engine, "forward", broken_forward)
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="kernel exploded"):
         stream(llm, "Hello")
@@ -77,9 +83,9 @@ def test_generation_errors_surface_at_once(tiny_gptq: Path, monkeypatch) -> None
 def test_stops_generating_when_the_consumer_stops_reading(tiny_gptq: Path, monkeypatch) -> None:
     llm = local_llm(tiny_gptq)
     calls = []
-    forward = llm.loaded.model.forward
+    forward = llm.loaded.engine.forward
     monkeypatch.setattr(
-        llm.loaded.model, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k)
+        llm.loaded.engine, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k)
     )
     messages = [Message("user", "Hello")]
     outputs = llm._chat_stream(messages, False, {**GREEDY, "max_new_tokens": 200})

@@ -9,7 +9,6 @@ generation stops as soon as the consumer stops reading.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from qwen_agent.llm.base import register_llm
 from qwen_agent.llm.function_calling import BaseFnCallModel
 from qwen_agent.llm.schema import ASSISTANT, Message
 
-from agent.backends.local_model import LoadedModel, load_local_model
+from agent.backends.local_model import DEFAULT_KV_CACHE_MB, LoadedModel, load_local_model
 from agent.backends.sampling import SamplingParams, sample_next_token
 from agent.errors import GenerationError
 
@@ -34,6 +33,7 @@ class Usage:
 
     calls: int = 0
     prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose keys and values came from an earlier call
     completion_tokens: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
@@ -44,6 +44,7 @@ class Usage:
         return {
             "llm_calls": self.calls,
             "prompt_tokens": self.prompt_tokens,
+            "reused_prompt_tokens": self.reused_tokens,
             "completion_tokens": self.completion_tokens,
         }
 
@@ -65,12 +66,6 @@ class IncrementalDecoder:
         return piece
 
 
-def _cache_kwarg(model: Any) -> str:
-    """transformers 5.x renamed `past_key_values` to `cache` in some releases."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 def generate_token_ids(
     loaded: LoadedModel,
     prompt_ids: list[int],
@@ -79,39 +74,34 @@ def generate_token_ids(
     seed: int,
     usage: Usage,
 ) -> Iterator[int]:
-    """Sample token ids one by one until an end-of-turn token or `max_new_tokens`."""
-    model = loaded.model
-    stop_ids = _stop_ids(loaded)
-    cache_name = _cache_kwarg(model)
+    """Sample token ids one by one until an end-of-turn token or `max_new_tokens`.
+
+    The prompt's longest prefix already computed by an earlier call is reused, not recomputed.
+    """
+    engine = loaded.engine
     generator = torch.Generator().manual_seed(seed)
-    seen = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    seen = torch.zeros(engine.vocab_size, dtype=torch.bool)
     started = time.monotonic()
-    with torch.inference_mode():
-        inputs = torch.tensor([prompt_ids], device=model.device)
-        out = model(input_ids=inputs, use_cache=True, logits_to_keep=1)
+    cache = engine.checkout(prompt_ids)
+    try:
+        usage.reused_tokens += cache.length
+        logits = engine.forward(prompt_ids[cache.length :], cache)
         usage.prefill_s += time.monotonic() - started
         usage.first_token_s.append(time.monotonic() - started)
         decode_started = time.monotonic()
         try:
             for _ in range(max_new_tokens):
-                token = sample_next_token(out.logits[0, -1].cpu(), params, seen, generator)
-                if token in stop_ids:
+                token = sample_next_token(logits, params, seen, generator)
+                if token in loaded.stop_ids:
                     return
                 seen[token] = True
                 usage.completion_tokens += 1
                 yield token
-                step = torch.tensor([[token]], device=model.device)
-                out = model(input_ids=step, use_cache=True, **{cache_name: out[cache_name]})
+                logits = engine.forward([token], cache)
         finally:
             usage.decode_s += time.monotonic() - decode_started
-
-
-def _stop_ids(loaded: LoadedModel) -> set[int]:
-    tokenizer = loaded.tokenizer
-    ids = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id}
-    eos = getattr(loaded.model.generation_config, "eos_token_id", None)
-    ids.update(eos if isinstance(eos, list) else [eos])
-    return {i for i in ids if isinstance(i, int) and i >= 0}
+    finally:
+        engine.checkin(cache)
 
 
 def render_prompt(tokenizer: Any, messages: list[Message], thinking: bool) -> str:
@@ -126,11 +116,18 @@ def render_prompt(tokenizer: Any, messages: list[Message], thinking: bool) -> st
 
 @register_llm("agent_local")
 class LocalQwen(BaseFnCallModel):
-    """Qwen-Agent LLM running a local checkpoint; cfg keys: model, device, threads, thinking."""
+    """Qwen-Agent LLM running a local checkpoint; cfg keys: model, device, threads, engine,
+    kv_cache_mb, thinking."""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
-        self.loaded = load_local_model(cfg["model"], cfg.get("device", "auto"), cfg.get("threads"))
+        self.loaded = load_local_model(
+            cfg["model"],
+            cfg.get("device", "auto"),
+            cfg.get("threads"),
+            cfg.get("engine", "auto"),
+            cfg.get("kv_cache_mb", DEFAULT_KV_CACHE_MB),
+        )
         self.thinking = bool(cfg.get("thinking", False))
         self.usage = Usage()
 

@@ -1,4 +1,9 @@
-"""Finding, downloading and loading a Qwen3 checkpoint (GPTQ or unquantized) in-process."""
+"""Finding, downloading and loading a Qwen3 checkpoint (GPTQ or unquantized) in-process.
+
+Two engines run it: on CPU our own (`native`: int8 weight-only matmuls, agent/backends/
+qwen3_cpu.py), on CUDA transformers with GPTQModel's GPU kernels (`transformers`, also
+available on CPU as the reference the native engine is checked against).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.errors import ModelLoadError
+from agent.paths import cache_dir
 
 log = logging.getLogger("agent")
 
@@ -22,14 +28,29 @@ log = logging.getLogger("agent")
 CPU_GPTQ_BACKEND = "gptq_torch_int8"
 CUDA_GPTQ_BACKEND = "auto"
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
+ENGINES = ("auto", "native", "transformers")
+DEFAULT_KV_CACHE_MB = 1024
+
+
+class Engine(Protocol):
+    """What generation needs of a loaded model: prefix-reusing caches and a forward step."""
+
+    vocab_size: int
+
+    def checkout(self, prompt: list[int]) -> Any: ...
+
+    def checkin(self, cache: Any) -> None: ...
+
+    def forward(self, tokens: list[int], cache: Any) -> Any: ...
 
 
 @dataclass
 class LoadedModel:
     """A model ready to generate, with what a user should know about how it was loaded."""
 
-    model: Any
+    engine: Engine
     tokenizer: Any
+    stop_ids: frozenset[int]
     path: Path
     device: str
     dtype: str
@@ -38,7 +59,7 @@ class LoadedModel:
     load_s: float
 
 
-_LOADED: dict[tuple[str, str], LoadedModel] = {}
+_LOADED: dict[tuple[str, str, str], LoadedModel] = {}
 
 
 def _quiet_dependency_logs() -> None:
@@ -93,6 +114,17 @@ def pick_device(requested: str) -> str:
     return requested
 
 
+def pick_engine(requested: str, device: str) -> str:
+    """`auto` is our native engine on CPU and transformers on CUDA."""
+    if requested not in ENGINES:
+        raise ModelLoadError(f"unknown engine {requested!r}; use {', '.join(ENGINES)}")
+    if requested == "native" and device != "cpu":
+        raise ModelLoadError("the native engine runs on CPU only; use --engine transformers")
+    if requested == "auto":
+        return "native" if device == "cpu" else "transformers"
+    return requested
+
+
 def _quantization(path: Path) -> dict[str, Any] | None:
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     quant = config.get("quantization_config")
@@ -127,24 +159,38 @@ def _kernel_name(model: Any) -> str:
     return "torch (unquantized)"
 
 
-def load_local_model(model: str, device: str = "auto", threads: int | None = None) -> LoadedModel:
-    """Load `model` (hub id or directory) once per process; later calls reuse it."""
+def load_local_model(
+    model: str,
+    device: str = "auto",
+    threads: int | None = None,
+    engine: str = "auto",
+    kv_cache_mb: int = DEFAULT_KV_CACHE_MB,
+) -> LoadedModel:
+    """Load `model` (hub id or directory) once per process; later calls reuse it.
+
+    `kv_cache_mb` bounds the memory kept for reusing prompt prefixes across calls.
+    """
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(device)
-    key = (model, device)
+    engine = pick_engine(engine, device)
+    key = (model, device, engine)
     if key in _LOADED:
         return _LOADED[key]
     path = resolve_model_dir(model)
     _quiet_dependency_logs()
     started = time.monotonic()
     quant = _quantization(path)
-    loaded = _load(path, device, quant)
+    cache_bytes = kv_cache_mb << 20
+    if engine == "native":
+        loaded = _load_native(path, quant, cache_bytes)
+    else:
+        loaded = _load_transformers(path, device, quant, cache_bytes)
     loaded.load_s = time.monotonic() - started
     log.info(
-        "loaded %s on %s in %.1f s (%s, %s, kernel %s)",
+        "loaded %s on %s in %.1f s (%s, %s, %s)",
         model,
         device,
         loaded.load_s,
@@ -154,6 +200,55 @@ def load_local_model(model: str, device: str = "auto", threads: int | None = Non
     )
     _LOADED[key] = loaded
     return loaded
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise ModelLoadError(f"cannot load the tokenizer in {path}: {reason}") from None
+    if tokenizer.chat_template is None:
+        raise ModelLoadError(f"{path} has no chat template in its tokenizer files")
+    return tokenizer
+
+
+def _stop_ids(path: Path, tokenizer: Any) -> frozenset[int]:
+    """End-of-turn ids: <|im_end|>, the tokenizer's eos and generation_config's eos."""
+    ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+    generation = path / "generation_config.json"
+    if generation.is_file():
+        eos = json.loads(generation.read_text(encoding="utf-8")).get("eos_token_id")
+        ids.extend(eos if isinstance(eos, list) else [eos])
+    return frozenset(i for i in ids if isinstance(i, int) and i >= 0)
+
+
+def _load_native(path: Path, quant: dict[str, Any] | None, cache_bytes: int) -> LoadedModel:
+    from safetensors import SafetensorError
+
+    from agent.backends.qwen3_cpu import CpuQwen3
+
+    tokenizer = _load_tokenizer(path)
+    try:
+        engine = CpuQwen3.load(path, cache_bytes, quant is not None, cache_dir() / "repacked")
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"cannot load the model in {path}: {reason}") from None
+    quantization = engine.weights.quantization
+    kernel = "native int8 (aten._weight_int8pack_mm, int8 lm_head)" if quant else "native bf16"
+    return LoadedModel(
+        engine=engine,
+        tokenizer=tokenizer,
+        stop_ids=_stop_ids(path, tokenizer),
+        path=path,
+        device="cpu",
+        dtype="bfloat16",
+        quantization=quantization,
+        kernel=kernel,
+        load_s=0.0,
+    )
 
 
 @contextlib.contextmanager
@@ -167,12 +262,16 @@ def _dependency_output_to_stderr() -> Iterator[None]:
         yield
 
 
-def _load(path: Path, device: str, quant: dict[str, Any] | None) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_transformers(
+    path: Path, device: str, quant: dict[str, Any] | None, cache_bytes: int
+) -> LoadedModel:
+    from transformers import AutoModelForCausalLM
+
+    from agent.backends.transformers_engine import TransformersEngine
 
     kwargs = _load_kwargs(quant, device)
+    tokenizer = _load_tokenizer(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
         with _dependency_output_to_stderr():
             model = AutoModelForCausalLM.from_pretrained(path, device_map=device, **kwargs)
     except ImportError as exc:
@@ -181,16 +280,15 @@ def _load(path: Path, device: str, quant: dict[str, Any] | None) -> LoadedModel:
         reason = str(exc).splitlines()[0]
         raise ModelLoadError(f"cannot load the model in {path}: {reason}") from None
     model.eval()
-    if tokenizer.chat_template is None:
-        raise ModelLoadError(f"{path} has no chat template in its tokenizer files")
     quantization = f"gptq int{quant['bits']}" if quant else "none"
     return LoadedModel(
-        model=model,
+        engine=TransformersEngine(model, cache_bytes),
         tokenizer=tokenizer,
+        stop_ids=_stop_ids(path, tokenizer),
         path=path,
         device=device,
         dtype=str(kwargs["dtype"]).removeprefix("torch."),
         quantization=quantization,
-        kernel=_kernel_name(model),
+        kernel=f"transformers, {_kernel_name(model)}",
         load_s=0.0,
     )

@@ -154,7 +154,7 @@ def save_float_checkpoint(
 ) -> Path:
     """Write the float model with its tokenizer and generation config, as the hub lays them out."""
     model.save_pretrained(out_dir)
-    _finish_checkpoint(out_dir, tokenizer)
+    finish_checkpoint(out_dir, tokenizer)
     return out_dir
 
 
@@ -200,11 +200,11 @@ def quantize_checkpoint(
         model.quantize([dict(tokenizer(text)) for text in texts])
         model.save(str(out_dir))
     (out_dir / "quant_log.csv").unlink(missing_ok=True)
-    _finish_checkpoint(out_dir, tokenizer)
+    finish_checkpoint(out_dir, tokenizer)
     return out_dir
 
 
-def _finish_checkpoint(out_dir: Path, tokenizer: PreTrainedTokenizerFast) -> None:
+def finish_checkpoint(out_dir: Path, tokenizer: PreTrainedTokenizerFast) -> None:
     """Our tokenizer files and generation config, and a top-level `rope_theta` in config.json."""
     (out_dir / "chat_template.jinja").unlink(missing_ok=True)
     tokenizer.save_pretrained(out_dir, save_jinja_files=False)
