@@ -75,10 +75,9 @@ def random_gptq_tensors(config: Qwen3Config, seed: int) -> dict[str, torch.Tenso
     """Every tensor of the checkpoint, named as Qwen3ForCausalLM names them."""
     gen = torch.Generator().manual_seed(seed)
     hidden, inter = config.hidden_size, config.intermediate_size
-    q_out, kv_out = (
-        config.num_attention_heads * config.head_dim,
-        (config.num_key_value_heads * config.head_dim),
-    )
+    head_dim = int(config.head_dim or 0) or hidden // config.num_attention_heads
+    q_out = config.num_attention_heads * head_dim
+    kv_out = int(config.num_key_value_heads or config.num_attention_heads) * head_dim
     shapes = {
         "q_proj": (hidden, q_out),
         "k_proj": (hidden, kv_out),
@@ -97,7 +96,7 @@ def random_gptq_tensors(config: Qwen3Config, seed: int) -> dict[str, torch.Tenso
             tensors[f"{prefix}.{norm}.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
         for norm in ("q_norm", "k_norm"):
             tensors[f"{prefix}.self_attn.{norm}.weight"] = torch.ones(
-                config.head_dim, dtype=torch.bfloat16
+                head_dim, dtype=torch.bfloat16
             )
         for block, names in PROJECTIONS.items():
             for name in names:

@@ -231,7 +231,10 @@ def load_qwen3_weights(
     if repack_dir is not None and quant is not None:
         cached = repack_dir / f"{_checkpoint_key(path, int8_lm_head)}.safetensors"
         if cached.is_file():
-            return _from_tensors(shape, embed, load_file(str(cached)), quantization)
+            # Copied out of the file's memory map: the int8 kernel crashed (SIGSEGV) on a
+            # mapped tensor at an offset that was not aligned for it.
+            tensors = {k: v.clone() for k, v in load_file(str(cached)).items()}
+            return _from_tensors(shape, embed, tensors, quantization)
     weights = _repack(shape, reader, _LinearLoader(reader, quant), embed, int8_lm_head)
     weights.quantization = quantization
     if cached is not None:

@@ -1,0 +1,98 @@
+"""llama.cpp, the peer the speed benchmark compares with: built once, cached, never a runtime
+dependency of the app.
+
+`python -m bench.llama_cpp setup` downloads the llama-cpp-python sdist, builds its wheel (about
+10 minutes on 2 cores; kept in the cache), installs it with the two packages its converter
+needs, and keeps the `convert_hf_to_gguf.py` vendored in the sdist. `gguf_for(model_dir)`
+converts a checkpoint (GPTQ-Int8 included) to GGUF Q8_0 once and caches the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from agent.paths import cache_dir
+
+VERSION = "0.3.36"
+SDIST = f"llama_cpp_python-{VERSION}"
+
+
+def home() -> Path:
+    """Where the sdist, the built wheel and the converter live."""
+    return cache_dir() / "bench" / f"llama-cpp-{VERSION}"
+
+
+def converter_dir() -> Path:
+    return home() / SDIST / "vendor" / "llama.cpp"
+
+
+def unavailable_reason() -> str | None:
+    """Why the llama.cpp path cannot run here, or None when it can."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return "llama-cpp-python is not installed (python -m bench.llama_cpp setup)"
+    if not (converter_dir() / "convert_hf_to_gguf.py").is_file():
+        return f"no converter in {converter_dir()} (python -m bench.llama_cpp setup)"
+    return None
+
+
+def setup() -> None:
+    """Download, build (cached) and install llama-cpp-python; unpack its converter."""
+    home().mkdir(parents=True, exist_ok=True)
+    sdist = home() / f"{SDIST}.tar.gz"
+    pip = [sys.executable, "-m", "pip"]
+    if not sdist.is_file():
+        subprocess.run(
+            [*pip, "download", f"llama-cpp-python=={VERSION}", "--no-binary", ":all:"]
+            + ["--no-deps", "-d", str(home())],
+            check=True,
+        )
+    if not converter_dir().is_dir():
+        with tarfile.open(sdist) as archive:
+            archive.extractall(home(), filter="data")
+    wheels = home() / "wheels"
+    if not list(wheels.glob("*.whl")):
+        env = {**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)}
+        env.setdefault("CMAKE_ARGS", "-DGGML_NATIVE=ON")
+        subprocess.run(
+            [*pip, "wheel", "--no-deps", str(sdist), "-w", str(wheels)], check=True, env=env
+        )
+    wheel = next(wheels.glob("*.whl"))
+    # --no-deps: its declared numpy range must not move the app's packages.
+    subprocess.run([*pip, "install", "--no-deps", str(wheel)], check=True)
+    subprocess.run([*pip, "install", "diskcache", "sentencepiece"], check=True)
+
+
+def gguf_for(model_dir: Path) -> Path:
+    """The checkpoint converted to GGUF Q8_0 (cached beside the converter)."""
+    target = home() / "gguf" / f"{model_dir.name}-q8_0.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = target.with_name(f".{target.name}.tmp")
+    source = converter_dir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source / "gguf-py"), str(source)])}
+    command = [sys.executable, str(source / "convert_hf_to_gguf.py"), str(model_dir)]
+    command += ["--outtype", "q8_0", "--outfile", str(scratch)]
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    scratch.rename(target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.llama_cpp")
+    parser.add_argument("command", choices=["setup"])
+    parser.parse_args(argv)
+    setup()
+    print(f"llama.cpp ready: converter in {converter_dir()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
