@@ -1,5 +1,7 @@
 """The ways of running the model that the speed benchmark compares, one class per path.
 
+Each imports what it runs on only when built, so a worker's peak memory is its path's alone.
+
 Each path answers the same questions (load, prefill, decode at a context, time to first token
 of an agent's second step) so the benchmark can ask them in turn, in separate processes.
 """
@@ -10,8 +12,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
-
-import torch
 
 
 class BenchPath(Protocol):
@@ -32,15 +32,19 @@ class SeedQuickstart:
 
     name = "transformers-quickstart"
 
-    def __init__(self, model_dir: Path, gguf: Path | None) -> None:
+    def __init__(self, model_dir: Path, gguf: Path | None, threads: int) -> None:
         del gguf
+        import torch
         from transformers import AutoModelForCausalLM
 
+        torch.set_num_threads(threads)
         self.model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype="auto", device_map="auto"
         )
 
     def _generate(self, prompt: list[int], new_tokens: int) -> float:
+        import torch
+
         inputs = torch.tensor([prompt])
         started = time.perf_counter()
         self.model.generate(
@@ -68,11 +72,11 @@ class OurBackend:
 
     name = "ours"
 
-    def __init__(self, model_dir: Path, gguf: Path | None) -> None:
+    def __init__(self, model_dir: Path, gguf: Path | None, threads: int) -> None:
         del gguf
         from agent.backends.local_model import load_local_model
 
-        self.loaded = load_local_model(str(model_dir), device="auto")
+        self.loaded = load_local_model(str(model_dir), device="auto", threads=threads)
         self.engine: Any = self.loaded.engine
 
     def prefill(self, prompt: list[int]) -> float:
@@ -93,12 +97,13 @@ class OurBackend:
 
     def second_step_first_token(self, first: list[int], second: list[int]) -> float:
         from agent.backends.local import Usage, generate_token_ids
-        from agent.testing.reproduction import GREEDY
+        from agent.backends.sampling import SamplingParams
 
+        greedy = SamplingParams(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0)
         self.engine.prefix_cache.clear()
-        list(generate_token_ids(self.loaded, first, GREEDY, 1, 0, Usage()))
+        list(generate_token_ids(self.loaded, first, greedy, 1, 0, Usage()))
         started = time.perf_counter()
-        next(generate_token_ids(self.loaded, second, GREEDY, 1, 0, Usage()), None)
+        next(generate_token_ids(self.loaded, second, greedy, 1, 0, Usage()), None)
         return time.perf_counter() - started
 
 
@@ -107,12 +112,11 @@ class LlamaCpp:
 
     name = "llama.cpp-q8_0"
 
-    def __init__(self, model_dir: Path, gguf: Path | None) -> None:
+    def __init__(self, model_dir: Path, gguf: Path | None, threads: int) -> None:
         from llama_cpp import Llama
 
         if gguf is None:
             raise RuntimeError("no GGUF file (run `python -m bench.llama_cpp setup`)")
-        threads = torch.get_num_threads()
         self.llm = Llama(
             model_path=str(gguf),
             n_ctx=8192,
@@ -132,8 +136,8 @@ class LlamaCpp:
         self.llm.reset()
         self.llm.eval(prompt)
         started = time.perf_counter()
-        for _ in range(steps):
-            self.llm.eval([int(self.llm.scores[self.llm.n_tokens - 1].argmax())])
+        for step in range(steps):  # the fed token does not change the work a step does
+            self.llm.eval([prompt[step % len(prompt)]])
         return time.perf_counter() - started
 
     def second_step_first_token(self, first: list[int], second: list[int]) -> float:
@@ -144,6 +148,6 @@ class LlamaCpp:
         return time.perf_counter() - started
 
 
-PATHS: dict[str, Callable[[Path, Path | None], BenchPath]] = {
+PATHS: dict[str, Callable[[Path, Path | None, int], BenchPath]] = {
     path.name: path for path in (SeedQuickstart, OurBackend, LlamaCpp)
 }

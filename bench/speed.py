@@ -182,7 +182,7 @@ def measure(plan: Plan, out: Path) -> dict[str, Any]:
                 if result.error is None:
                     workers[name] = worker
         try:
-            _one_round(plan, workers, {n: PathResult(n) for n in workers}, 0)  # warm-up: dropped
+            _one_round(plan, workers, results, -1)
             for round_index in range(plan.rounds):
                 _one_round(plan, workers, results, round_index)
                 bandwidth.append(copy_bandwidth_gb_s(plan.threads))
@@ -196,22 +196,36 @@ def measure(plan: Plan, out: Path) -> dict[str, Any]:
     return report
 
 
-def _one_round(
-    plan: Plan, workers: dict[str, Worker], results: dict[str, PathResult], round_index: int
-) -> None:
-    requests: list[tuple[str, dict[str, Any]]] = [("prefill", {"op": "prefill"})]
-    requests += [
+def _requests(plan: Plan, warm_up: bool) -> list[tuple[str, dict[str, Any]]]:
+    """What each path is asked in a round; the warm-up (kernels compile, caches fill) is short."""
+    decode = [
         (f"decode@{c}", {"op": "decode", "context": c, "steps": plan.decode_steps})
         for c in plan.contexts
     ]
-    requests.append(("second_step_ttft", {"op": "agent"}))
-    requests.append(("second_step_full_prefill", {"op": "agent_full"}))
-    names = list(workers)
-    for key, request in requests:
-        shift = round_index % max(len(names), 1)  # a different path goes first each round
+    if warm_up:
+        return [("prefill", {"op": "prefill"}), decode[0]]
+    return [
+        ("prefill", {"op": "prefill"}),
+        *decode,
+        ("second_step_ttft", {"op": "agent"}),
+        ("second_step_full_prefill", {"op": "agent_full"}),
+    ]
+
+
+def _one_round(
+    plan: Plan, workers: dict[str, Worker], results: dict[str, PathResult], round_index: int
+) -> None:
+    """Every request to every path in turn; round -1 is the warm-up, its answers dropped."""
+    for key, request in _requests(plan, warm_up=round_index < 0):
+        names = [name for name in workers if results[name].error is None]
+        shift = max(round_index, 0) % max(len(names), 1)  # another path goes first each round
         for name in names[shift:] + names[:shift]:
             answer = workers[name].ask(**request)
-            results[name].samples.setdefault(key, []).append(answer["seconds"])
+            if "error" in answer:
+                results[name].error = f"{key}: {answer['error']}"
+            elif round_index >= 0:
+                results[name].samples.setdefault(key, []).append(answer["seconds"])
+            print(f"round {round_index}: {name} {key} {answer}", file=sys.stderr, flush=True)
 
 
 def _report(

@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from bench.paths import PATHS, BenchPath
 
 
@@ -38,14 +36,13 @@ def _answer(path: BenchPath, request: dict, prompts: dict) -> dict:
 
 def main() -> int:
     name, model_dir, prompts_file, gguf, threads = sys.argv[1:6]
-    torch.set_num_threads(int(threads))
     prompts = json.loads(Path(prompts_file).read_text())
     # Answers go to the real stdout; whatever the libraries print goes to stderr.
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     started = time.perf_counter()
     try:
-        path = PATHS[name](Path(model_dir), Path(gguf) if gguf else None)
+        path = PATHS[name](Path(model_dir), Path(gguf) if gguf else None, int(threads))
     except Exception as exc:  # a path that cannot run here is reported, not fatal
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), file=answers, flush=True)
         return 1
@@ -54,7 +51,11 @@ def main() -> int:
         request = json.loads(line)
         if request["op"] == "quit":
             break
-        print(json.dumps(_answer(path, request, prompts)), file=answers, flush=True)
+        try:
+            answer = _answer(path, request, prompts)
+        except Exception as exc:  # reported for this path; the others go on
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(answer), file=answers, flush=True)
     return 0
 
 

@@ -202,17 +202,32 @@ def load_local_model(
     return loaded
 
 
-def _load_tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
+def _load_tokenizer(path: Path, fast: bool = False) -> Any:
+    """transformers' tokenizer, or with `fast` our lighter one over the same files (the native
+    engine's cold start: see agent/backends/fast_tokenizer.py)."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = _fast_tokenizer(path) if fast else _transformers_tokenizer(path)
     except (OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0]
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"cannot load the tokenizer in {path}: {reason}") from None
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"{path} has no chat template in its tokenizer files")
     return tokenizer
+
+
+def _transformers_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _fast_tokenizer(path: Path) -> Any:
+    from agent.backends.fast_tokenizer import FastTokenizer
+
+    try:
+        return FastTokenizer.from_dir(path)
+    except Exception as exc:  # the Rust library raises plain Exception for a bad tokenizer.json
+        raise ValueError(str(exc)) from None
 
 
 def _stop_ids(path: Path, tokenizer: Any) -> frozenset[int]:
@@ -230,7 +245,7 @@ def _load_native(path: Path, quant: dict[str, Any] | None, cache_bytes: int) -> 
 
     from agent.backends.qwen3_cpu import CpuQwen3
 
-    tokenizer = _load_tokenizer(path)
+    tokenizer = _load_tokenizer(path, fast=True)
     try:
         engine = CpuQwen3.load(path, cache_bytes, quant is not None, cache_dir() / "repacked")
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
