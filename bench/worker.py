@@ -30,8 +30,17 @@ def _answer(path: BenchPath, request: dict, prompts: dict) -> dict:
     if op == "agent_full":
         return {"seconds": path.prefill(prompts["agent"][1])}
     if op == "rss":
-        return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        return {"peak_rss_mb": _peak_rss_mb()}
     raise ValueError(f"unknown request {op!r}")
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the
+    parent that started it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> int:
