@@ -9,6 +9,7 @@ from typing import Any
 
 import tomllib
 
+from agent.backends.local_model import DEFAULT_KV_CACHE_MB
 from agent.errors import ConfigError
 from agent.paths import config_file, project_root
 
@@ -39,7 +40,7 @@ class Settings:
     device: str = "auto"
     threads: int | None = None
     engine: str = "auto"  # auto (native on CPU, transformers on CUDA), native or transformers
-    kv_cache_mb: int = 1024  # memory kept for reusing prompt prefixes across model calls
+    kv_cache_mb: int = DEFAULT_KV_CACHE_MB  # memory kept for reusing prompt prefixes across calls
     thinking: bool = False
     show_thinking: bool = False
     temperature: float | None = None

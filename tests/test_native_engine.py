@@ -1,6 +1,8 @@
 """The native CPU engine: same int8 weights and greedy output as the transformers + GPTQModel
 reference, and prefix reuse across calls that is correct whether the prefix matches or not."""
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from agent.backends.qwen3_cpu import CpuQwen3
 from agent.backends.qwen3_weights import load_qwen3_weights
 from agent.testing.reproduction import GREEDY, held_out_runs
 from agent.testing.transcripts import encode_transcript
+from tests.clirun import agent_cli
 
 PROMPT = "<|im_start|>user\nWhat time is it in Tokyo?<|im_end|>\n<|im_start|>assistant\n"
 
@@ -159,3 +162,35 @@ def test_chat_turns_reuse_the_conversation_so_far(tiny_trained_gptq: Path) -> No
     # non-thinking prompt: the template drops it from the history.
     first_prompt = llm.render_prompt(turn[:2]).removesuffix("<think>\n\n</think>\n\n")
     assert llm.usage.reused_tokens == len(llm.loaded.tokenizer(first_prompt)["input_ids"])
+
+
+def test_repacked_weights_are_kept_and_reloaded_exactly(tiny_gptq: Path, tmp_path: Path) -> None:
+    repacked = tmp_path / "repacked"
+    first = load_qwen3_weights(tiny_gptq, repack_dir=repacked)
+    assert len(list(repacked.iterdir())) == 1  # one file, no scratch left behind
+    again = load_qwen3_weights(tiny_gptq, repack_dir=repacked)
+    pairs = [(first.lm_head, again.lm_head), (first.layers[1].down, again.layers[1].down)]
+    for mine, theirs in pairs:
+        assert torch.equal(mine.weight, theirs.weight) and torch.equal(mine.scale, theirs.scale)
+    prompt = list(range(1000, 1100))  # the reloaded weights run (a mapped tensor once crashed)
+    assert torch.equal(
+        fresh_logits(CpuQwen3(again, 0), prompt), fresh_logits(CpuQwen3(first, 0), prompt)
+    )
+
+
+def test_a_changed_checkpoint_is_repacked_again(tiny_gptq: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_gptq, copy)
+    load_qwen3_weights(copy, repack_dir=tmp_path / "repacked")
+    weights = copy / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    load_qwen3_weights(copy, repack_dir=tmp_path / "repacked")
+    assert len(list((tmp_path / "repacked").iterdir())) == 2
+
+
+def test_an_unknown_engine_is_a_one_line_error(tmp_path: Path) -> None:
+    done = agent_cli("run", "Hello", "--engine", "turbo", home=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: engine must be one of auto, native, transformers, not 'turbo'"
+    ]

@@ -1,0 +1,105 @@
+"""The measurements behind the native engine's choices: matmul kernels for one decode step's
+weights, and attention over a bf16 or a float32 cache.
+
+`python -m bench.kernels --out bench/kernels.json`. Weights rotate through 40 matrices of
+Qwen3-0.6B's gate/up shape (6144 x 1024, ~250 MB in int8), far more than the CPU caches hold,
+so rates are what a decode step gets from memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+OUT_FEATURES, IN_FEATURES, MATRICES = 6144, 1024, 40
+
+
+def _seconds(run: Callable[[], object], repeats: int = 5) -> float:
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def matmul_rates() -> dict[str, float]:
+    """GB of weights read per second by each int8 (or bf16) kernel at batch 1."""
+    weights = [
+        torch.randint(-128, 127, (OUT_FEATURES, IN_FEATURES), dtype=torch.int8)
+        for _ in range(MATRICES)
+    ]
+    scales = torch.rand(OUT_FEATURES).to(torch.bfloat16)
+    x = torch.randn(1, IN_FEATURES, dtype=torch.bfloat16)
+    int8_bytes = MATRICES * OUT_FEATURES * IN_FEATURES
+    rates = {
+        "int8pack_mm (weight-only int8, bf16 activations; chosen)": int8_bytes
+        / _seconds(lambda: [torch.ops.aten._weight_int8pack_mm(x, w, scales) for w in weights])
+    }
+    packed = [torch.ops.onednn.qlinear_prepack(w, [1, IN_FEATURES]) for w in weights]
+    activations = torch.randint(0, 255, (1, IN_FEATURES), dtype=torch.uint8)
+    zero_points = torch.zeros(OUT_FEATURES, dtype=torch.int64)
+    channel_scales = torch.rand(OUT_FEATURES)
+
+    def onednn() -> None:
+        for p in packed:
+            torch.ops.onednn.qlinear_pointwise(
+                activations, 0.01, 128, p, channel_scales, zero_points, None, 1.0, 0,
+                torch.float32, "none", [], "",
+            )  # fmt: skip
+
+    rates["onednn qlinear (int8 weights and per-tensor int8 activations)"] = int8_bytes / _seconds(
+        onednn
+    )
+    bf16 = [w.to(torch.bfloat16) for w in weights[: MATRICES // 2]]
+    bf16_bytes = 2 * len(bf16) * OUT_FEATURES * IN_FEATURES
+    rates["bf16 linear (2 bytes a weight)"] = bf16_bytes / _seconds(
+        lambda: [F.linear(x, w) for w in bf16]
+    )
+    return {name: rate / 1e9 for name, rate in rates.items()}
+
+
+def _attend_28_layers(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+    for _ in range(28):
+        F.scaled_dot_product_attention(query, keys, values, enable_gqa=True)
+
+
+def attention_ms(context: int = 1024) -> dict[str, float]:
+    """One layer's decode attention (16 query / 8 kv heads of 128) over `context` tokens."""
+    times = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        keys = torch.randn(1, 8, context, 128, dtype=dtype)
+        values = torch.randn_like(keys)
+        query = torch.randn(1, 16, 1, 128, dtype=dtype)
+        seconds = _seconds(functools.partial(_attend_28_layers, query, keys, values))
+        times[f"{str(dtype).removeprefix('torch.')} cache, 28 layers"] = seconds * 1e3
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("bench/kernels.json"))
+    args = parser.parse_args(argv)
+    report = {}
+    for threads in sorted({1, torch.get_num_threads()}):
+        torch.set_num_threads(threads)
+        report[f"{threads} threads"] = {
+            "matmul_gb_s": matmul_rates(),
+            "decode_attention_ms_at_1k": attention_ms(),
+        }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
