@@ -2,6 +2,7 @@
 reference, and prefix reuse across calls that is correct whether the prefix matches or not."""
 
 import os
+import random
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,12 @@ from agent.backends.local_model import load_local_model
 from agent.backends.qwen3_cpu import CpuQwen3
 from agent.backends.qwen3_weights import load_qwen3_weights
 from agent.testing.reproduction import GREEDY, held_out_runs
-from agent.testing.transcripts import encode_transcript
+from agent.testing.transcripts import (
+    encode_transcript,
+    load_tool_schemas,
+    render_transcript,
+    time_task,
+)
 from tests.clirun import agent_cli
 
 PROMPT = "<|im_start|>user\nWhat time is it in Tokyo?<|im_end|>\n<|im_start|>assistant\n"
@@ -194,3 +200,16 @@ def test_an_unknown_engine_is_a_one_line_error(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "error: engine must be one of auto, native, transformers, not 'turbo'"
     ]
+
+
+def test_the_agent_prompt_is_stable_up_to_the_users_question(qwen3_tokenizer) -> None:
+    rng = random.Random(3)
+    schemas = load_tool_schemas()
+    runs = [render_transcript(time_task(rng), qwen3_tokenizer, schemas) for _ in range(2)]
+    (first, _), (second_step, _) = runs[0][:2]
+    other = runs[1][0][0]
+    user_turn = first.rindex("<|im_start|>user\n")
+    assert "get_current_time" in first[:user_turn]  # the tool schemas come before it
+    assert other[:user_turn] == first[:user_turn]  # nothing volatile before the question
+    assert other[user_turn:] != first[user_turn:]
+    assert second_step.startswith(first.removesuffix("<think>\n\n</think>\n\n"))

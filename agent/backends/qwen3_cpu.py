@@ -18,8 +18,9 @@ from agent.backends.qwen3_weights import LayerWeights, Qwen3Weights, load_qwen3_
 
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the attention mask and activations
 DTYPE = torch.bfloat16
-# Keys and values are kept in float32: attention over a bf16 cache ran 4-5x slower on a CPU
-# without avx512_bf16 (bench: 2.6 ms vs 0.5 ms a layer at 1k tokens), at twice the memory.
+# Keys and values are kept in float32: attention over a bf16 cache ran 5-8x slower on a CPU
+# without avx512_bf16 (`python -m bench.kernels`: 81 vs 10 ms a token at 1k, 2 threads), at
+# twice the memory.
 CACHE_DTYPE = torch.float32
 
 
