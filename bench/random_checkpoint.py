@@ -14,11 +14,10 @@ from transformers import Qwen3Config
 
 from agent.paths import cache_dir
 from agent.testing.tiny_model import (
-    ENDOFTEXT_ID,
-    EOS_TOKEN_IDS,
     GPTQ_BITS,
     GPTQ_GROUP_SIZE,
     finish_checkpoint,
+    qwen3_config,
     tiny_config,
 )
 from agent.testing.tokenizer import build_qwen3_tokenizer
@@ -33,27 +32,15 @@ PROJECTIONS = {
 
 def full_size_config() -> Qwen3Config:
     """Qwen3-0.6B's published architecture."""
-    return Qwen3Config(
-        vocab_size=151936,
-        hidden_size=1024,
-        intermediate_size=3072,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
+    return qwen3_config(
+        hidden=1024,
+        intermediate=3072,
+        layers=28,
+        heads=16,
+        kv_heads=8,
         head_dim=128,
-        hidden_act="silu",
-        max_position_embeddings=40960,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        attention_bias=False,
-        use_sliding_window=False,
-        sliding_window=None,
-        max_window_layers=28,
-        bos_token_id=ENDOFTEXT_ID,
-        eos_token_id=EOS_TOKEN_IDS[0],
-        pad_token_id=ENDOFTEXT_ID,
-        dtype="bfloat16",
+        rope_theta=1_000_000.0,
+        max_positions=40960,
     )
 
 

@@ -106,11 +106,11 @@ class Qwen3Weights:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of weights read per decoded token (every matmul, the norms, not the embedding)."""
-        per_layer = sum(
-            lin.nbytes for layer in self.layers for lin in (layer.qkv, layer.o, layer.gate_up)
-        ) + sum(layer.down.nbytes for layer in self.layers)
-        return per_layer + self.lm_head.nbytes
+        """Bytes of weights read per decoded token (every matmul, not the embedding)."""
+        matmuls = [self.lm_head]
+        for layer in self.layers:
+            matmuls += [layer.qkv, layer.o, layer.gate_up, layer.down]
+        return sum(linear.nbytes for linear in matmuls)
 
 
 def requantize_int8(weight_nk: torch.Tensor, rows_per_chunk: int = 16_384) -> Linear:

@@ -70,29 +70,54 @@ _BUILD_SOURCES = (
 _BUILD_PACKAGES = ("torch", "transformers", "gptqmodel", "tokenizers", "qwen-agent")
 
 
-def tiny_config() -> Qwen3Config:
-    """Qwen3-0.6B's architecture, shrunk; every input width is a multiple of the group size."""
+def qwen3_config(
+    *,
+    hidden: int,
+    intermediate: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    rope_theta: float,
+    max_positions: int,
+) -> Qwen3Config:
+    """A Qwen3ForCausalLM config of these sizes, with Qwen3's vocabulary, tokens and norms."""
     return Qwen3Config(
         vocab_size=151936,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=8,  # 2 query heads per key/value head, as in Qwen3-0.6B (16/8)
-        num_key_value_heads=4,
-        head_dim=32,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
         hidden_act="silu",
-        max_position_embeddings=32768,
-        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
+        max_position_embeddings=max_positions,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
         rms_norm_eps=1e-6,
         tie_word_embeddings=True,
         attention_bias=False,
         use_sliding_window=False,
         sliding_window=None,
-        max_window_layers=2,
+        max_window_layers=layers,
         bos_token_id=ENDOFTEXT_ID,
         eos_token_id=EOS_TOKEN_IDS[0],
         pad_token_id=ENDOFTEXT_ID,
         dtype="bfloat16",
+    )
+
+
+def tiny_config() -> Qwen3Config:
+    """Qwen3-0.6B's architecture, shrunk; every input width is a multiple of the group size.
+    2 query heads per key/value head, as in Qwen3-0.6B (16/8)."""
+    return qwen3_config(
+        hidden=128,
+        intermediate=256,
+        layers=2,
+        heads=8,
+        kv_heads=4,
+        head_dim=32,
+        rope_theta=ROPE_THETA,
+        max_positions=32768,
     )
 
 
