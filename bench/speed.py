@@ -286,13 +286,22 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{name}: " + "; ".join(cells))
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
     parser.add_argument("--quick", action="store_true", help="tiny model, one short round")
-    parser.add_argument("--rounds", type=int, help="rounds of interleaved measurements")
-    parser.add_argument("--threads", type=int, help="CPU threads for every path")
+    parser.add_argument("--rounds", type=_positive, help="rounds of interleaved measurements")
+    parser.add_argument("--threads", type=_positive, help="CPU threads for every path")
     args = parser.parse_args(argv)
+    if not args.out.parent.is_dir():
+        parser.error(f"--out: directory {args.out.parent} does not exist")
     plan = QUICK if args.quick else FULL
     overrides = {"rounds": args.rounds, "threads": args.threads}
     plan = Plan(**{**asdict(plan), **{k: v for k, v in overrides.items() if v}})
