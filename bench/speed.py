@@ -249,7 +249,7 @@ def _report(
     copy_gb_s = statistics.median(bandwidth) if bandwidth else copy_bandwidth_gb_s(plan.threads)
     return {
         "plan": asdict(plan),
-        "model": str(model_dir),
+        "model": model_dir.name,  # under $AGENT_HOME/cache/bench/
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__},
         "copy_bandwidth_gb_s": copy_gb_s,
         "decode_bytes_per_token": bytes_per_token,
