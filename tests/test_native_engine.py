@@ -88,13 +88,13 @@ def test_second_call_reuses_the_first_calls_prefix(tiny_trained_gptq: Path) -> N
     first = loaded.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
     usage = Usage()
     output = greedy(loaded, first, 8, usage)
-    assert usage.reused_tokens == 0
+    assert usage.reused_prompt_tokens == 0
     # The next agent step: the prompt so far, the model's output, a tool result, a new turn.
     turn = loaded.tokenizer("\n<|im_start|>user\nok<|im_end|>\n", add_special_tokens=False)
     second = first + output + turn["input_ids"]
     reuse = Usage()
     reused_output = greedy(loaded, second, 8, reuse)
-    assert reuse.reused_tokens == len(first) + len(output)
+    assert reuse.reused_prompt_tokens == len(first) + len(output)
     loaded.engine.prefix_cache.clear()
     assert greedy(loaded, second, 8) == reused_output  # same as computing it all afresh
 
@@ -148,8 +148,8 @@ def test_prefix_cache_keeps_the_most_recent_under_its_budget() -> None:
     for first in (1, 2, 3):
         caches.checkin(kv_cache([first, 9]))
     assert len(caches) == 2 and caches.nbytes <= 2 * one
-    assert caches.checkout([1, 9, 9], kv_cache([])).length == 0  # the oldest was dropped
-    assert caches.checkout([3, 9, 9], kv_cache([])).length == 2
+    assert caches.checkout([1, 9, 9], lambda: kv_cache([])).length == 0  # the oldest was dropped
+    assert caches.checkout([3, 9, 9], lambda: kv_cache([])).length == 2
     disabled = PrefixCache(max_bytes=0)
     disabled.checkin(kv_cache([1, 2]))
     assert len(disabled) == 0
@@ -167,7 +167,7 @@ def test_chat_turns_reuse_the_conversation_so_far(tiny_trained_gptq: Path) -> No
     # Everything up to the first answer is reused, but the empty think block that ends a
     # non-thinking prompt: the template drops it from the history.
     first_prompt = llm.render_prompt(turn[:2]).removesuffix("<think>\n\n</think>\n\n")
-    assert llm.usage.reused_tokens == len(llm.loaded.tokenizer(first_prompt)["input_ids"])
+    assert llm.usage.reused_prompt_tokens == len(llm.loaded.tokenizer(first_prompt)["input_ids"])
 
 
 def test_repacked_weights_are_kept_and_reloaded_exactly(tiny_gptq: Path, tmp_path: Path) -> None:

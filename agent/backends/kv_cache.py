@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 import torch
@@ -107,9 +108,9 @@ class PrefixCache(Generic[C]):
     def __len__(self) -> int:
         return len(self._caches)
 
-    def checkout(self, prompt: list[int], new_cache: C) -> C:
+    def checkout(self, prompt: list[int], new_cache: Callable[[], C]) -> C:
         """The cache to continue for `prompt`: a kept one extended in place when the prompt
-        extends it, a copy of the shared part when it diverges, else `new_cache`.
+        extends it, a copy of the shared part when it diverges, else a `new_cache()`.
 
         At least the prompt's last token is always left to compute (its logits are needed).
         """
@@ -120,7 +121,7 @@ class PrefixCache(Generic[C]):
                 if shared > best:
                     best_key, best = key, shared
             if best_key is None:
-                return new_cache
+                return new_cache()
             cache = self._caches[best_key]
             room = len(prompt) - best + GROWTH_TOKENS
             if cache.length - best <= GROWTH_TOKENS:  # a short tail: overwrite it in place

@@ -33,7 +33,7 @@ class Usage:
 
     calls: int = 0
     prompt_tokens: int = 0
-    reused_tokens: int = 0  # prompt tokens whose keys and values came from an earlier call
+    reused_prompt_tokens: int = 0  # prompt tokens whose keys and values came from an earlier call
     completion_tokens: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
@@ -44,7 +44,7 @@ class Usage:
         return {
             "llm_calls": self.calls,
             "prompt_tokens": self.prompt_tokens,
-            "reused_prompt_tokens": self.reused_tokens,
+            "reused_prompt_tokens": self.reused_prompt_tokens,
             "completion_tokens": self.completion_tokens,
         }
 
@@ -84,7 +84,7 @@ def generate_token_ids(
     started = time.monotonic()
     cache = engine.checkout(prompt_ids)
     try:
-        usage.reused_tokens += cache.length
+        usage.reused_prompt_tokens += cache.length
         logits = engine.forward(prompt_ids[cache.length :], cache)
         usage.prefill_s += time.monotonic() - started
         usage.first_token_s.append(time.monotonic() - started)

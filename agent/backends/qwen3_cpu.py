@@ -69,7 +69,8 @@ class CpuQwen3:
 
     def checkout(self, prompt: list[int]) -> KVCache:
         """A cache for `prompt`, already holding the longest prefix any earlier call computed."""
-        return self.prefix_cache.checkout(prompt, self.new_cache(len(prompt) + GROWTH_TOKENS))
+        room = len(prompt) + GROWTH_TOKENS
+        return self.prefix_cache.checkout(prompt, lambda: self.new_cache(room))
 
     def checkin(self, cache: KVCache) -> None:
         """Give the cache back so later calls can reuse its prefix."""

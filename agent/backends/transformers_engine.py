@@ -60,8 +60,7 @@ class TransformersEngine:
 
     def checkout(self, prompt: list[int]) -> TransformersCache:
         """A cache for `prompt`, already holding the longest prefix any earlier call computed."""
-        fresh = TransformersCache(self.model.config)
-        return self.prefix_cache.checkout(prompt, fresh)
+        return self.prefix_cache.checkout(prompt, lambda: TransformersCache(self.model.config))
 
     def checkin(self, cache: TransformersCache) -> None:
         """Give the cache back so later calls can reuse its prefix."""
