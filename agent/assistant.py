@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from qwen_agent.agents import Assistant
 from qwen_agent.llm.base import BaseChatModel
+from qwen_agent.llm.schema import FUNCTION, USER, FunctionCall, Message
 
 from agent.backends.local import CONTEXT_TOKENS
+from agent.backends.tool_choice import NONE, REQUIRED, TOOL_CHOICE_KEY
+from agent.call_checks import CheckedCall, RepeatGuard, check_call, name_error, parameters_schema
 from agent.config import Settings
+from agent.snapshots import message_text
+from agent.tool_call_parser import RepairingFnCallPrompt
 from agent.tool_calls import ToolOutcome, invoke_tool
 from agent.toolset import Toolset
 
 # Qwen-Agent's default max_input_tokens (58,000) is over Qwen3's 32,768-token context and its
 # rough count leaves out the tool descriptions: keep room for them and for the answer.
 TOOL_SCHEMA_ALLOWANCE = 4_096
+STEP_LIMIT_PROMPT = (
+    "You have used all {steps} tool steps of this task. Tools are off now: give your final "
+    "answer from the tool results above, and say what is still missing, if anything."
+)
 
 
 class ToolListener(Protocol):
@@ -23,6 +33,8 @@ class ToolListener(Protocol):
     def tool_started(self, name: str, arguments: Any) -> None: ...
 
     def tool_finished(self, outcome: ToolOutcome) -> None: ...
+
+    def notice(self, kind: str, message: str) -> None: ...
 
 
 def llm_config(settings: Settings) -> dict[str, Any]:
@@ -69,6 +81,7 @@ def llm_config(settings: Settings) -> dict[str, Any]:
         "engine": settings.engine,
         "kv_cache_mb": settings.kv_cache_mb,
         "thinking": settings.thinking,
+        "constrain": settings.constrain,
         "generate_cfg": generate_cfg,
     }
 
@@ -84,30 +97,116 @@ def build_llm(settings: Settings) -> BaseChatModel:
 
 
 class AgentAssistant(Assistant):
-    """Qwen-Agent's Assistant, with tool calls that report their start and outcome."""
+    """Qwen-Agent's Assistant with our tool loop: calls checked before they run (see
+    agent/call_checks.py), identical calls stopped after `max_repeats`, and at most
+    `max_steps` rounds of tool calls, after which the model must answer with tools off."""
 
     def __init__(
-        self, *args: Any, result_limit: int | None = None, debug: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        result_limit: int | None = None,
+        debug: bool = False,
+        max_steps: int,
+        max_repeats: int,
+        require_tool: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if hasattr(self.llm, "fncall_prompt"):
+            # Qwen-Agent's own parser drops calls a small model makes (agent/tool_call_parser.py).
+            self.llm.fncall_prompt = RepairingFnCallPrompt()
         self.tool_listener: ToolListener | None = None
         self.result_limit = result_limit
         self.debug = debug
+        self.max_steps = max_steps
+        self.max_repeats = max_repeats
+        self.require_tool = require_tool
 
-    def _call_tool(self, tool_name: str, tool_args: Any = "{}", **kwargs: Any) -> str:
+    def _run(
+        self, messages: list[Message], lang: str = "en", **kwargs: Any
+    ) -> Iterator[list[Message]]:
+        # Replaces FnCallAgent._run, whose loop ends silently after 20 calls (DESIGN.md).
+        messages = self._prepend_knowledge_prompt(messages=messages, lang=lang, **kwargs)
+        repeats = RepeatGuard(self.max_repeats)
+        response: list[Message] = []
+        for step in range(self.max_steps + 1):
+            last_step = step == self.max_steps
+            if last_step:
+                messages.append(Message(USER, STEP_LIMIT_PROMPT.format(steps=self.max_steps)))
+                self._notify(
+                    "step_limit",
+                    f"{self.max_steps} tool steps used; the model must answer now, tools off",
+                )
+            output: list[Message] = []
+            for output in self._call_llm(
+                messages=messages,
+                functions=[tool.function for tool in self.function_map.values()],
+                extra_generate_cfg=self._step_cfg(step, last_step, lang, kwargs),
+            ):
+                if last_step:
+                    output = [message for message in output if not message.function_call]
+                if output:
+                    yield response + output
+            response.extend(output)
+            messages.extend(output)
+            calls = [message for message in output if message.function_call]
+            if last_step and not any(message_text(m.model_dump()) for m in output):
+                self._notify("no_answer", f"no final answer after {self.max_steps} tool steps")
+            if not calls:
+                break
+            for message in calls:
+                result = self._run_call(message.function_call, repeats)
+                reply = Message(
+                    FUNCTION,
+                    result,
+                    name=message.function_call.name,
+                    extra={"function_id": (message.extra or {}).get("function_id", "1")},
+                )
+                messages.append(reply)
+                response.append(reply)
+                yield response
+        yield response
+
+    def _step_cfg(
+        self, step: int, last_step: bool, lang: str, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"lang": lang}
+        if kwargs.get("seed") is not None:
+            cfg["seed"] = kwargs["seed"]
+        if last_step:
+            cfg[TOOL_CHOICE_KEY] = NONE
+        elif step == 0 and self.require_tool:
+            cfg[TOOL_CHOICE_KEY] = REQUIRED
+        return cfg
+
+    def _notify(self, kind: str, message: str) -> None:
         if self.tool_listener:
-            self.tool_listener.tool_started(tool_name, tool_args)
-        tool = self.function_map.get(tool_name)
-        if tool is None:
-            names = ", ".join(self.function_map) or "none"
-            outcome = ToolOutcome(
-                f"Error: there is no tool named {tool_name!r}; tools: {names}", False, 0.0
-            )
+            self.tool_listener.notice(kind, message)
+
+    def _run_call(self, call: FunctionCall, repeats: RepeatGuard) -> str:
+        """Check the call, then run it; a refused call is an error result the model reads."""
+        if self.tool_listener:
+            self.tool_listener.tool_started(call.name, call.arguments)
+        checked = self._check(call, repeats)
+        if checked.arguments is None:
+            outcome = ToolOutcome(checked.error, False, 0.0)
         else:
-            outcome = invoke_tool(tool, tool_args, limit=self.result_limit, debug=self.debug)
+            tool = self.function_map[call.name]
+            limit, debug = self.result_limit, self.debug
+            outcome = invoke_tool(tool, checked.arguments, limit=limit, debug=debug)
         if self.tool_listener:
             self.tool_listener.tool_finished(outcome)
         return outcome.content
+
+    def _check(self, call: FunctionCall, repeats: RepeatGuard) -> CheckedCall:
+        if error := name_error(call.name, list(self.function_map)):
+            return CheckedCall(error=error)
+        schema = parameters_schema(self.function_map[call.name])
+        checked = check_call(call.name, call.arguments, schema)
+        if checked.arguments is None:
+            return checked
+        error = repeats.refuse(call.name, checked.arguments)
+        return CheckedCall(error=error) if error else checked
 
 
 def build_assistant(settings: Settings, llm: BaseChatModel, toolset: Toolset) -> AgentAssistant:
@@ -118,4 +217,7 @@ def build_assistant(settings: Settings, llm: BaseChatModel, toolset: Toolset) ->
         system_message=settings.system_prompt,
         result_limit=settings.tool_result_limit,
         debug=settings.debug,
+        max_steps=settings.max_steps,
+        max_repeats=settings.max_repeats,
+        require_tool=settings.require_tool,
     )

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,29 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--presence-penalty", type=float, help="0-2 against repetition")
     group.add_argument("--max-new-tokens", type=int)
     group.add_argument("--seed", type=int)
+    group.add_argument(
+        "--no-constrain",
+        dest="constrain",
+        action="store_false",
+        default=None,
+        help="local model: do not constrain tool calls to the tools' schemas (default on)",
+    )
+    group.add_argument(
+        "--require-tool",
+        action="store_true",
+        default=None,
+        help="the first model call must call a tool (constrained from its first token locally)",
+    )
+    group.add_argument(
+        "--max-steps",
+        type=int,
+        help="rounds of tool calls before the model must answer with tools off (default 8)",
+    )
+    group.add_argument(
+        "--max-repeats",
+        type=int,
+        help="times one identical tool call may run in a task (default 2)",
+    )
 
 
 def _add_tool_flags(parser: argparse.ArgumentParser) -> None:
@@ -171,6 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tool_flags(tools_call)
     tools_new = tool_commands.add_parser("new", help="write a tool template to edit")
     tools_new.add_argument("name", help="the tool's name (a Python identifier)")
+
+    evaluate = commands.add_parser("eval", help="measure the model on a benchmark")
+    eval_commands = evaluate.add_subparsers(dest="eval_command", required=True)
+    bfcl = eval_commands.add_parser(
+        "bfcl", help="BFCL single-turn function calling (simple, multiple, parallel, ...)"
+    )
+    bfcl.add_argument(
+        "--categories",
+        type=_names,
+        metavar="NAME,NAME",
+        help="simple, multiple, parallel, parallel_multiple, irrelevance (default: all five)",
+    )
+    bfcl.add_argument("--limit", type=int, metavar="N", help="only the first N of each category")
+    bfcl.add_argument("--out", type=Path, metavar="FILE", help="write scores and entries as JSON")
+    bfcl.add_argument("--json", action="store_true", help="one JSON object per entry, then scores")
+    _add_model_flags(bfcl)
     return parser
 
 
@@ -191,6 +231,10 @@ SETTING_FLAGS = (
     "presence_penalty",
     "max_new_tokens",
     "seed",
+    "constrain",
+    "require_tool",
+    "max_steps",
+    "max_repeats",
     "mcp_config",
     "strict_mcp",
     "code_timeout",
@@ -222,6 +266,8 @@ def _validate(settings: Settings) -> None:
         (settings.min_p is None or 0 <= settings.min_p <= 1, "--min-p must be in [0, 1]"),
         (0 <= settings.presence_penalty <= 2, "--presence-penalty must be in [0, 2]"),
         (settings.max_new_tokens > 0, "--max-new-tokens must be > 0"),
+        (settings.max_steps >= 1, "--max-steps must be >= 1"),
+        (settings.max_repeats >= 1, "--max-repeats must be >= 1"),
         (settings.threads is None or settings.threads > 0, "--threads must be > 0"),
         (
             settings.engine in ENGINES,
@@ -387,8 +433,6 @@ def cmd_tools_new(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """`agent doctor`: exit 1 when a check failed."""
-    from dataclasses import asdict
-
     from agent.doctor import run_checks
 
     settings = _settings(args)
@@ -403,8 +447,84 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_FAILED if any(check.ok is False for check in checks) else EXIT_OK
 
 
+def cmd_eval_bfcl(args: argparse.Namespace) -> int:
+    """`agent eval bfcl`: prints a score table (or JSON Lines); `--out` writes a JSON report."""
+    from agent.assistant import build_llm
+    from agent.eval.bfcl import report, run_entries, summarize
+    from agent.eval.bfcl_data import CATEGORIES, load_entries
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit must be >= 1")
+    if args.out is not None and not args.out.parent.is_dir():
+        raise ConfigError(f"--out: directory {args.out.parent} does not exist")
+    try:
+        entries = load_entries(args.categories or CATEGORIES, args.limit)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    settings = _settings(args)
+    _setup_logging(settings.debug)
+    llm = build_llm(settings)
+    results = []
+    for result in run_entries(llm, entries, settings.require_tool):
+        results.append(result)
+        if args.json:
+            print(json.dumps({"type": "entry", **asdict(result)}, ensure_ascii=False), flush=True)
+        else:
+            mark = "ok  " if result.ok else "miss"
+            print(f"{mark} {result.id} {result.latency_s:.1f}s {result.reason}", file=sys.stderr)
+    scores = summarize(results)
+    if args.out is not None:
+        _write_atomically(args.out, json.dumps(report(scores, results), indent=1) + "\n")
+    if args.json:
+        for score in scores:
+            print(json.dumps({"type": "score", **asdict(score)}), flush=True)
+    else:
+        _print_scores(scores)
+    return EXIT_OK
+
+
+def _print_scores(scores: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        "category",
+        "entries",
+        "accuracy",
+        "parse as written",
+        "parse",
+        "fit schema",
+        "calls",
+        "latency",
+        box=None,
+    )
+    for s in scores:
+        table.add_row(
+            s.category,
+            str(s.entries),
+            f"{s.accuracy:.1%}",
+            f"{s.strict_parse:.1%}",
+            f"{s.parse:.1%}",
+            f"{s.valid:.1%}",
+            str(s.calls),
+            f"{s.mean_latency_s:.2f}s",
+        )
+    Console(highlight=False).print(table)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write to a scratch file beside `path`, then rename: never a half-written report."""
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        scratch.write_text(text, encoding="utf-8")
+        scratch.replace(path)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
 COMMANDS = {
     "run": cmd_run,
+    "bfcl": cmd_eval_bfcl,
     "doctor": cmd_doctor,
     "list": cmd_tools_list,
     "show": cmd_tools_show,
@@ -421,7 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `agent` console script."""
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    command = COMMANDS[getattr(args, "tools_command", None) or args.command]
+    subcommand = getattr(args, "tools_command", None) or getattr(args, "eval_command", None)
+    command = COMMANDS[subcommand or args.command]
     try:
         return command(args)
     except AgentError as exc:

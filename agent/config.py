@@ -50,6 +50,10 @@ class Settings:
     presence_penalty: float = 0.0
     max_new_tokens: int = 2048
     seed: int | None = None
+    max_steps: int = 8  # rounds of tool calls before the model must answer with tools off
+    max_repeats: int = 2  # runs of one identical call (same name and arguments) per task
+    constrain: bool = True  # grammar-constrained tool calls in the local backend
+    require_tool: bool = False  # the first model call must be a tool call
     mcp_config: Path = field(default_factory=lambda: project_root() / "mcp_config.json")
     strict_mcp: bool = False
     mcp_start_timeout: float = 60.0
@@ -90,6 +94,7 @@ ENVIRONMENT = {
     "AGENT_THREADS": "threads",
     "AGENT_ENGINE": "engine",
     "AGENT_KV_CACHE_MB": "kv_cache_mb",
+    "AGENT_MAX_STEPS": "max_steps",
     "AGENT_MCP_CONFIG": "mcp_config",
 }
 

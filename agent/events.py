@@ -80,6 +80,16 @@ class RunFinished(Event):
 
 
 @dataclass(frozen=True)
+class Notice(Event):
+    """The tool loop stepped in: `step_limit` (tools turned off for a final answer) or
+    `no_answer` (the model gave none even then)."""
+
+    type: ClassVar[str] = "notice"
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Error(Event):
     type: ClassVar[str] = "error"
     message: str

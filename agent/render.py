@@ -105,6 +105,10 @@ class TerminalRenderer:
         else:
             self._close_line()
 
+    def _notice(self, event: ev.Notice) -> None:
+        self._close_line()
+        self.err.print(RichText(f"notice: {event.message}", style="yellow"))
+
     def _error(self, event: ev.Error) -> None:
         self._close_line()
         self.err.print(RichText(f"error: {event.message}", style="bold red"))

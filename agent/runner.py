@@ -16,7 +16,16 @@ from typing import Any
 
 from agent.assistant import AgentAssistant
 from agent.errors import AgentError, GenerationError, ModelServerError
-from agent.events import Answer, Error, Event, RunFinished, RunStarted, Text, Thinking
+from agent.events import (
+    Answer,
+    Error,
+    Event,
+    Notice,
+    RunFinished,
+    RunStarted,
+    Text,
+    Thinking,
+)
 from agent.snapshots import SnapshotConverter
 from agent.tool_calls import ToolOutcome
 
@@ -43,6 +52,9 @@ class _QueueListener:
 
     def tool_finished(self, outcome: ToolOutcome) -> None:
         self._inbox.put(("tool_end", outcome))
+
+    def notice(self, kind: str, message: str) -> None:
+        self._inbox.put(("notice", Notice(kind=kind, message=message)))
 
 
 def _work(
@@ -105,6 +117,10 @@ def run_events(
                 continue
             if kind == "tool_end":
                 converter.add_outcome(payload)
+                continue
+            if kind == "notice":
+                yield from converter.finalize_last()
+                yield payload
                 continue
             events = converter.feed(payload) if kind == "snapshot" else converter.finalize_last()
             for event in events:

@@ -19,12 +19,16 @@ from qwen_agent.llm.base import register_llm
 from qwen_agent.llm.function_calling import BaseFnCallModel
 from qwen_agent.llm.schema import ASSISTANT, Message
 
+from agent.backends.constrained import ToolCallConstraint, grammar_tools
 from agent.backends.local_model import DEFAULT_KV_CACHE_MB, LoadedModel, load_local_model
 from agent.backends.sampling import SamplingParams, sample_next_token
+from agent.backends.tool_choice import AUTO, TOOL_CHOICE_KEY
 from agent.errors import GenerationError
 
 CONTEXT_TOKENS = 32_768
 THINK_PROMPT_SUFFIX = "<think>\n"
+FUNCTIONS_KEY = "agent_functions"  # the offered tools, passed from chat() to the generator
+FINISH_MARGIN = 64  # tokens before the limit at which an open tool call is steered to its end
 
 
 @dataclass
@@ -35,6 +39,9 @@ class Usage:
     prompt_tokens: int = 0
     reused_prompt_tokens: int = 0  # prompt tokens whose keys and values came from an earlier call
     completion_tokens: int = 0
+    constrained_tokens: int = 0  # generated under the tool-call grammar (forced ones included)
+    forced_tokens: int = 0  # the grammar's only possible continuation, fed without sampling
+    constrain_s: float = 0.0  # time spent computing grammar masks
     prefill_s: float = 0.0
     decode_s: float = 0.0
     first_token_s: list[float] = field(default_factory=list)
@@ -46,6 +53,7 @@ class Usage:
             "prompt_tokens": self.prompt_tokens,
             "reused_prompt_tokens": self.reused_prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "constrained_tokens": self.constrained_tokens,
         }
 
 
@@ -73,35 +81,74 @@ def generate_token_ids(
     max_new_tokens: int,
     seed: int,
     usage: Usage,
+    constraint: ToolCallConstraint | None = None,
 ) -> Iterator[int]:
     """Sample token ids one by one until an end-of-turn token or `max_new_tokens`.
 
     The prompt's longest prefix already computed by an earlier call is reused, not recomputed.
+    With a `constraint`, tool calls follow their grammar; tokens it forces are fed in one
+    forward pass, and a call still open near `max_new_tokens` is steered to its end.
     """
     engine = loaded.engine
     generator = torch.Generator().manual_seed(seed)
     seen = torch.zeros(engine.vocab_size, dtype=torch.bool)
     started = time.monotonic()
     cache = engine.checkout(prompt_ids)
+    finish_from = max_new_tokens - min(FINISH_MARGIN, max_new_tokens // 3)
     try:
         usage.reused_prompt_tokens += cache.length
         logits = engine.forward(prompt_ids[cache.length :], cache)
         usage.prefill_s += time.monotonic() - started
         usage.first_token_s.append(time.monotonic() - started)
         decode_started = time.monotonic()
+        produced = 0
         try:
-            for _ in range(max_new_tokens):
-                token = sample_next_token(logits, params, seen, generator)
-                if token in loaded.stop_ids:
+            while produced < max_new_tokens:
+                step = _next_tokens(
+                    logits, params, seen, generator, constraint, produced >= finish_from, usage
+                )
+                if step[0] in loaded.stop_ids:
                     return
-                seen[token] = True
-                usage.completion_tokens += 1
-                yield token
-                logits = engine.forward([token], cache)
+                step = step[: max_new_tokens - produced]
+                for token in step:
+                    seen[token] = True
+                    yield token
+                produced += len(step)
+                usage.completion_tokens += len(step)
+                logits = engine.forward(step, cache)
         finally:
             usage.decode_s += time.monotonic() - decode_started
     finally:
         engine.checkin(cache)
+
+
+def _next_tokens(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    seen: torch.Tensor,
+    generator: torch.Generator,
+    constraint: ToolCallConstraint | None,
+    finishing: bool,
+    usage: Usage,
+) -> list[int]:
+    """The sampled token, plus any tokens the grammar then forces."""
+    if constraint is None:
+        return [sample_next_token(logits, params, seen, generator)]
+    timer = time.monotonic()
+    constrained = constraint.active
+    allowed = constraint.allowed(finishing)
+    usage.constrain_s += time.monotonic() - timer
+    token = sample_next_token(logits, params, seen, generator, allowed)
+    timer = time.monotonic()
+    constraint.advance(token)
+    forced = constraint.forced()
+    for extra in forced:
+        constraint.advance(extra)
+    usage.constrain_s += time.monotonic() - timer
+    if constrained or forced or constraint.active:
+        usage.constrained_tokens += 1 + len(forced)
+        usage.forced_tokens += len(forced)
+    return [token, *forced]
 
 
 def render_prompt(tokenizer: Any, messages: list[Message], thinking: bool) -> str:
@@ -129,11 +176,25 @@ class LocalQwen(BaseFnCallModel):
             cfg.get("kv_cache_mb", DEFAULT_KV_CACHE_MB),
         )
         self.thinking = bool(cfg.get("thinking", False))
+        self.constrain = bool(cfg.get("constrain", True))
         self.usage = Usage()
 
     def render_prompt(self, messages: list[Message]) -> str:
         """The prompt text from the tokenizer's own chat template."""
         return render_prompt(self.loaded.tokenizer, messages, self.thinking)
+
+    def _chat_with_functions(
+        self,
+        messages: list[Message],
+        functions: list[dict],
+        stream: bool,
+        delta_stream: bool,
+        generate_cfg: dict,
+        lang: Any,
+    ) -> Any:
+        # Qwen-Agent does not hand the tools to _chat_stream; the grammar needs them.
+        cfg = {**generate_cfg, FUNCTIONS_KEY: functions}
+        return super()._chat_with_functions(messages, functions, stream, delta_stream, cfg, lang)
 
     def _chat_stream(
         self, messages: list[Message], delta_stream: bool, generate_cfg: dict
@@ -170,10 +231,23 @@ class LocalQwen(BaseFnCallModel):
             min(max_new, room),
             int(generate_cfg.get("seed", 0)),
             self.usage,
+            self._constraint(generate_cfg, thinking=prompt.endswith(THINK_PROMPT_SUFFIX)),
         )
         for token in token_ids:
             if piece := decoder.push(token):
                 yield piece
+
+    def _constraint(self, generate_cfg: dict, thinking: bool) -> ToolCallConstraint | None:
+        """The tool-call grammar for this call, when tools are offered and constraining is on."""
+        functions = generate_cfg.get(FUNCTIONS_KEY) or []
+        if not (self.constrain and functions):
+            return None
+        loaded = self.loaded
+        tools = grammar_tools(
+            loaded.path, loaded.tokenizer, loaded.engine.vocab_size, loaded.stop_ids
+        )
+        choice = generate_cfg.get(TOOL_CHOICE_KEY, AUTO)
+        return ToolCallConstraint(tools, functions, choice, thinking)
 
 
 def _sampling_params(generate_cfg: dict) -> SamplingParams:

@@ -14,6 +14,7 @@ from qwen_agent.llm.base import ModelServiceError, register_llm
 from qwen_agent.llm.oai import TextChatAtOAI
 from qwen_agent.llm.schema import Message
 
+from agent.backends.tool_choice import TOOL_CHOICE_KEY
 from agent.errors import ModelServerError
 
 
@@ -46,12 +47,14 @@ class RemoteQwen(TextChatAtOAI):
     def _chat_stream(
         self, messages: list[Message], delta_stream: bool, generate_cfg: dict
     ) -> Iterator[list[Message]]:
+        generate_cfg = _without_tool_choice(generate_cfg)
         try:
             yield from super()._chat_stream(messages, delta_stream, generate_cfg)
         except ModelServiceError as exc:
             raise self._error(exc) from None
 
     def _chat_no_stream(self, messages: list[Message], generate_cfg: dict) -> list[Message]:
+        generate_cfg = _without_tool_choice(generate_cfg)
         try:
             return super()._chat_no_stream(messages, generate_cfg)
         except ModelServiceError as exc:
@@ -61,6 +64,12 @@ class RemoteQwen(TextChatAtOAI):
         cause = exc.exception or exc
         reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         return ModelServerError(f"model server {self.server} failed: {reason}")
+
+
+def _without_tool_choice(generate_cfg: dict) -> dict:
+    """The server gets no grammar (and would reject the unknown key): the tool loop's checks
+    stand in for it."""
+    return {key: value for key, value in generate_cfg.items() if key != TOOL_CHOICE_KEY}
 
 
 def remote_generate_cfg(

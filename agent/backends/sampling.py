@@ -23,9 +23,13 @@ def sample_next_token(
     params: SamplingParams,
     seen: torch.Tensor,
     generator: torch.Generator,
+    allowed: torch.Tensor | None = None,
 ) -> int:
-    """Pick the next token id from 1-D `logits`; `seen` marks tokens already generated."""
+    """Pick the next token id from 1-D `logits`; `seen` marks tokens already generated, and
+    `allowed`, when given, the only tokens that may be picked."""
     logits = logits.float()
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     if params.presence_penalty:
         logits = logits - params.presence_penalty * seen.float()
     if params.temperature <= 0:

@@ -27,6 +27,7 @@ from qwen_agent.llm.schema import ASSISTANT, Message
 from qwen_agent.tools.base import BaseTool
 
 from agent.backends.local import render_prompt
+from agent.backends.tool_choice import AUTO, TOOL_CHOICE_KEY
 from agent.config import Settings
 from agent.toolset import ToolEntry, Toolset
 
@@ -262,6 +263,7 @@ class ScriptedLLM(BaseFnCallModel):
         super().__init__({"model": "scripted", "generate_cfg": {}})
         self.tokenizer, self.outputs, self.thinking = tokenizer, outputs, thinking
         self.prompts: list[str] = []
+        self.tool_choices: list[str] = []  # what the tool loop allowed at each call
 
     def _chat_stream(
         self, messages: list[Message], delta_stream: bool, generate_cfg: dict
@@ -270,6 +272,7 @@ class ScriptedLLM(BaseFnCallModel):
 
     def _chat_no_stream(self, messages: list[Message], generate_cfg: dict) -> list[Message]:
         self.prompts.append(render_prompt(self.tokenizer, messages, self.thinking))
+        self.tool_choices.append(generate_cfg.get(TOOL_CHOICE_KEY, AUTO))
         return [Message(ASSISTANT, self.outputs.pop(0))]
 
 
