@@ -484,30 +484,22 @@ def cmd_eval_bfcl(args: argparse.Namespace) -> int:
 
 
 def _print_scores(scores: list[Any]) -> None:
+    """The score table: strict/parsed/valid are shares of the tool calls made."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(
-        "category",
-        "entries",
-        "accuracy",
-        "parse as written",
-        "parse",
-        "fit schema",
-        "calls",
-        "latency",
-        box=None,
-    )
+    table = Table("category", "entries", "accuracy", "strict", "parsed", "valid", box=None)
+    table.add_column("calls")
+    table.add_column("s/entry")
     for s in scores:
+        shares = (s.strict_parse, s.parse, s.valid)
         table.add_row(
             s.category,
             str(s.entries),
             f"{s.accuracy:.1%}",
-            f"{s.strict_parse:.1%}",
-            f"{s.parse:.1%}",
-            f"{s.valid:.1%}",
+            *(f"{share:.1%}" if share is not None else "-" for share in shares),
             str(s.calls),
-            f"{s.mean_latency_s:.2f}s",
+            f"{s.mean_latency_s:.2f}",
         )
     Console(highlight=False).print(table)
 

@@ -109,7 +109,7 @@ def test_scores_sum_up_per_category_and_overall(qwen3_tokenizer: PreTrainedToken
     results = list(run_entries(ScriptedLLM(qwen3_tokenizer, outputs, False), entries))
     simple, irrelevance, overall = summarize(results)
     assert (simple.category, simple.accuracy, simple.calls, simple.valid) == ("simple", 1, 1, 1)
-    assert (irrelevance.accuracy, irrelevance.calls, irrelevance.parse) == (1, 0, 1.0)
+    assert (irrelevance.accuracy, irrelevance.calls, irrelevance.parse) == (1, 0, None)
     assert (overall.category, overall.entries, overall.accuracy) == ("all", 2, 1)
 
 

@@ -47,9 +47,9 @@ class CategoryScore:
     category: str
     entries: int
     accuracy: float
-    strict_parse: float  # share of calls
-    parse: float
-    valid: float
+    strict_parse: float | None  # shares of the calls; None when there were none
+    parse: float | None
+    valid: float | None
     calls: int
     mean_latency_s: float
 
@@ -157,8 +157,8 @@ def summarize(results: list[EntryResult]) -> list[CategoryScore]:
 def _score(category: str, results: list[EntryResult]) -> CategoryScore:
     calls = sum(r.calls for r in results)
 
-    def share(count: int) -> float:
-        return round(count / calls, 4) if calls else 1.0
+    def share(count: int) -> float | None:
+        return round(count / calls, 4) if calls else None
 
     return CategoryScore(
         category=category,
