@@ -3,8 +3,10 @@
 Imported by `agent/__init__.py`, so it runs before anything imports `qwen_agent`:
 - Qwen-Agent creates `./workspace/` in the current directory: we point its workspace under
   `AGENT_HOME` (its settings read `QWEN_AGENT_DEFAULT_WORKSPACE` at import time).
-- It counts at most 20 LLM calls per run and then ends silently; we set the limit explicitly
-  so it is a setting of ours (`QWEN_AGENT_MAX_LLM_CALL_PER_RUN` is read at import time).
+- Its tool loop ends silently after 20 LLM calls; ours replaces it (AgentAssistant._run in
+  agent/assistant.py, with a step limit that ends in a final answer).
+- Its tool-call parser drops calls a small model makes; ours replaces it
+  (agent/tool_call_parser.py).
 - Importing its tools installs SIGINT/SIGTERM handlers (to kill its Docker kernels); we restore
   the handlers that were there, so Ctrl-C stays ours.
 - It logs INFO and WARNING lines to stderr (one per tool we register under its own names); we
@@ -20,7 +22,6 @@ import signal
 from agent.paths import cache_dir
 
 QWEN_AGENT_LOGGER = "qwen_agent_logger"
-MAX_LLM_CALLS_PER_RUN = 20
 
 
 def _import_qwen_agent_keeping_signal_handlers() -> None:
@@ -37,7 +38,6 @@ def _import_qwen_agent_keeping_signal_handlers() -> None:
 def apply() -> None:
     """Contain Qwen-Agent's side effects. Safe to call more than once."""
     os.environ["QWEN_AGENT_DEFAULT_WORKSPACE"] = str(cache_dir() / "qwen-agent-workspace")
-    os.environ.setdefault("QWEN_AGENT_MAX_LLM_CALL_PER_RUN", str(MAX_LLM_CALLS_PER_RUN))
     _import_qwen_agent_keeping_signal_handlers()
     set_debug(False)
 

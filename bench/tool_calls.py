@@ -2,6 +2,7 @@
 
     python -m bench.tool_calls --out bench/tool_calls.json            (about an hour on 2 cores)
     python -m bench.tool_calls --full-limit 2 --tiny-limit 5 --out X  (a few minutes)
+    python -m bench.tool_calls --only full-random                     (one run, merged into --out)
 
 Runs, each over BFCL's five single-turn categories:
 - the tiny test model with random weights, constrained from the first token (`--require-tool`):
@@ -25,9 +26,19 @@ from typing import Any
 from bench.random_checkpoint import cached_checkpoint
 
 MAX_NEW_TOKENS = 128
+# name: (model, --require-tool, grammar on)
+RUNS = {
+    "tiny-random": ("tiny", True, True),
+    "tiny-trained": ("trained", False, True),
+    "tiny-trained-free": ("trained", False, False),
+    "full-random": ("full", True, True),
+    "full-random-free": ("full", False, False),
+}
 
 
-def _measure(model: Path, require: bool, constrain: bool, limit: int | None) -> dict[str, Any]:
+def _measure(
+    name: str, model: Path, require: bool, constrain: bool, limit: int | None
+) -> dict[str, Any]:
     from agent.assistant import build_llm
     from agent.config import Settings
     from agent.eval.bfcl import run_entries, summarize
@@ -47,6 +58,7 @@ def _measure(model: Path, require: bool, constrain: bool, limit: int | None) -> 
     usage = llm.usage
     free_tokens = usage.completion_tokens - usage.constrained_tokens
     return {
+        "run": name,
         "model": model.name,
         "require_tool": require,
         "constrain": constrain,
@@ -76,27 +88,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tool_calls")
     parser.add_argument("--out", type=Path, default=Path("bench/tool_calls.json"))
     parser.add_argument("--tiny-limit", type=int, help="entries per category (default: all)")
-    parser.add_argument("--full-limit", type=int, default=10, help="entries per category")
+    parser.add_argument("--full-limit", type=int, default=16, help="entries per category")
+    parser.add_argument(
+        "--only", help=f"these runs only, replacing theirs in --out: {', '.join(RUNS)}"
+    )
     args = parser.parse_args(argv)
     if not args.out.parent.is_dir():
         parser.error(f"--out: directory {args.out.parent} does not exist")
-    tiny = cached_tiny_checkpoint()
-    full = cached_checkpoint("full")
-    plan = [
-        (tiny / GPTQ_SUBDIR, True, True, args.tiny_limit),
-        (tiny / TRAINED_GPTQ_SUBDIR, False, True, args.tiny_limit),
-        (tiny / TRAINED_GPTQ_SUBDIR, False, False, args.tiny_limit),
-        (full, True, True, args.full_limit),
-        (full, False, False, args.full_limit),
-    ]
-    runs = []
-    for model, require, constrain, limit in plan:
-        runs.append(_measure(model, require, constrain, limit))
-        run = runs[-1]
-        print(json.dumps({k: run[k] for k in ("model", "require_tool", "constrain")}))
-        print(json.dumps(run["scores"][-1]))
-        args.out.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
+    chosen = args.only.split(",") if args.only else list(RUNS)
+    if unknown := set(chosen) - set(RUNS):
+        parser.error(f"--only: unknown run(s) {', '.join(sorted(unknown))}")
+    tiny, full = cached_tiny_checkpoint(), cached_checkpoint("full")
+    models = {"tiny": tiny / GPTQ_SUBDIR, "trained": tiny / TRAINED_GPTQ_SUBDIR, "full": full}
+    runs = {run["run"]: run for run in _earlier_runs(args.out) if args.only}
+    for name in chosen:
+        model, require, constrain = RUNS[name]
+        limit = args.full_limit if model == "full" else args.tiny_limit
+        run = runs[name] = _measure(name, models[model], require, constrain, limit)
+        print(json.dumps({"run": name, **run["scores"][-1]}), flush=True)
+        ordered = [runs[key] for key in RUNS if key in runs]
+        args.out.write_text(json.dumps({"runs": ordered}, indent=1) + "\n")
     return 0
+
+
+def _earlier_runs(path: Path) -> list[dict[str, Any]]:
+    return list(json.loads(path.read_text())["runs"]) if path.is_file() else []
 
 
 if __name__ == "__main__":

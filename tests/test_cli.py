@@ -51,6 +51,8 @@ def test_tools_call_time_server(tmp_path: Path) -> None:
         (["tools", "call", "code_interpreter", "{not json"], "must be a JSON object"),
         (["tools", "call", "code_interpreter", "[1, 2]"], "must be a JSON object"),
         (["run", "hi", "--temperature", "-1"], "--temperature must be >= 0"),
+        (["run", "hi", "--max-steps", "0"], "--max-steps must be >= 1"),
+        (["run", "hi", "--max-repeats", "0"], "--max-repeats must be >= 1"),
         (["run", "hi", "--model", "./no/such/model"], "model directory ./no/such/model not found"),
         (
             ["run", "hi", "--model-server", "http://127.0.0.1:9/v1", "--mcp-config", "/no.json"],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -42,6 +43,7 @@ MOVING_ON_CHARS = ", "
 # JSON written as json.dumps writes it (and as Qwen3 was trained to): no free whitespace, which a
 # weak model could otherwise fill forever.
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+KEPT_GRAMMARS = 8  # compiled grammars kept for reuse (one per set of tools offered)
 
 
 @dataclass(frozen=True)
@@ -119,11 +121,12 @@ class GrammarTools:
     ids: SpecialIds
     vocab_size: int
     stop_ids: frozenset[int]
-    _matchers: dict[str, Any] = field(default_factory=dict)
+    _matchers: OrderedDict[str, Any] = field(default_factory=OrderedDict)
     _endings: list[torch.Tensor] = field(default_factory=list)
 
     def matcher(self, grammar: str) -> Any:
-        """A fresh matcher for `grammar` (compiled once, then copied)."""
+        """A fresh matcher for `grammar` (the last few grammars are kept compiled), or
+        `ValueError` when llguidance cannot compile it."""
         import llguidance
 
         if grammar not in self._matchers:
@@ -131,6 +134,9 @@ class GrammarTools:
             if matcher.is_error():
                 raise ValueError(matcher.get_error())
             self._matchers[grammar] = matcher
+            while len(self._matchers) > KEPT_GRAMMARS:
+                self._matchers.popitem(last=False)
+        self._matchers.move_to_end(grammar)
         return self._matchers[grammar].deep_copy()
 
     def endings(self, in_string: bool) -> list[torch.Tensor]:
@@ -224,7 +230,11 @@ class ToolCallConstraint:
             self._start(self._required)
 
     def _start(self, grammar: str) -> None:
-        self.matcher = self.tools.matcher(grammar)
+        try:
+            self.matcher = self.tools.matcher(grammar)
+        except ValueError as exc:
+            log.warning("tool-call grammar: %s; this call is unconstrained", exc)
+            self.matcher = None
         self._json = _StringState()
 
     @property

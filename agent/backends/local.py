@@ -9,6 +9,7 @@ generation stops as soon as the consumer stops reading.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from agent.backends.local_model import DEFAULT_KV_CACHE_MB, LoadedModel, load_lo
 from agent.backends.sampling import SamplingParams, sample_next_token
 from agent.backends.tool_choice import AUTO, TOOL_CHOICE_KEY
 from agent.errors import GenerationError
+
+log = logging.getLogger("agent")
 
 CONTEXT_TOKENS = 32_768
 THINK_PROMPT_SUFFIX = "<think>\n"
@@ -41,7 +44,7 @@ class Usage:
     completion_tokens: int = 0
     constrained_tokens: int = 0  # generated under the tool-call grammar (forced ones included)
     forced_tokens: int = 0  # the grammar's only possible continuation, fed without sampling
-    constrain_s: float = 0.0  # time spent computing grammar masks
+    constrain_s: float = 0.0  # time spent computing and applying grammar masks
     prefill_s: float = 0.0
     decode_s: float = 0.0
     first_token_s: list[float] = field(default_factory=list)
@@ -104,12 +107,15 @@ def generate_token_ids(
         produced = 0
         try:
             while produced < max_new_tokens:
-                step = _next_tokens(
+                step, constrained = _next_tokens(
                     logits, params, seen, generator, constraint, produced >= finish_from, usage
                 )
                 if step[0] in loaded.stop_ids:
                     return
                 step = step[: max_new_tokens - produced]
+                if constrained:
+                    usage.constrained_tokens += len(step)
+                    usage.forced_tokens += len(step) - 1
                 for token in step:
                     seen[token] = True
                     yield token
@@ -130,25 +136,25 @@ def _next_tokens(
     constraint: ToolCallConstraint | None,
     finishing: bool,
     usage: Usage,
-) -> list[int]:
-    """The sampled token, plus any tokens the grammar then forces."""
+) -> tuple[list[int], bool]:
+    """The sampled token plus any tokens the grammar then forces, and whether the grammar had
+    a say in them."""
     if constraint is None:
-        return [sample_next_token(logits, params, seen, generator)]
+        return [sample_next_token(logits, params, seen, generator)], False
     timer = time.monotonic()
     constrained = constraint.active
     allowed = constraint.allowed(finishing)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     usage.constrain_s += time.monotonic() - timer
-    token = sample_next_token(logits, params, seen, generator, allowed)
+    token = sample_next_token(logits, params, seen, generator)
     timer = time.monotonic()
     constraint.advance(token)
     forced = constraint.forced()
     for extra in forced:
         constraint.advance(extra)
     usage.constrain_s += time.monotonic() - timer
-    if constrained or forced or constraint.active:
-        usage.constrained_tokens += 1 + len(forced)
-        usage.forced_tokens += len(forced)
-    return [token, *forced]
+    return [token, *forced], constrained or bool(forced) or constraint.active
 
 
 def render_prompt(tokenizer: Any, messages: list[Message], thinking: bool) -> str:
@@ -243,9 +249,14 @@ class LocalQwen(BaseFnCallModel):
         if not (self.constrain and functions):
             return None
         loaded = self.loaded
-        tools = grammar_tools(
-            loaded.path, loaded.tokenizer, loaded.engine.vocab_size, loaded.stop_ids
-        )
+        try:
+            tools = grammar_tools(
+                loaded.path, loaded.tokenizer, loaded.engine.vocab_size, loaded.stop_ids
+            )
+        except (OSError, ValueError) as exc:  # e.g. a checkpoint without tokenizer.json
+            log.warning("tool calls are not constrained: %s", str(exc).splitlines()[0])
+            self.constrain = False
+            return None
         choice = generate_cfg.get(TOOL_CHOICE_KEY, AUTO)
         return ToolCallConstraint(tools, functions, choice, thinking)
 

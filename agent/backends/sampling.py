@@ -23,13 +23,10 @@ def sample_next_token(
     params: SamplingParams,
     seen: torch.Tensor,
     generator: torch.Generator,
-    allowed: torch.Tensor | None = None,
 ) -> int:
-    """Pick the next token id from 1-D `logits`; `seen` marks tokens already generated, and
-    `allowed`, when given, the only tokens that may be picked."""
+    """Pick the next token id from 1-D `logits` (-inf for tokens that may not come); `seen`
+    marks tokens already generated."""
     logits = logits.float()
-    if allowed is not None:
-        logits = logits.masked_fill(~allowed, float("-inf"))
     if params.presence_penalty:
         logits = logits - params.presence_penalty * seen.float()
     if params.temperature <= 0:
