@@ -144,8 +144,11 @@ class AgentAssistant(Assistant):
                 extra_generate_cfg=self._step_cfg(step, last_step, lang, kwargs),
             ):
                 if last_step:
+                    # Calls are not run now: drop them, and yield even an empty output so a
+                    # partial `<tool_call` shown earlier is withdrawn, never finalized as text.
                     output = [message for message in output if not message.function_call]
-                if output:
+                    yield response + output
+                elif output:
                     yield response + output
             response.extend(output)
             messages.extend(output)

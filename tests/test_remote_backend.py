@@ -95,3 +95,25 @@ def test_unreachable_server_is_one_clear_line(tmp_path: Path, no_mcp: Path) -> N
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert errors and "http://127.0.0.1:9/v1" in errors[0]
     assert "Traceback" not in done.stderr
+
+
+def test_a_looping_server_model_is_stopped_by_the_step_limit(tmp_path: Path, no_mcp: Path) -> None:
+    # A server has no grammar: a nameless call, then calls even with tools off.
+    nameless = '<tool_call>\n{"arguments": {"code": "print(1)"}}\n</tool_call>'
+    looping = '<tool_call>\n{"name": "code_interpreter", "arguments": {"code": "1"}}\n</tool_call>'
+    replies = [("", nameless), ("", looping), ("", looping)]
+    with StubOpenAIServer(replies) as server:
+        done = agent_cli(
+            "run", "Loop.", "--json", "--model-server", server.url, "--mcp-config", str(no_mcp),
+            "--max-steps", "2", "--require-tool", home=tmp_path,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    events = events_of(done.stdout)
+    results = [e for e in events if e["type"] == "tool_result"]
+    assert [r["ok"] for r in results] == [False, True]
+    assert 'no "name"' in results[0]["content"]
+    notices = [e["kind"] for e in events if e["type"] == "notice"]
+    assert notices == ["step_limit", "no_answer"] and events[-1]["status"] == "no_answer"
+    assert len(server.requests) == 3  # and no request carried our private tool-choice key
+    assert all("agent_tool_choice" not in request for request in server.requests)
+    assert "Tools are off now" in server.requests[-1]["messages"][-1]["content"]
