@@ -123,6 +123,7 @@ class GrammarTools:
     stop_ids: frozenset[int]
     _matchers: OrderedDict[str, Any] = field(default_factory=OrderedDict)
     _endings: list[torch.Tensor] = field(default_factory=list)
+    _no_call: torch.Tensor | None = None
 
     def matcher(self, grammar: str) -> Any:
         """A fresh matcher for `grammar` (the last few grammars are kept compiled), or
@@ -138,6 +139,13 @@ class GrammarTools:
                 self._matchers.popitem(last=False)
         self._matchers.move_to_end(grammar)
         return self._matchers[grammar].deep_copy()
+
+    def no_call(self) -> torch.Tensor:
+        """A mask of every token but `<tool_call>` (tools off)."""
+        if self._no_call is None:
+            self._no_call = torch.ones(self.vocab_size, dtype=torch.bool)
+            self._no_call[self.ids.call_open] = False
+        return self._no_call
 
     def endings(self, in_string: bool) -> list[torch.Tensor]:
         """Masks of the tokens that end a call soonest, best first."""
@@ -248,11 +256,7 @@ class ToolCallConstraint:
         With `finishing`, the call must end soon: closing tokens are preferred where allowed.
         """
         if self.matcher is None:
-            if self.choice == NONE and not self.in_think:
-                mask = torch.ones(self.tools.vocab_size, dtype=torch.bool)
-                mask[self.tools.ids.call_open] = False
-                return mask
-            return None
+            return self.tools.no_call() if self.choice == NONE and not self.in_think else None
         mask = _allowed(self.matcher, self.tools.vocab_size)
         if finishing:
             for ending in self.tools.endings(self._json.in_string):
