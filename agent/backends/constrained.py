@@ -7,9 +7,10 @@ tool choice `required` the output is constrained from its first token (after any
 one or more calls; with `none` the `<tool_call>` token is banned. Tokens the grammar forces are
 fed to the model in one forward pass instead of being sampled one by one.
 
-We chose llguidance over xgrammar: a 3 MB wheel with no dependencies (xgrammar pulls in torch
-requirements and build tools), Lark grammars with embedded JSON schemas, and token references
-for Qwen's `<tool_call>`/`</tool_call>`; computing a mask takes ~30 us on our CPUs.
+We chose llguidance over xgrammar: a 3 MB wheel with no dependencies (xgrammar 0.2.9 requires
+torch, transformers, apache-tvm-ffi and, on Linux x86-64, triton), Lark grammars with embedded
+JSON schemas, and token references for Qwen's `<tool_call>`/`</tool_call>`; computing a mask
+takes ~30 us on our CPUs.
 """
 
 from __future__ import annotations
