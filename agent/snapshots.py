@@ -13,14 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import json5
-
 from agent.events import Answer, Event, Text, Thinking, ToolCall, ToolResult
+from agent.tool_call_parser import CALL_OPEN, THINK_CLOSE, THINK_OPEN, loads_lenient
 from agent.tool_calls import ToolOutcome
-
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
-CALL_OPEN = "<tool_call>"
 
 
 def _hold_back_partial(text: str, tag: str) -> str:
@@ -62,9 +57,10 @@ def message_text(message: dict[str, Any]) -> str:
 
 
 def parse_arguments(raw: str) -> Any:
-    """Tool-call arguments as JSON when they parse (leniently), else the raw string."""
+    """Tool-call arguments as JSON when they parse (leniently, as the tool loop reads them),
+    else the raw string."""
     try:
-        return json5.loads(raw) if raw.strip() else {}
+        return loads_lenient(raw) if raw.strip() else {}
     except ValueError:
         return raw
 
