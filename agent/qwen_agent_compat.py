@@ -4,9 +4,9 @@ Imported by `agent/__init__.py`, so it runs before anything imports `qwen_agent`
 - Qwen-Agent creates `./workspace/` in the current directory: we point its workspace under
   `AGENT_HOME` (its settings read `QWEN_AGENT_DEFAULT_WORKSPACE` at import time).
 - Its tool loop ends silently after 20 LLM calls; ours replaces it (AgentAssistant._run in
-  agent/assistant.py, with a step limit that ends in a final answer).
+  agent/loop/assistant.py, with a step limit that ends in a final answer).
 - Its tool-call parser drops calls a small model makes; ours replaces it
-  (agent/tool_call_parser.py).
+  (agent/loop/call_parser.py).
 - Importing its tools installs SIGINT/SIGTERM handlers (to kill its Docker kernels); we restore
   the handlers that were there, so Ctrl-C stays ours.
 - It logs INFO and WARNING lines to stderr (one per tool we register under its own names); we

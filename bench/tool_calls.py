@@ -39,10 +39,10 @@ RUNS = {
 def _measure(
     name: str, model: Path, require: bool, constrain: bool, limit: int | None
 ) -> dict[str, Any]:
-    from agent.assistant import build_llm
     from agent.config import Settings
     from agent.eval.bfcl import run_entries, summarize
     from agent.eval.bfcl_data import CATEGORIES, load_entries
+    from agent.loop.assistant import build_llm
 
     settings = Settings(
         model=str(model),

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from qwen_agent.tools.base import TOOL_REGISTRY
 
-from agent.code_interpreter import CodeInterpreter
-from agent.tool_calls import ToolOutcome, invoke_tool
+from agent.tools.code_interpreter import CodeInterpreter
+from agent.tools.invoke import ToolOutcome, invoke_tool
 
 MakeTool = Callable[..., CodeInterpreter]
 

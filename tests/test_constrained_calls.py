@@ -15,8 +15,8 @@ from qwen_agent.llm.schema import Message
 from agent.backends.constrained import ToolCallConstraint, grammar_tools
 from agent.backends.local import LocalQwen
 from agent.backends.tool_choice import AUTO, NONE, REQUIRED, TOOL_CHOICE_KEY
+from agent.loop.call_parser import RepairingFnCallPrompt
 from agent.testing.transcripts import load_tool_schemas, time_task
-from agent.tool_call_parser import RepairingFnCallPrompt
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,8 @@ import pytest
 from qwen_agent.tools.base import BaseTool, is_tool_schema
 
 from agent.errors import MCPConfigError, MCPServerError, ToolError
-from agent.mcp_tools import (
+from agent.tools.invoke import invoke_tool
+from agent.tools.mcp_tools import (
     MCPConnections,
     MCPServerSpec,
     load_mcp_config,
@@ -30,7 +31,6 @@ from agent.mcp_tools import (
     result_text,
     server_environment,
 )
-from agent.tool_calls import invoke_tool
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "mcp_config.json"
 

@@ -13,10 +13,10 @@ import pytest
 
 from agent.config import Settings
 from agent.errors import PluginError, UnknownToolError
-from agent.plugins import as_tool, tool
-from agent.tool_calls import invoke_tool
-from agent.tool_schema import function_schema
-from agent.toolset import Toolset, open_toolset
+from agent.tools.invoke import invoke_tool
+from agent.tools.plugin_tools import as_tool, tool
+from agent.tools.schema import function_schema
+from agent.tools.toolset import Toolset, open_toolset
 from tests.clirun import agent_cli, empty_mcp_config
 
 # --- @tool schemas -----------------------------------------------------------------------------

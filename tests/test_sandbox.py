@@ -14,9 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent import sandbox as sb
-from agent.code_interpreter import CodeInterpreter, KernelOptions
-from agent.tool_calls import ToolOutcome, invoke_tool
+from agent.sandbox import detect as sb
+from agent.tools.code_interpreter import CodeInterpreter, KernelOptions
+from agent.tools.invoke import ToolOutcome, invoke_tool
 
 MakeTool = Callable[..., CodeInterpreter]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import Settings
-from agent.tool_calls import ToolOutcome, invoke_tool
-from agent.toolset import Toolset, open_toolset
+from agent.tools.invoke import ToolOutcome, invoke_tool
+from agent.tools.toolset import Toolset, open_toolset
 from tests.clirun import empty_mcp_config
 
 

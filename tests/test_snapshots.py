@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 from agent.events import Answer, Event, Text, Thinking, ToolCall, ToolResult
-from agent.snapshots import SnapshotConverter, split_content
-from agent.tool_calls import ToolOutcome
+from agent.loop.snapshots import SnapshotConverter, split_content
+from agent.tools.invoke import ToolOutcome
 
 FIXTURE = Path(__file__).parent / "fixtures" / "qwen_agent_run_snapshots.jsonl"
 

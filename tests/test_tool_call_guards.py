@@ -10,13 +10,13 @@ import pytest
 from qwen_agent.tools.base import BaseTool
 from transformers import PreTrainedTokenizerFast
 
-from agent.assistant import build_assistant
 from agent.backends.tool_choice import AUTO, NONE, REQUIRED
 from agent.config import Settings
 from agent.events import Answer, Event, Notice, RunFinished, Text, ToolCall, ToolResult
-from agent.runner import RunInfo, run_events
+from agent.loop.assistant import build_assistant
+from agent.loop.runner import RunInfo, run_events
 from agent.testing.transcripts import ScriptedLLM
-from agent.toolset import ToolEntry, Toolset
+from agent.tools.toolset import ToolEntry, Toolset
 
 
 class WorldClock(BaseTool):

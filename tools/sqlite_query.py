@@ -21,9 +21,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from qwen_agent.tools.base import BaseTool, register_tool
-
 from agent.plugins import ToolError
+from qwen_agent.tools.base import BaseTool, register_tool
 
 DATABASE_VARIABLE = "AGENT_SQLITE_DB"
 MAX_ROWS = 200

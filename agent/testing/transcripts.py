@@ -29,7 +29,7 @@ from qwen_agent.tools.base import BaseTool
 from agent.backends.local import render_prompt
 from agent.backends.tool_choice import AUTO, TOOL_CHOICE_KEY
 from agent.config import Settings
-from agent.toolset import ToolEntry, Toolset
+from agent.tools.toolset import ToolEntry, Toolset
 
 SCHEMAS_PATH = Path(__file__).with_name("default_tool_schemas.json")
 # mcp-server-time writes the machine's time zone into its schema; the model is trained with many.
@@ -280,7 +280,7 @@ def render_transcript(
     transcript: Transcript, tokenizer: Any, schemas: list[dict[str, Any]]
 ) -> list[tuple[str, str]]:
     """(prompt, output) for each model call of the transcript, as `agent run` renders them."""
-    from agent.assistant import build_assistant
+    from agent.loop.assistant import build_assistant
 
     llm = ScriptedLLM(tokenizer, list(transcript.outputs), transcript.thinking)
     results = list(transcript.results)
@@ -315,7 +315,7 @@ def capture_default_schemas() -> list[dict[str, Any]]:
     import os
     import tempfile
 
-    from agent.toolset import open_toolset
+    from agent.tools.toolset import open_toolset
 
     os.environ["TZ"] = CAPTURED_LOCAL_TIMEZONE  # the time server puts it in its schema
     with (

@@ -32,7 +32,7 @@ from mcp.shared.exceptions import MCPError
 from qwen_agent.tools.base import BaseTool
 
 from agent.errors import MCPConfigError, MCPServerError, ToolError
-from agent.tool_calls import parse_arguments
+from agent.tools.invoke import parse_arguments
 
 logger = logging.getLogger(__name__)
 

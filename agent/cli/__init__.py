@@ -23,7 +23,7 @@ from agent.backends.local_model import ENGINES
 from agent.config import Settings, load_settings
 from agent.errors import AgentError, ConfigError
 from agent.paths import runs_dir
-from agent.sandbox import SANDBOX_CHOICES
+from agent.sandbox.detect import SANDBOX_CHOICES
 
 log = logging.getLogger("agent")
 
@@ -304,7 +304,7 @@ def _new_run_dir() -> Path:
 
 
 def _open_tools(settings: Settings, run_dir: Path) -> Any:
-    from agent.toolset import open_toolset
+    from agent.tools.toolset import open_toolset
 
     toolset = open_toolset(settings, work_dir=run_dir / "work", log_dir=run_dir / "logs")
     for problem in toolset.problems:
@@ -330,9 +330,9 @@ def _open_tools_while(load: Callable[[], Any], settings: Settings) -> Iterator[t
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`agent run PROMPT`."""
-    from agent.assistant import build_assistant, build_llm
+    from agent.loop.assistant import build_assistant, build_llm
+    from agent.loop.runner import RunInfo, run_events, show_run
     from agent.render import JsonLinesRenderer, TerminalRenderer
-    from agent.runner import RunInfo, run_events, show_run
 
     settings = _settings(args)
     _setup_logging(settings.debug)
@@ -355,7 +355,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _sandbox_line(settings: Settings, toolset: Any) -> str:
     """The run header's sandbox part, when the code interpreter is one of the tools."""
-    from agent.sandbox import detect
+    from agent.sandbox.detect import detect
 
     if "code_interpreter" not in [tool.name for tool in toolset.tools]:
         return ""
@@ -388,7 +388,7 @@ def cmd_tools_list(args: argparse.Namespace) -> int:
 
 def cmd_tools_call(args: argparse.Namespace) -> int:
     """`agent tools call NAME 'JSON'`: prints the result; exit 1 on an error result."""
-    from agent.tool_calls import invoke_tool
+    from agent.tools.invoke import invoke_tool
 
     try:
         parsed = json5.loads(args.arguments)
@@ -423,7 +423,7 @@ def cmd_tools_show(args: argparse.Namespace) -> int:
 
 def cmd_tools_new(args: argparse.Namespace) -> int:
     """`agent tools new NAME`: write a template into the user's tools directory."""
-    from agent.plugins import new_tool_file
+    from agent.tools.plugin_tools import new_tool_file
 
     path = new_tool_file(args.name)
     print(path)
@@ -433,7 +433,7 @@ def cmd_tools_new(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """`agent doctor`: exit 1 when a check failed."""
-    from agent.doctor import run_checks
+    from agent.doctor.checks import run_checks
 
     settings = _settings(args)
     _setup_logging(settings.debug)
@@ -449,9 +449,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_eval_bfcl(args: argparse.Namespace) -> int:
     """`agent eval bfcl`: prints a score table (or JSON Lines); `--out` writes a JSON report."""
-    from agent.assistant import build_llm
     from agent.eval.bfcl import report, run_entries, summarize
     from agent.eval.bfcl_data import CATEGORIES, load_entries
+    from agent.loop.assistant import build_llm
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be >= 1")

@@ -1,10 +1,10 @@
 """The `code_interpreter` tool: Python code run in a Jupyter kernel that keeps its state.
 
 One kernel per tool instance, started on the first call in the run's work directory and
-shut down by `close()`. Each call has a wall-clock timeout and an output cap. The kernel runs
-in the sandbox `agent.sandbox` finds (bubblewrap, else Landlock) with rlimits, and talks to us
-over IPC sockets in a private runtime directory, not TCP. Without a working sandbox it refuses
-to start unless unsafe code is allowed.
+shut down by `close()`. Each call has a wall-clock timeout and an output cap. The kernel
+runs in the sandbox `agent.sandbox.detect` finds (bubblewrap, else Landlock) with rlimits, and
+talks to us over IPC sockets in a private runtime directory, not TCP. Without a working
+sandbox it refuses to start unless unsafe code is allowed.
 """
 
 import base64
@@ -27,9 +27,9 @@ from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 from qwen_agent.tools.base import BaseTool, register_tool
 
-from agent import sandbox as sb
 from agent.config import Settings
 from agent.errors import ToolError
+from agent.sandbox import detect as sb
 
 _START_TIMEOUT_S = 60.0  # a cold kernel start takes 1-3 s; a loaded machine may need more
 _INTERRUPT_GRACE_S = 1.0  # how long an interrupted kernel has to become idle before it is killed

@@ -4,7 +4,7 @@ A tool is a Qwen-Agent `BaseTool`. Write it either way, in any source below:
 - a class registered with Qwen-Agent's own `@register_tool("name")` (the full contract:
   `description`, `parameters` with exactly type/properties/required, `call(params)`);
 - a plain typed function marked `@tool`: its schema comes from its signature, type hints and
-  docstring (`agent.tool_schema`); it returns a str, or anything JSON can encode.
+  docstring (`agent.tools.schema`); it returns a str, or anything JSON can encode.
 Raise `ToolError` in either for an error result the model should read.
 
 Sources, in this order (the first tool of a name wins; later ones are reported):
@@ -35,9 +35,9 @@ from qwen_agent.tools.base import TOOL_REGISTRY, BaseTool, is_tool_schema
 
 from agent.errors import ConfigError, PluginError, ToolError
 from agent.paths import project_root, user_tools_dirs
-from agent.tool_calls import parse_arguments
-from agent.tool_schema import FunctionSchema, function_schema
-from agent.toolset import ToolEntry
+from agent.tools.invoke import parse_arguments
+from agent.tools.schema import FunctionSchema, function_schema
+from agent.tools.toolset import ToolEntry
 
 __all__ = ["ENTRY_POINT_GROUP", "ToolError", "tool"]
 

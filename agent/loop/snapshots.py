@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.events import Answer, Event, Text, Thinking, ToolCall, ToolResult
-from agent.tool_call_parser import CALL_OPEN, THINK_CLOSE, THINK_OPEN, loads_lenient
-from agent.tool_calls import ToolOutcome
+from agent.loop.call_parser import CALL_OPEN, THINK_CLOSE, THINK_OPEN, loads_lenient
+from agent.tools.invoke import ToolOutcome
 
 
 def _hold_back_partial(text: str, tag: str) -> str:

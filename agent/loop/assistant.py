@@ -11,12 +11,18 @@ from qwen_agent.llm.schema import FUNCTION, USER, FunctionCall, Message
 
 from agent.backends.local import CONTEXT_TOKENS
 from agent.backends.tool_choice import NONE, REQUIRED, TOOL_CHOICE_KEY
-from agent.call_checks import CheckedCall, RepeatGuard, check_call, name_error, parameters_schema
 from agent.config import Settings
-from agent.snapshots import message_text
-from agent.tool_call_parser import RepairingFnCallPrompt
-from agent.tool_calls import ToolOutcome, invoke_tool
-from agent.toolset import Toolset
+from agent.loop.call_checks import (
+    CheckedCall,
+    RepeatGuard,
+    check_call,
+    name_error,
+    parameters_schema,
+)
+from agent.loop.call_parser import RepairingFnCallPrompt
+from agent.loop.snapshots import message_text
+from agent.tools.invoke import ToolOutcome, invoke_tool
+from agent.tools.toolset import Toolset
 
 # Qwen-Agent's default max_input_tokens (58,000) is over Qwen3's 32,768-token context and its
 # rough count leaves out the tool descriptions: keep room for them and for the answer.
@@ -98,7 +104,7 @@ def build_llm(settings: Settings) -> BaseChatModel:
 
 class AgentAssistant(Assistant):
     """Qwen-Agent's Assistant with our tool loop: calls checked before they run (see
-    agent/call_checks.py), identical calls stopped after `max_repeats`, and at most
+    agent/loop/call_checks.py), identical calls stopped after `max_repeats`, and at most
     `max_steps` rounds of tool calls, after which the model must answer with tools off."""
 
     def __init__(
@@ -113,7 +119,7 @@ class AgentAssistant(Assistant):
     ) -> None:
         super().__init__(*args, **kwargs)
         if hasattr(self.llm, "fncall_prompt"):
-            # Qwen-Agent's own parser drops calls a small model makes (agent/tool_call_parser.py).
+            # Qwen-Agent's own parser drops calls a small model makes (agent/loop/call_parser.py).
             self.llm.fncall_prompt = RepairingFnCallPrompt()
         self.tool_listener: ToolListener | None = None
         self.result_limit = result_limit

@@ -75,9 +75,9 @@ def open_toolset(settings: Settings, work_dir: Path, log_dir: Path) -> Toolset:
     Plugin problems are one-line `problems` (`PluginError` with `strict_tools`); a selection
     naming no tool is a `UnknownToolError`; no selection means every tool.
     """
-    from agent.code_interpreter import CodeInterpreter, kernel_options
-    from agent.mcp_tools import open_mcp_tools
-    from agent.plugins import load_plugin_tools
+    from agent.tools.code_interpreter import CodeInterpreter, kernel_options
+    from agent.tools.mcp_tools import open_mcp_tools
+    from agent.tools.plugin_tools import load_plugin_tools
 
     toolset = Toolset()
     if settings.tools == ():

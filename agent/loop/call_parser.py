@@ -5,8 +5,8 @@ Qwen-Agent 0.0.34's parser (NousFnCallPrompt.postprocess_fncall_messages) loses 
 model makes: a call without `"name"` is dropped, so the run loops to its call limit with an
 empty answer; a literal newline inside a JSON string turns the arguments into raw text; text
 after `</tool_call>` is thrown away. `RepairingFnCallPrompt` replaces that one method, and is
-installed on every backend by `agent.assistant.build_llm`. What the parser cannot repair is
-left for `agent.call_checks` to answer with an error result the model can act on.
+installed on every backend by `agent.loop.assistant.build_llm`. What the parser cannot repair is
+left for `agent.loop.call_checks` to answer with an error result the model can act on.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def run_checks(settings: Settings) -> list[Check]:
 
 def sandbox_checks(settings: Settings) -> list[Check]:
     """Which sandbox the code interpreter gets, what it protects and what it does not."""
-    from agent.sandbox import detect
+    from agent.sandbox.detect import detect
 
     sandbox = detect(settings.sandbox)
     if sandbox.isolated:
@@ -63,7 +63,7 @@ def model_check(settings: Settings) -> Check:
 
 def mcp_checks(settings: Settings) -> list[Check]:
     """Each MCP server's command is on PATH; `uvx` answers when a server uses it."""
-    from agent.mcp_tools import load_mcp_config
+    from agent.tools.mcp_tools import load_mcp_config
 
     try:
         servers = load_mcp_config(settings.mcp_config)

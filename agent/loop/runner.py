@@ -14,7 +14,6 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from agent.assistant import AgentAssistant
 from agent.errors import AgentError, GenerationError, ModelServerError
 from agent.events import (
     Answer,
@@ -26,8 +25,9 @@ from agent.events import (
     Text,
     Thinking,
 )
-from agent.snapshots import SnapshotConverter
-from agent.tool_calls import ToolOutcome
+from agent.loop.assistant import AgentAssistant
+from agent.loop.snapshots import SnapshotConverter
+from agent.tools.invoke import ToolOutcome
 
 WORKER_STOP_S = 10.0
 

@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from qwen_agent.tools.base import BaseTool
 
-from agent.tool_call_parser import loads_lenient
+from agent.loop.call_parser import loads_lenient
 
 MAX_ERRORS_SHOWN = 3
 

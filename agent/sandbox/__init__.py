@@ -1,0 +1,1 @@
+"""Isolation for the code interpreter: detection, bubblewrap, Landlock + seccomp."""

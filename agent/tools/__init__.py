@@ -1,0 +1,1 @@
+"""Tools the assistant gets: the toolset, plugin tools, MCP servers, the code interpreter."""
