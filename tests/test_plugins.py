@@ -13,8 +13,9 @@ import pytest
 
 from agent.config import Settings
 from agent.errors import PluginError, UnknownToolError
+from agent.plugins import tool
 from agent.tools.invoke import invoke_tool
-from agent.tools.plugin_tools import as_tool, tool
+from agent.tools.plugin_tools import as_tool
 from agent.tools.schema import function_schema
 from agent.tools.toolset import Toolset, open_toolset
 from tests.clirun import agent_cli, empty_mcp_config

@@ -1,11 +1,4 @@
-"""Custom tools: every way to add one, and how they are found and loaded.
-
-A tool is a Qwen-Agent `BaseTool`. Write it either way, in any source below:
-- a class registered with Qwen-Agent's own `@register_tool("name")` (the full contract:
-  `description`, `parameters` with exactly type/properties/required, `call(params)`);
-- a plain typed function marked `@tool`: its schema comes from its signature, type hints and
-  docstring (`agent.tools.schema`); it returns a str, or anything JSON can encode.
-Raise `ToolError` in either for an error result the model should read.
+"""Plugin tools: how they are found and loaded (what a plugin author uses is `agent.plugins`).
 
 Sources, in this order (the first tool of a name wins; later ones are reported):
 - `*.py` files (not starting with `_`) in the project's `tools/` and the user's tool
@@ -28,40 +21,17 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar, overload
+from typing import Any
 
 import jsonschema
 from qwen_agent.tools.base import TOOL_REGISTRY, BaseTool, is_tool_schema
 
 from agent.errors import ConfigError, PluginError, ToolError
 from agent.paths import project_root, user_tools_dirs
+from agent.plugins import ENTRY_POINT_GROUP, TOOL_MARK
 from agent.tools.invoke import parse_arguments
 from agent.tools.schema import FunctionSchema, function_schema
 from agent.tools.toolset import ToolEntry
-
-__all__ = ["ENTRY_POINT_GROUP", "ToolError", "tool"]
-
-ENTRY_POINT_GROUP = "agent.tools"
-_MARK = "__agent_tool__"
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-@overload
-def tool(func: F, *, name: str | None = None) -> F: ...
-@overload
-def tool(func: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
-def tool(func: F | None = None, *, name: str | None = None) -> F | Callable[[F], F]:
-    """Mark a typed function as a tool (`@tool` or `@tool(name="other_name")`).
-
-    The function is returned unchanged (call it directly in your own tests); the loader turns
-    it into a `BaseTool` whose schema comes from its signature and docstring.
-    """
-
-    def mark(function: F) -> F:
-        setattr(function, _MARK, name or function.__name__)
-        return function
-
-    return mark(func) if func is not None else mark
 
 
 class FunctionTool(BaseTool):
@@ -195,7 +165,7 @@ def _module_tools(module: ModuleType) -> list[Any]:
     functions = [
         value
         for value in vars(module).values()
-        if callable(value) and hasattr(value, _MARK) and value.__module__ == module.__name__
+        if callable(value) and hasattr(value, TOOL_MARK) and value.__module__ == module.__name__
     ]
     return [*classes, *functions]
 
@@ -214,8 +184,8 @@ def as_tool(candidate: Any) -> BaseTool:
     """A `BaseTool` instance from a `BaseTool` subclass or an `@tool` function."""
     if inspect.isclass(candidate) and issubclass(candidate, BaseTool):
         return _instantiate(candidate)
-    if callable(candidate) and hasattr(candidate, _MARK):
-        name = getattr(candidate, _MARK)
+    if callable(candidate) and hasattr(candidate, TOOL_MARK):
+        name = getattr(candidate, TOOL_MARK)
         try:
             return FunctionTool(candidate, function_schema(candidate, name))
         except PluginError as exc:

@@ -1,0 +1,54 @@
+"""Every way to extend `agent`, in one module: read this one to write a plugin.
+
+Tools. A tool is a Qwen-Agent `BaseTool`, written either way:
+- a plain typed function marked `@tool`: its schema comes from its signature, type hints and
+  docstring (Google `Args:` or reST `:param:`); it returns a str, or anything JSON can encode;
+- a class registered with Qwen-Agent's own `@register_tool("name")` (the full contract:
+  `description`, `parameters` with exactly type/properties/required, `call(params)`),
+  constructible with no arguments.
+Raise `ToolError` in either for an error result the model should read; any other exception
+becomes an error result too, and the run goes on.
+
+Where tools are found (`agent tools list` shows each one's source):
+- `*.py` files (not starting with `_`) in the project's `tools/`, then in the user's tool
+  directories (`$AGENT_TOOLS_PATH`, else `$AGENT_HOME/tools`, else `~/.config/agent/tools`),
+  then files given with `--tool FILE` (`tool_files` in config.toml);
+- installed packages, through an entry point in the group `ENTRY_POINT_GROUP` naming a
+  module, one tool, or a list of them.
+
+`agent tools new NAME` writes a template to start from; `agent tools call NAME JSON` calls a
+tool exactly as the model would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from qwen_agent.tools.base import BaseTool, register_tool
+
+from agent.errors import ToolError
+
+__all__ = ["ENTRY_POINT_GROUP", "BaseTool", "ToolError", "register_tool", "tool"]
+
+ENTRY_POINT_GROUP = "agent.tools"
+TOOL_MARK = "__agent_tool__"  # the attribute `@tool` sets: the tool's name
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@overload
+def tool(func: F, *, name: str | None = None) -> F: ...
+@overload
+def tool(func: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
+def tool(func: F | None = None, *, name: str | None = None) -> F | Callable[[F], F]:
+    """Mark a typed function as a tool (`@tool` or `@tool(name="other_name")`).
+
+    The function is returned unchanged (call it directly in your own tests); the loader turns
+    it into a `BaseTool` whose schema comes from its signature and docstring.
+    """
+
+    def mark(function: F) -> F:
+        setattr(function, TOOL_MARK, name or function.__name__)
+        return function
+
+    return mark(func) if func is not None else mark
