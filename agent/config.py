@@ -1,19 +1,37 @@
-"""Settings: defaults < config file (`$AGENT_HOME/config.toml`) < environment < flags."""
+"""The one table of settings, and how they are loaded.
+
+Every setting is one field of `Settings`, declared with `setting(...)`: its type, default and
+help text, and where it has them, its flag (and the option group that offers it), its
+environment variable (`AGENT_<NAME>`), its allowed values. The command-line options
+(`agent.cli.options`), the environment, the `config.toml` keys, the validation and the README's
+settings table (`python -m agent.config`) all come from it.
+
+Layers: defaults < config file (`$AGENT_HOME/config.toml`) < environment < flags.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+import sys
+from collections.abc import Callable
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 has no tomllib; tomli is the same parser, published apart
+    import tomli as tomllib  # type: ignore[no-redef]
 
-from agent.backends.local_model import DEFAULT_KV_CACHE_MB
 from agent.errors import ConfigError
 from agent.paths import config_file, project_root
 
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B-GPTQ-Int8"
+DEFAULT_KV_CACHE_MB = 1024
+ENGINES = ("auto", "native", "transformers")
+SANDBOXES = ("auto", "bubblewrap", "landlock")
+ENV_PREFIX = "AGENT_"
+OPTION_GROUPS = ("model", "tools", "selection")  # the option groups commands take flags from
 
 
 @dataclass(frozen=True)
@@ -31,49 +49,268 @@ NON_THINKING_PRESET = SamplingPreset(temperature=0.7, top_p=0.8, top_k=20, min_p
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """The range a number setting must lie in; `None` values are not checked."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # the low end itself is not allowed
+    note: str = ""  # said after the range, e.g. "0: off"
+
+    def allows(self, value: float) -> bool:
+        """Whether `value` lies in the range."""
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def describe(self) -> str:
+        """The range as the error message says it: `>= 0`, `> 0`, `in (0, 1]`."""
+        if self.low is not None and self.high is not None:
+            text = f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}]"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {_num(self.low)}"
+        else:
+            text = f"<= {_num(self.high or 0)}"
+        return f"{text} ({self.note})" if self.note else text
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """What the table says of one setting besides its type and default."""
+
+    help: str
+    flag: str | None = None  # "--name", "--name/--no-name" (on and off), "--no-name" (sets off)
+    group: str | None = None  # the option group that offers the flag (one of OPTION_GROUPS)
+    env: bool = False  # read from the environment variable AGENT_<NAME>
+    choices: tuple[str, ...] = ()
+    bounds: Bounds | None = None
+    metavar: str | None = None
+
+    def label(self, name: str) -> str:
+        """How errors name the setting: its flag when it has one, else its key."""
+        return self.flag.split("/")[0] if self.flag else name
+
+
+def setting(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    factory: Callable[[], Any] | None = None,
+    flag: str | bool | None = None,
+    **spec: Any,
+) -> Any:
+    """A field of `Settings` with its table entry; `flag=True` derives `--the-name`."""
+    entry: dict[str, Any] = {
+        "spec": SettingSpec(help=help, flag=flag if isinstance(flag, str) else None, **spec)
+    }
+    if flag is True:
+        entry["derive_flag"] = True
+    if factory is not None:
+        return field(default_factory=factory, metadata=entry)
+    return field(default=default, metadata=entry)
+
+
+def _default_mcp_config() -> Path:
+    return project_root() / "mcp_config.json"
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a run needs to know; `None` sampling values mean "the mode's preset"."""
 
-    model: str = DEFAULT_MODEL
-    model_server: str | None = None
-    api_key: str | None = None
-    device: str = "auto"
-    threads: int | None = None
-    engine: str = "auto"  # auto (native on CPU, transformers on CUDA), native or transformers
-    kv_cache_mb: int = DEFAULT_KV_CACHE_MB  # memory kept for reusing prompt prefixes across calls
-    thinking: bool = False
-    show_thinking: bool = False
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    presence_penalty: float = 0.0
-    max_new_tokens: int = 2048
-    seed: int | None = None
-    max_steps: int = 8  # rounds of tool calls before the model must answer with tools off
-    max_repeats: int = 2  # runs of one identical call (same name and arguments) per task
-    constrain: bool = True  # grammar-constrained tool calls in the local backend
-    require_tool: bool = False  # the first model call must be a tool call
-    mcp_config: Path = field(default_factory=lambda: project_root() / "mcp_config.json")
-    strict_mcp: bool = False
-    mcp_start_timeout: float = 60.0
-    tool_timeout: float = 120.0
-    code_timeout: float = 30.0
-    code_output_limit: int = 20_000
-    code_image_limit: int = 5_000_000  # bytes per image
-    code_network: bool = False
-    unsafe_code: bool = False  # run code even where no sandbox works
-    sandbox: str = "auto"  # auto (bubblewrap, else Landlock), bubblewrap or landlock
-    code_memory_mb: int = 2048
-    code_cpu_s: int = 600
-    code_processes: int = 128
-    code_file_size_mb: int = 1024
-    tools: tuple[str, ...] | None = None  # None: every tool; (): none
-    tool_files: tuple[Path, ...] = ()
-    strict_tools: bool = False
-    tool_result_limit: int = 20_000
-    system_prompt: str = "You are a helpful assistant."
-    debug: bool = False
+    model: str = setting(
+        DEFAULT_MODEL,
+        "hub id or local directory (default Qwen/Qwen3-0.6B-GPTQ-Int8)",
+        flag=True,
+        group="model",
+        env=True,
+    )
+    model_server: str | None = setting(
+        None,
+        "use an OpenAI-compatible server (vLLM, SGLang) instead of a local model",
+        flag=True,
+        group="model",
+        env=True,
+        metavar="URL",
+    )
+    api_key: str | None = setting(
+        None, "API key for --model-server", flag=True, group="model", env=True
+    )
+    device: str = setting("auto", "auto (default), cpu or cuda", flag=True, group="model", env=True)
+    threads: int | None = setting(
+        None,
+        "CPU threads for the local model",
+        flag=True,
+        group="model",
+        env=True,
+        bounds=Bounds(low=0, low_open=True),
+    )
+    engine: str = setting(
+        "auto",
+        "local engine: auto (default: native on CPU, transformers on CUDA), native or transformers",
+        flag=True,
+        group="model",
+        env=True,
+        choices=ENGINES,
+    )
+    kv_cache_mb: int = setting(
+        DEFAULT_KV_CACHE_MB,
+        "memory for reusing prompt prefixes across model calls (default 1024; 0: off)",
+        flag=True,
+        group="model",
+        env=True,
+        bounds=Bounds(low=0, note="0: no reuse"),
+    )
+    thinking: bool = setting(
+        False,
+        "let the model think before answering (default off)",
+        flag="--thinking/--no-thinking",
+        group="model",
+    )
+    show_thinking: bool = setting(False, "show the model's thinking", flag=True, group="model")
+    temperature: float | None = setting(
+        None,
+        "sampling temperature (default: the mode's preset, 0.6 thinking, 0.7 not)",
+        flag=True,
+        group="model",
+        bounds=Bounds(low=0),
+    )
+    top_p: float | None = setting(
+        None,
+        "nucleus sampling (default: 0.95 thinking, 0.8 not)",
+        flag=True,
+        group="model",
+        bounds=Bounds(low=0, high=1, low_open=True),
+    )
+    top_k: int | None = setting(
+        None,
+        "sample from the k likeliest tokens (default 20)",
+        flag=True,
+        group="model",
+        bounds=Bounds(low=0, note="0 turns it off"),
+    )
+    min_p: float | None = setting(
+        None,
+        "drop tokens below this share of the likeliest one (default 0)",
+        flag=True,
+        group="model",
+        bounds=Bounds(low=0, high=1),
+    )
+    presence_penalty: float = setting(
+        0.0, "0-2 against repetition", flag=True, group="model", bounds=Bounds(low=0, high=2)
+    )
+    max_new_tokens: int = setting(
+        2048,
+        "generation length per model call",
+        flag=True,
+        group="model",
+        bounds=Bounds(low=0, low_open=True),
+    )
+    seed: int | None = setting(None, "seed for reproducible sampling", flag=True, group="model")
+    constrain: bool = setting(
+        True,
+        "local model: do not constrain tool calls to the tools' schemas (default on)",
+        flag="--no-constrain",
+        group="model",
+    )
+    require_tool: bool = setting(
+        False,
+        "the first model call must call a tool (constrained from its first token locally)",
+        flag=True,
+        group="model",
+    )
+    max_steps: int = setting(
+        8,
+        "rounds of tool calls before the model must answer with tools off (default 8)",
+        flag=True,
+        group="model",
+        env=True,
+        bounds=Bounds(low=1),
+    )
+    max_repeats: int = setting(
+        2,
+        "times one identical tool call may run in a task (default 2)",
+        flag=True,
+        group="model",
+        bounds=Bounds(low=1),
+    )
+    mcp_config: Path = setting(
+        factory=_default_mcp_config,
+        help="MCP servers file",
+        flag=True,
+        group="tools",
+        env=True,
+        metavar="PATH",
+    )
+    strict_mcp: bool = setting(
+        False, "fail when an MCP server does not start", flag=True, group="tools"
+    )
+    mcp_start_timeout: float = setting(60.0, "seconds an MCP server has to start")
+    tool_timeout: float = setting(120.0, "seconds per MCP tool call")
+    code_timeout: float = setting(
+        30.0,
+        "seconds per code interpreter call",
+        flag=True,
+        group="tools",
+        bounds=Bounds(low=0, low_open=True),
+    )
+    code_output_limit: int = setting(20_000, "characters of code output kept per call")
+    code_image_limit: int = setting(5_000_000, "bytes per image the code interpreter saves")
+    code_network: bool = setting(
+        False, "let the code interpreter reach the network (pip, HTTP)", flag=True, group="tools"
+    )
+    unsafe_code: bool = setting(
+        False, "run code without isolation where no sandbox works", flag=True, group="tools"
+    )
+    sandbox: str = setting(
+        "auto",
+        "code isolation: auto (bubblewrap, else Landlock + seccomp), bubblewrap, landlock",
+        flag=True,
+        group="tools",
+        choices=SANDBOXES,
+    )
+    code_memory_mb: int = setting(
+        2048,
+        "kernel memory limit",
+        flag="--code-memory",
+        group="tools",
+        metavar="MB",
+        bounds=Bounds(low=0, note="0: no limit"),
+    )
+    code_cpu_s: int = setting(600, "CPU seconds the kernel may use")
+    code_processes: int = setting(128, "processes the kernel may run")
+    code_file_size_mb: int = setting(1024, "largest file the kernel may write, in MB")
+    tools: tuple[str, ...] | None = setting(
+        None,
+        "only these tools: tool names, MCP server names or plugin file names",
+        flag="--tools/--no-tools",
+        group="selection",
+        metavar="NAME,NAME",
+    )
+    tool_files: tuple[Path, ...] = setting(
+        (),
+        "also load the tools in this Python file (repeatable)",
+        flag="--tool",
+        group="tools",
+        metavar="FILE",
+    )
+    strict_tools: bool = setting(
+        False, "fail when a plugin tool does not load", flag=True, group="tools"
+    )
+    tool_result_limit: int = setting(
+        20_000, "characters of a tool result the model sees", bounds=Bounds(low=0, low_open=True)
+    )
+    system_prompt: str = setting("You are a helpful assistant.", "the system prompt")
+    debug: bool = setting(
+        False,
+        "verbose logs on stderr; tracebacks in tool error results",
+        flag=True,
+        group="tools",
+    )
 
     def sampling(self) -> SamplingPreset:
         """The effective sampling: the mode's preset with any explicit overrides."""
@@ -86,17 +323,17 @@ class Settings:
         )
 
 
-ENVIRONMENT = {
-    "AGENT_MODEL": "model",
-    "AGENT_MODEL_SERVER": "model_server",
-    "AGENT_API_KEY": "api_key",
-    "AGENT_DEVICE": "device",
-    "AGENT_THREADS": "threads",
-    "AGENT_ENGINE": "engine",
-    "AGENT_KV_CACHE_MB": "kv_cache_mb",
-    "AGENT_MAX_STEPS": "max_steps",
-    "AGENT_MCP_CONFIG": "mcp_config",
-}
+def spec(item: Field[Any]) -> SettingSpec:
+    """The table entry of one field of `Settings`."""
+    entry: SettingSpec = item.metadata["spec"]
+    if item.metadata.get("derive_flag"):
+        return replace(entry, flag="--" + item.name.replace("_", "-"))
+    return entry
+
+
+def env_var(name: str) -> str:
+    """The environment variable a setting is read from (when its entry says `env`)."""
+    return ENV_PREFIX + name.upper()
 
 
 def _field_types() -> dict[str, str]:
@@ -160,17 +397,73 @@ def _from_file(path: Path) -> dict[str, Any]:
 
 
 def _from_environment() -> dict[str, Any]:
-    return {
-        name: _coerce(name, os.environ[var], f"environment variable {var}")
-        for var, name in ENVIRONMENT.items()
-        if os.environ.get(var)
-    }
+    found = {}
+    for item in fields(Settings):
+        var = env_var(item.name)
+        if spec(item).env and os.environ.get(var):
+            found[item.name] = _coerce(item.name, os.environ[var], f"environment variable {var}")
+    return found
+
+
+def validate(settings: Settings) -> None:
+    """Raise `ConfigError` for the first value the table does not allow."""
+    for item in fields(Settings):
+        entry, value = spec(item), getattr(settings, item.name)
+        if entry.choices and value not in entry.choices:
+            raise ConfigError(
+                f"{item.name} must be one of {', '.join(entry.choices)}, not {value!r}"
+            )
+        if entry.bounds and value is not None and not entry.bounds.allows(value):
+            raise ConfigError(f"{entry.label(item.name)} must be {entry.bounds.describe()}")
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
-    """Settings from defaults, the config file, the environment and `overrides` (flags)."""
+    """Settings from defaults, the config file, the environment and `overrides` (flags),
+    checked against the table."""
     layers: dict[str, Any] = {}
     layers.update(_from_file(config_file()))
     layers.update(_from_environment())
     layers.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return replace(Settings(), **layers)
+    settings = replace(Settings(), **layers)
+    validate(settings)
+    return settings
+
+
+def settings_table() -> str:
+    """The README's settings table (Markdown), made from the table."""
+    rows = [
+        "| `config.toml` key | flag | environment | default | allowed | what it does |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for item in fields(Settings):
+        entry = spec(item)
+        flag = f"`{entry.flag.replace('/', '` / `')}`" if entry.flag else ""
+        env = f"`{env_var(item.name)}`" if entry.env else ""
+        rows.append(
+            f"| `{item.name}` | {flag} | {env} | {_shown_default(item)} | {_allowed(entry)} "
+            f"| {entry.help.replace('|', '/')} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _shown_default(item: Field[Any]) -> str:
+    if item.name == "mcp_config":
+        return "`mcp_config.json` in the project"
+    value = item.default
+    if value is None:
+        return (
+            "the mode's preset" if item.name in ("temperature", "top_p", "top_k", "min_p") else ""
+        )
+    if value == ():
+        return ""
+    return f"`{str(value).lower() if isinstance(value, bool) else value}`"
+
+
+def _allowed(entry: SettingSpec) -> str:
+    if entry.choices:
+        return ", ".join(f"`{choice}`" for choice in entry.choices)
+    return entry.bounds.describe() if entry.bounds else ""
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_table())

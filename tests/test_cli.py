@@ -3,10 +3,14 @@
 import json
 from pathlib import Path
 
+import click
 import psutil
 import pytest
 
+from agent.cli import cli
 from tests.clirun import agent_cli
+
+FLAGS_BEFORE_CLICK = Path(__file__).parent / "fixtures" / "cli_flags.json"
 
 
 def one_error_line(stderr: str) -> str:
@@ -14,6 +18,50 @@ def one_error_line(stderr: str) -> str:
     assert "Traceback" not in stderr
     assert lines and lines[-1].startswith("error: "), stderr
     return lines[-1]
+
+
+def _leaf_commands(group: click.Group, path: tuple[str, ...] = ()) -> dict[str, click.Command]:
+    found: dict[str, click.Command] = {}
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found.update(_leaf_commands(command, (*path, name)))
+        else:
+            found[" ".join((*path, name))] = command
+    return found
+
+
+def test_every_command_keeps_the_flags_and_arguments_it_had() -> None:
+    # The flags of each command as the argparse CLI had them, recorded before the move to click.
+    before = json.loads(FLAGS_BEFORE_CLICK.read_text())
+    now = {}
+    for path, command in _leaf_commands(cli).items():
+        params = [p for p in command.params if p.name != "help"]
+        options = sorted(
+            o for p in params if isinstance(p, click.Option) for o in p.opts + p.secondary_opts
+        )
+        arguments = [p.name for p in params if isinstance(p, click.Argument)]
+        now[path] = {"options": [o for o in options if o != "-h"], "arguments": arguments}
+    assert now == before
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "hi", "--no-such-flag"], "error: No such option '--no-such-flag' (see"),
+        (["run"], "error: Missing argument 'PROMPT'"),
+        (["run", "hi", "--threads", "two"], "error: Invalid value for '--threads': 'two'"),
+        (["tools", "list", "--sandbox", "docker"], "error: Invalid value for '--sandbox'"),
+        (["tools", "list", "--tools", "time", "--no-tools"], "error: --tools and --no-tools"),
+        (["tools", "frobnicate"], "error: No such command 'frobnicate'"),
+    ],
+)
+def test_usage_mistakes_are_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    done = agent_cli(*args, home=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(expected), done.stderr
+    assert "--help')" in done.stderr
 
 
 def test_tools_list_names_every_tool_and_its_source(tmp_path: Path) -> None:

@@ -21,9 +21,10 @@ from qwen_agent.llm.function_calling import BaseFnCallModel
 from qwen_agent.llm.schema import ASSISTANT, Message
 
 from agent.backends.constrained import ToolCallConstraint, grammar_tools
-from agent.backends.local_model import DEFAULT_KV_CACHE_MB, LoadedModel, load_local_model
+from agent.backends.local_model import LoadedModel, load_local_model
 from agent.backends.sampling import SamplingParams, sample_next_token
 from agent.backends.tool_choice import AUTO, TOOL_CHOICE_KEY
+from agent.config import DEFAULT_KV_CACHE_MB
 from agent.errors import GenerationError
 
 log = logging.getLogger("agent")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.config import DEFAULT_KV_CACHE_MB, ENGINES
 from agent.errors import ModelLoadError
 from agent.paths import cache_dir
 
@@ -28,8 +29,6 @@ log = logging.getLogger("agent")
 CPU_GPTQ_BACKEND = "gptq_torch_int8"
 CUDA_GPTQ_BACKEND = "auto"
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
-ENGINES = ("auto", "native", "transformers")
-DEFAULT_KV_CACHE_MB = 1024
 
 
 class Engine(Protocol):

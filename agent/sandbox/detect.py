@@ -20,8 +20,9 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from agent.config import SANDBOXES
+
 NOBODY = 65534  # the uid and gid the kernel runs as when we are root
-SANDBOX_CHOICES = ("auto", "bubblewrap", "landlock")
 CONFINE_SCRIPT = Path(__file__).with_name("confine.py")
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _ETC_FILES = (
@@ -219,8 +220,8 @@ def _limit_notes(mechanism: str) -> tuple[str, ...]:
 def detect(choice: str = "auto") -> Sandbox:
     """The best isolation of `choice` (auto: bubblewrap, else Landlock) that works on this
     machine, found by trying it once."""
-    if choice not in SANDBOX_CHOICES:
-        raise ValueError(f"sandbox must be one of {', '.join(SANDBOX_CHOICES)}, not {choice!r}")
+    if choice not in SANDBOXES:
+        raise ValueError(f"sandbox must be one of {', '.join(SANDBOXES)}, not {choice!r}")
     reasons = []
     if choice in ("auto", "bubblewrap"):
         found = _try_bubblewrap()

@@ -1,0 +1,94 @@
+"""The option groups commands share, made from the settings table (`agent.config`).
+
+`model_options`, `tool_options` and `selection_options` add the flags of every setting in
+their group; `settings_from(flags)` turns what was given into `Settings` (unset flags leave
+the config file and the environment in force).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import Field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from agent.config import Settings, load_settings, spec
+
+F = TypeVar("F", bound=Callable[..., Any])
+_NO_TOOLS = "no_tools"  # the parameter of `--no-tools`, folded into `tools` by settings_from
+
+
+def names(ctx: click.Context, param: click.Parameter, text: str | None) -> tuple[str, ...] | None:
+    """A click callback: `a, b,c` as the names `("a", "b", "c")`."""
+    if text is None:
+        return None
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _value_type(item: Field[Any]) -> Any:
+    kind = str(item.type)
+    if spec(item).choices:
+        return click.Choice(spec(item).choices)
+    if "Path" in kind:
+        return click.Path(path_type=Path)
+    return int if kind.startswith("int") else float if kind.startswith("float") else str
+
+
+def _options(item: Field[Any]) -> list[Callable[[F], F]]:
+    """The click options of one setting: its kind follows from its type and flag."""
+    entry, kind = spec(item), str(item.type)
+    assert entry.flag is not None
+    common: dict[str, Any] = {"help": entry.help, "metavar": entry.metavar, "default": None}
+    if kind.startswith("bool"):
+        del common["metavar"]
+        if "/" in entry.flag:
+            return [click.option(entry.flag, item.name, **common)]
+        on = not entry.flag.startswith("--no-")
+        return [click.option(entry.flag, item.name, flag_value=on, **common)]
+    if kind.startswith("tuple") and "Path" in kind:  # repeatable: --tool FILE --tool FILE
+        common["default"] = ()
+        return [
+            click.option(entry.flag, item.name, type=_value_type(item), multiple=True, **common)
+        ]
+    if kind.startswith("tuple"):  # --tools NAME,NAME, and --no-tools for none at all
+        given, none = entry.flag.split("/")
+        return [
+            click.option(given, item.name, callback=names, **common),
+            click.option(none, _NO_TOOLS, is_flag=True, default=False, help="no tools at all"),
+        ]
+    return [click.option(entry.flag, item.name, type=_value_type(item), **common)]
+
+
+def _group(name: str) -> Callable[[F], F]:
+    items = [item for item in fields(Settings) if spec(item).group == name]
+
+    def add(command: F) -> F:
+        for item in reversed(items):
+            for option in reversed(_options(item)):
+                command = option(command)
+        return command
+
+    return add
+
+
+model_options = _group("model")
+tool_options = _group("tools")
+selection_options = _group("selection")
+
+
+def settings_from(flags: dict[str, Any], **forced: Any) -> Settings:
+    """`Settings` with the given flags on top of the config file and environment."""
+    if flags.pop(_NO_TOOLS, False):
+        if flags.get("tools") is not None:
+            raise click.UsageError("--tools and --no-tools cannot be used together")
+        flags["tools"] = ()
+    known = {item.name for item in fields(Settings)}
+    given = {name: value for name, value in flags.items() if name in known and value != ()}
+    return load_settings({**given, **forced})
+
+
+def json_option(help: str) -> Callable[[F], F]:
+    """`--json`: machine-readable output, one JSON object per line."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
