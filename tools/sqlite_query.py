@@ -21,8 +21,9 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from agent.plugins import ToolError
 from qwen_agent.tools.base import BaseTool, register_tool
+
+from agent.plugins import ToolError
 
 DATABASE_VARIABLE = "AGENT_SQLITE_DB"
 MAX_ROWS = 200
