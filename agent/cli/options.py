@@ -29,8 +29,6 @@ def names(ctx: click.Context, param: click.Parameter, text: str | None) -> tuple
 
 def _value_type(item: Field[Any]) -> Any:
     kind = str(item.type)
-    if spec(item).choices:
-        return click.Choice(spec(item).choices)
     if "Path" in kind:
         return click.Path(path_type=Path)
     return int if kind.startswith("int") else float if kind.startswith("float") else str
@@ -40,7 +38,9 @@ def _options(item: Field[Any]) -> list[Callable[[F], F]]:
     """The click options of one setting: its kind follows from its type and flag."""
     entry, kind = spec(item), str(item.type)
     assert entry.flag is not None
-    common: dict[str, Any] = {"help": entry.help, "metavar": entry.metavar, "default": None}
+    metavar = "[" + "|".join(entry.choices) + "]" if entry.choices else entry.metavar
+    # Choices are checked with the rest of the table (agent.config.validate), one message for all.
+    common: dict[str, Any] = {"help": entry.help, "metavar": metavar, "default": None}
     if kind.startswith("bool"):
         del common["metavar"]
         if "/" in entry.flag:
@@ -80,12 +80,13 @@ selection_options = _group("selection")
 
 def settings_from(flags: dict[str, Any], **forced: Any) -> Settings:
     """`Settings` with the given flags on top of the config file and environment."""
-    if flags.pop(_NO_TOOLS, False):
-        if flags.get("tools") is not None:
-            raise click.UsageError("--tools and --no-tools cannot be used together")
-        flags["tools"] = ()
     known = {item.name for item in fields(Settings)}
+    # A repeatable option not given is (): it leaves config.toml's list in force.
     given = {name: value for name, value in flags.items() if name in known and value != ()}
+    if flags.get(_NO_TOOLS):
+        if given.get("tools") is not None:
+            raise click.UsageError("--tools and --no-tools cannot be used together")
+        given["tools"] = ()
     return load_settings({**given, **forced})
 
 
