@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
+
+_C1_CONTROLS = re.compile("[\x7f-\x9f]")  # JSON escapes only C0; these are raw in its output
 
 
 @dataclass(frozen=True)
@@ -19,8 +22,10 @@ class Event:
         return {"type": self.type, **asdict(self)}
 
     def to_json(self) -> str:
-        """One line of JSON."""
-        return json.dumps(self.to_dict(), ensure_ascii=False)
+        """One line of JSON; C1 control characters escaped too, so a terminal shows it safely."""
+        return _C1_CONTROLS.sub(
+            lambda m: f"\\u{ord(m.group()):04x}", json.dumps(self.to_dict(), ensure_ascii=False)
+        )
 
 
 @dataclass(frozen=True)

@@ -61,21 +61,37 @@ class Usage:
         }
 
 
+TAGS = ("<tool_call>", "</tool_call>", "<think>", "</think>")
+
+
 class IncrementalDecoder:
-    """Turns token ids into text pieces, holding back incomplete UTF-8 sequences."""
+    """Turns token ids into text pieces, holding back incomplete UTF-8 sequences.
+
+    Special tokens are dropped, except the tool-call and think tags: the official Qwen3
+    tokenizer does not mark them special, but some re-exports do, and the tool loop needs them.
+    """
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
-        self._ids: list[int] = []
+        self._tags = {tokenizer.convert_tokens_to_ids(tag): tag for tag in TAGS}
+        self._done = ""  # the text up to the last tag
+        self._ids: list[int] = []  # the tokens after it
         self._text = ""
 
     def push(self, token_id: int) -> str:
-        self._ids.append(token_id)
-        text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        if token_id in self._tags:
+            self._done += self._decoded() + self._tags[token_id]
+            self._ids = []
+        else:
+            self._ids.append(token_id)
+        text = self._done + self._decoded()
         if text.endswith("\ufffd"):
             return ""
         piece, self._text = text[len(self._text) :], text
         return piece
+
+    def _decoded(self) -> str:
+        return str(self._tokenizer.decode(self._ids, skip_special_tokens=True))
 
 
 def generate_token_ids(

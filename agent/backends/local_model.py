@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.backends.checkpoint import check_model_dir, quantization_config, read_config
 from agent.config import DEFAULT_KV_CACHE_MB, ENGINES
 from agent.errors import ModelLoadError
 from agent.paths import cache_dir
@@ -124,14 +125,6 @@ def pick_engine(requested: str, device: str) -> str:
     return requested
 
 
-def _quantization(path: Path) -> dict[str, Any] | None:
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    quant = config.get("quantization_config")
-    if quant is None and (path / "quantize_config.json").is_file():
-        quant = json.loads((path / "quantize_config.json").read_text(encoding="utf-8"))
-    return quant
-
-
 def _load_kwargs(quant: dict[str, Any] | None, device: str) -> dict[str, Any]:
     import torch
 
@@ -179,14 +172,25 @@ def load_local_model(
     if key in _LOADED:
         return _LOADED[key]
     path = resolve_model_dir(model)
+    check_model_dir(path)
     _quiet_dependency_logs()
     started = time.monotonic()
-    quant = _quantization(path)
+    quant = quantization_config(path, read_config(path))
     cache_bytes = kv_cache_mb << 20
-    if engine == "native":
-        loaded = _load_native(path, quant, cache_bytes)
-    else:
-        loaded = _load_transformers(path, device, quant, cache_bytes)
+    try:
+        if engine == "native":
+            loaded = _load_native(path, quant, cache_bytes)
+        else:
+            loaded = _load_transformers(path, device, quant, cache_bytes)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        # What check_model_dir cannot see (tensors of the wrong shape, a broken tokenizer
+        # file): still one line; --debug logs the traceback.
+        log.debug("loading %s failed", path, exc_info=True)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(
+            f"cannot load the model in {path}: {type(exc).__name__}: {reason}; is it a "
+            "complete Qwen3 checkpoint? (--debug shows where it failed)"
+        ) from None
     loaded.load_s = time.monotonic() - started
     log.info(
         "loaded %s on %s in %.1f s (%s, %s, %s)",

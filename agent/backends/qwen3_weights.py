@@ -152,6 +152,7 @@ class _CheckpointReader:
         files = sorted(path.glob("*.safetensors"))
         if not files:
             raise ModelLoadError(f"no .safetensors weights in {path}")
+        self._path = path
         self._where: dict[str, Path] = {}
         for file in files:
             with safe_open(str(file), framework="pt") as handle:
@@ -162,7 +163,10 @@ class _CheckpointReader:
 
     def get(self, name: str) -> torch.Tensor:
         if name not in self._where:
-            raise ModelLoadError(f"the checkpoint has no tensor {name}; is it a Qwen3 checkpoint?")
+            raise ModelLoadError(
+                f"the checkpoint in {self._path} has no tensor {name}; is it a Qwen3 checkpoint "
+                "whose config.json matches its weights?"
+            )
         with safe_open(str(self._where[name]), framework="pt") as handle:
             return handle.get_tensor(name)
 

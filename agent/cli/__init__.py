@@ -21,6 +21,7 @@ from agent.cli.eval import evaluate
 from agent.cli.run import run
 from agent.cli.tools import tools
 from agent.errors import AgentError
+from agent.render import visible
 
 EXIT_USAGE = 2
 
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {message} (see '{where} --help')", file=sys.stderr)
         return EXIT_USAGE
     except AgentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {visible(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort):
         print("cancelled", file=sys.stderr)

@@ -54,4 +54,5 @@ def _sandbox_line(settings: Settings, toolset: Any) -> str:
 
     if "code_interpreter" not in [tool.name for tool in toolset.tools]:
         return ""
-    return "sandbox: " + detect(settings.sandbox).summary(settings.code_network)
+    sandbox = detect(settings.sandbox)
+    return "sandbox: " + sandbox.summary(settings.code_network, settings.code_memory_mb)

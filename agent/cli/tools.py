@@ -12,6 +12,7 @@ import json5
 from agent.cli.common import EXIT_FAILED, EXIT_OK, new_run_dir, open_tools, setup_logging
 from agent.cli.options import json_option, selection_options, settings_from, tool_options
 from agent.errors import ConfigError
+from agent.render import visible
 
 
 @click.group("tools")
@@ -33,7 +34,7 @@ def list_tools(as_json: bool, **flags: Any) -> int:
     with open_tools(settings, new_run_dir()) as toolset:
         if as_json:
             for entry in toolset.entries:
-                row = {
+                row = {  # JSON escapes control characters: the exact text
                     "name": entry.tool.name,
                     "source": entry.source,
                     "description": entry.summary,
@@ -42,7 +43,7 @@ def list_tools(as_json: bool, **flags: Any) -> int:
             return EXIT_OK
         table = Table("name", "source", "description", box=None)
         for entry in toolset.entries:
-            table.add_row(entry.tool.name, entry.source, entry.summary)
+            table.add_row(*map(visible, (entry.tool.name, entry.source, entry.summary)))
         Console(highlight=False).print(table)
     return EXIT_OK
 
@@ -56,7 +57,7 @@ def show(name: str, **flags: Any) -> int:
     setup_logging(settings.debug)
     with open_tools(settings, new_run_dir()) as toolset:
         for tool in toolset.tools:
-            print(json.dumps(tool.function, ensure_ascii=False, indent=2))
+            print(visible(json.dumps(tool.function, ensure_ascii=False, indent=2)))
     return EXIT_OK
 
 
@@ -82,7 +83,7 @@ def call(name: str, arguments: str, **flags: Any) -> int:
         outcome = invoke_tool(
             toolset.get(name), arguments, limit=settings.tool_result_limit, debug=settings.debug
         )
-    print(outcome.content.rstrip("\n"))
+    print(visible(outcome.content.rstrip("\n")))
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 

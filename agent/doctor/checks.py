@@ -32,7 +32,8 @@ def sandbox_checks(settings: Settings) -> list[Check]:
     sandbox = detect(settings.sandbox)
     if sandbox.isolated:
         note = f" ({sandbox.note})" if sandbox.note else ""
-        head = Check("sandbox", True, sandbox.summary(settings.code_network) + note)
+        summary = sandbox.summary(settings.code_network, settings.code_memory_mb)
+        head = Check("sandbox", True, summary + note)
     elif settings.unsafe_code:
         head = Check("sandbox", False, f"none ({sandbox.note}); unsafe code allowed: NO isolation")
     else:

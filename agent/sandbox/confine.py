@@ -7,7 +7,8 @@ Landlock (Linux 5.13+) limits the filesystem to the `--read` paths (read and exe
 `--write` paths (everything); other files cannot be opened or listed. From Landlock ABI 4 it
 also refuses TCP bind/connect without `--no-network` lifted, and from ABI 6 it keeps signals and
 abstract Unix sockets inside the sandbox. A seccomp filter refuses every socket but Unix ones
-(and io_uring) without network. `no_new_privs` is set and the command dies with its parent.
+(and io_uring) without network (`seccomp_filters.py`). `no_new_privs` is set and the command
+dies with its parent.
 `--probe` applies everything to itself and prints what is in force as JSON.
 
 It runs as a script with only the standard library (`-I -S`), before the kernel starts, so it
@@ -19,10 +20,15 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import platform
 import signal
 import struct
 import sys
+
+if __package__:
+    from agent.sandbox import seccomp_filters
+else:  # run as a script (`python -I -S confine.py`): the module lies beside it
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import seccomp_filters  # type: ignore[no-redef]
 
 # Syscall numbers shared by every architecture (they came after the tables were unified).
 _SYS_LANDLOCK_CREATE_RULESET, _SYS_LANDLOCK_ADD_RULE, _SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
@@ -34,15 +40,7 @@ _FS_TRUNCATE, _FS_IOCTL_DEV = 1 << 14, 1 << 15
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1, 2
 _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1, 2
 
-_PR_SET_PDEATHSIG, _PR_SET_SECCOMP, _PR_SET_NO_NEW_PRIVS = 1, 22, 38
-_SECCOMP_MODE_FILTER = 2
-_RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
-# (audit arch, socket, io_uring_setup, whether numbers >= 0x40000000 are another ABI: x32)
-_ARCHES = {
-    "x86_64": (0xC000003E, 41, 425, True),
-    "aarch64": (0xC00000B7, 198, 425, False),
-}
-_AF_UNIX, _AF_NETLINK = 1, 16  # netlink: zeromq reads the interface list with it
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -100,6 +98,8 @@ def _apply_landlock(abi: int, read: list[str], write: list[str], network: bool) 
     read_only = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
     rules = [(path, read_only) for path in read] + [(path, handled_fs) for path in write]
     rules += [(path, _file_rights(abi) & ~_FS_EXECUTE) for path in _DEVICES]
+    # Its own /proc entry (the command is this process after exec): kernel_boot.py reads VmSize.
+    rules.append((f"/proc/{os.getpid()}", read_only & ~_FS_EXECUTE))
     try:
         for path, rights in rules:
             _add_path_rule(ruleset, path, rights, abi)
@@ -137,45 +137,6 @@ def _add_path_rule(ruleset: int, path: str, rights: int, abi: int) -> None:
         os.close(fd)
 
 
-def _socket_filter() -> bytes | None:
-    """A seccomp BPF program refusing (EACCES) all but Unix and netlink sockets, and io_uring;
-    None where this architecture is not known."""
-    arch = _ARCHES.get(platform.machine())
-    if arch is None:
-        return None
-    audit_arch, nr_socket, nr_io_uring_setup, has_x32 = arch
-    deny = _RET_ERRNO | 13  # EACCES
-    ld_arch, ld_nr, ld_arg0 = (0x20, 0, 0, 4), (0x20, 0, 0, 0), (0x20, 0, 0, 16)
-    program = [
-        ld_arch,
-        (0x15, 1, 0, audit_arch),  # native calls go on; others (e.g. i386 on x86_64) denied
-        (0x06, 0, 0, deny),
-        ld_nr,
-        (0x35, 6, 0, 0x40000000) if has_x32 else (0x05, 0, 0, 0),  # x32 calls denied
-        (0x15, 2, 0, nr_socket),
-        (0x15, 4, 0, nr_io_uring_setup),
-        (0x06, 0, 0, _RET_ALLOW),
-        ld_arg0,
-        (0x15, 2, 0, _AF_UNIX),
-        (0x15, 1, 0, _AF_NETLINK),
-        (0x06, 0, 0, deny),
-        (0x06, 0, 0, _RET_ALLOW),
-    ]
-    # Jumps are relative to the next instruction: x32 and io_uring land on the `deny` at 11.
-    return b"".join(struct.pack("<HBBI", *op) for op in program)
-
-
-def _apply_seccomp(program: bytes) -> None:
-    filters = ctypes.create_string_buffer(program)
-    fprog = struct.pack("<HxxxxxxQ", len(program) // 8, ctypes.addressof(filters))
-    fprog_buffer = ctypes.create_string_buffer(fprog)
-    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    _check(
-        _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog_buffer), 0, 0),
-        "seccomp",
-    )
-
-
 def confine(read: list[str], write: list[str], network: bool) -> dict[str, object]:
     """Apply every protection this kernel offers to the calling process; what is in force."""
     abi = landlock_abi()
@@ -183,9 +144,12 @@ def confine(read: list[str], write: list[str], network: bool) -> dict[str, objec
         raise ConfineError("Landlock is not available (Linux 5.13+ with Landlock enabled)")
     _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "parent death signal")
     _apply_landlock(abi, read, write, network)
-    program = None if network else _socket_filter()
+    program = None if network else seccomp_filters.network_filter()
     if program is not None:
-        _apply_seccomp(program)
+        try:
+            seccomp_filters.apply(program)
+        except seccomp_filters.SeccompError as exc:
+            raise ConfineError(str(exc)) from None
     return {"landlock_abi": abi, "seccomp": program is not None, "network": network}
 
 

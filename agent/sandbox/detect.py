@@ -21,9 +21,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent.config import SANDBOXES
+from agent.sandbox import seccomp_filters
 
 NOBODY = 65534  # the uid and gid the kernel runs as when we are root
 CONFINE_SCRIPT = Path(__file__).with_name("confine.py")
+KERNEL_BOOT = Path(__file__).with_name("kernel_boot.py")  # runs inside: kept visible, read-only
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _ETC_FILES = (
     "/etc/ld.so.cache",
@@ -44,12 +46,15 @@ _ETC_FILES = (
 BWRAP_PROTECTIONS = (
     "filesystem: system and Python read-only, work directory the only writable place, "
     "home and other private places not visible",
-    "processes: own PID namespace, killed with the run",
+    "processes: own PID namespace; what the code starts is killed after each call",
     "environment: minimal variables, no secrets",
 )
+UNIX_SOCKETS = (
+    "Unix sockets: the code can open none (seccomp, once the kernel has bound its own), so no "
+    "socket outside is reachable, pathname or abstract (docker, D-Bus, ssh-agent, X11)"
+)
 LANDLOCK_MISSING = (
-    "processes: no PID namespace: the code can list the machine's processes, and children "
-    "that leave its process group can outlive the run",
+    "processes: no PID namespace: the code can list the machine's processes",
     "filesystem: names outside the allowed places can still be probed (stat), not read",
 )
 _MISSING_ALL = (
@@ -77,16 +82,19 @@ class Sandbox:
     protections: tuple[str, ...]
     missing: tuple[str, ...]
     note: str = ""  # why this mechanism (e.g. why bubblewrap does not work here)
+    as_nobody: bool = False  # started as root, the kernel runs as the user `nobody`
 
     @property
     def isolated(self) -> bool:
         return self.mechanism != "none"
 
-    def summary(self, network: bool) -> str:
-        """One line for the run header: `bubblewrap, network off`."""
+    def summary(self, network: bool, memory_mb: int | None = None) -> str:
+        """One line for the run header: `bubblewrap, network off, memory 2048 MB ...`."""
         net = "on" if network or not self.isolated else "off"
         name = self.mechanism if self.isolated else "NONE (unsafe code allowed)"
-        return f"{name}, network {net}"
+        if not memory_mb:
+            return f"{name}, network {net}" + (", memory unlimited" if memory_mb == 0 else "")
+        return f"{name}, network {net}, memory {memory_mb} MB per process (address space)"
 
 
 def _running_as_root() -> bool:
@@ -146,8 +154,7 @@ def rlimit_prefix(limits: Limits) -> list[str]:
     prlimit = shutil.which("prlimit")
     if prlimit is None:
         return []
-    options = {
-        "--as": limits.memory_mb * 2**20,
+    options = {  # memory: kernel_boot.py limits the address space once the kernel has started
         "--cpu": limits.cpu_s,
         "--nproc": limits.processes,
         "--fsize": limits.file_size_mb * 2**20,
@@ -162,10 +169,10 @@ def _drop_root() -> list[str]:
 
 
 def _drop_capabilities() -> list[str]:
-    """As root without namespaces: no capabilities, and the real uid `nobody` so that the
-    process-count limit holds (Linux does not apply it to a real uid 0). The effective uid
-    stays root so the kernel can still read a Python installed under /root; Landlock, not file
-    modes, keeps it in its places."""
+    """As root without namespaces, where `nobody` cannot reach the Python install (e.g. under
+    /root): no capabilities, and the real uid `nobody` so that the process-count limit holds
+    (Linux does not apply it to a real uid 0). The effective uid stays root; Landlock, not file
+    modes, keeps it in its places, and the kernel's seccomp filter keeps it off Unix sockets."""
     setpriv = shutil.which("setpriv") or "setpriv"
     return [setpriv, f"--ruid={NOBODY}", "--inh-caps=-all", "--bounding-set=-all", "--"]
 
@@ -178,14 +185,14 @@ def kernel_command(
     network: bool,
 ) -> list[str]:
     """`argv` wrapped in the sandbox (if any) and rlimits; `writable` are bound read-write."""
-    inner = rlimit_prefix(limits) + argv
+    inner = rlimit_prefix(limits) + _booted(argv, limits)
     if sandbox.mechanism == "landlock":
-        root = _drop_capabilities() if _running_as_root() else []
+        root = _landlock_identity(sandbox, writable)
         return root + _confine_command([str(p) for p in writable], network) + ["--", *inner]
     if not sandbox.isolated:
         return inner
     cmd = _bwrap_base(shutil.which("bwrap") or "bwrap", network)
-    for path in python_dirs():
+    for path in [*python_dirs(), str(KERNEL_BOOT.parent)]:
         cmd += [*_parents(path), "--ro-bind", path, path]
     for place in writable:
         cmd += [*_parents(str(place)), "--bind", str(place), str(place)]
@@ -194,26 +201,79 @@ def kernel_command(
     return cmd + (_drop_root() if _running_as_root() else []) + inner
 
 
+def _booted(argv: list[str], limits: Limits) -> list[str]:
+    """ipykernel's command with `kernel_boot.py` in place of `-m ipykernel_launcher`."""
+    if argv[1:3] != ["-m", "ipykernel_launcher"]:
+        return argv
+    return [argv[0], str(KERNEL_BOOT), "--address-space-mb", str(limits.memory_mb), *argv[3:]]
+
+
 def _confine_command(writable: list[str], network: bool) -> list[str]:
     """`confine.py` with the read-only system and Python places and the `writable` ones."""
     cmd = [sys.executable, "-I", "-S", str(CONFINE_SCRIPT)]
-    for path in (*_SYSTEM_DIRS, *_ETC_FILES, *python_dirs()):
+    for path in (*_SYSTEM_DIRS, *_ETC_FILES, *python_dirs(), str(KERNEL_BOOT.parent)):
         cmd += ["--read", path]
     for path in writable:
         cmd += ["--write", path]
     return cmd + ([] if network else ["--no-network"])
 
 
-def prepare_writable(path: Path, sandbox: Sandbox) -> None:
-    """Make `path` writable by the sandboxed kernel (owned by `nobody` in bubblewrap as root)."""
-    if _running_as_root() and sandbox.mechanism == "bubblewrap":
+def _landlock_identity(sandbox: Sandbox, writable: list[Path]) -> list[str]:
+    """As root: become `nobody` where it can run the kernel and reach its directories, else
+    drop capabilities only."""
+    if not _running_as_root():
+        return []
+    return _drop_root() if kernel_runs_as_nobody(sandbox, writable) else _drop_capabilities()
+
+
+def kernel_runs_as_nobody(sandbox: Sandbox, writable: list[Path]) -> bool:
+    """As root, whether the kernel runs as `nobody`: under bubblewrap always, under Landlock
+    where nobody can pass every directory above the writable ones (not under /root)."""
+    if not _running_as_root():
+        return False
+    if sandbox.mechanism == "bubblewrap":
+        return True
+    return sandbox.as_nobody and all(_others_can_traverse(path.parent) for path in writable)
+
+
+def _others_can_traverse(path: Path) -> bool:
+    return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
+
+
+def _nobody_can_run_the_kernel() -> bool:
+    """Whether `nobody` can read this Python and kernel_boot.py (tried once, as root)."""
+    probe = f"open({str(KERNEL_BOOT)!r}).close(); import ipykernel"
+    try:
+        done = subprocess.run(
+            [*_drop_root(), sys.executable, "-c", probe],
+            capture_output=True,
+            timeout=60,
+            check=False,
+            cwd="/",
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def prepare_writable(path: Path, as_nobody: bool) -> None:
+    """Make `path` writable by the sandboxed kernel (owned by `nobody` when it runs as that)."""
+    if as_nobody:
         os.chown(path, NOBODY, NOBODY)
 
 
 def _limit_notes(mechanism: str) -> tuple[str, ...]:
     counted = mechanism != "none" or not _running_as_root()
     nproc = "process count" if counted else "(not process count)"
-    return (f"resources: rlimits on memory, CPU time, file size, {nproc}",)
+    memory = "memory: an address-space limit per process, counted from the kernel's own size"
+    return (memory, f"resources: rlimits on CPU time, file size, {nproc}")
+
+
+def _unix_socket_note() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(protections, missing) for Unix sockets on this architecture."""
+    if seccomp_filters.unix_socket_filter() is None:
+        return (), ("Unix sockets: not filtered (no seccomp filter for this CPU)",)
+    return (UNIX_SOCKETS,), ()
 
 
 @functools.cache
@@ -251,8 +311,9 @@ def _try_bubblewrap() -> Sandbox | str:
     if done.returncode != 0:
         reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         return f"bubblewrap does not work here (no user namespaces?): {reason}"
-    protections = (*BWRAP_PROTECTIONS, "network: none unless --code-network")
-    return Sandbox("bubblewrap", (*protections, *_limit_notes("bubblewrap")), missing=())
+    sockets, missing = _unix_socket_note()
+    protections = (*BWRAP_PROTECTIONS, "network: none unless --code-network", *sockets)
+    return Sandbox("bubblewrap", (*protections, *_limit_notes("bubblewrap")), missing=missing)
 
 
 def _try_landlock() -> Sandbox | str:
@@ -276,19 +337,37 @@ def _try_landlock() -> Sandbox | str:
         f"filesystem (Landlock ABI {abi}): system and Python read-only, work directory the "
         "only writable place, home and other files cannot be read or listed",
         *([network] if network else []),
-        "processes: no new privileges, killed with the run (process group, parent death)",
+        "processes: no new privileges, killed with the run (process group, parent death); what "
+        "the code starts is killed after each call (the kernel is their subreaper)",
         "environment: minimal variables, no secrets",
     ]
-    missing = list(LANDLOCK_MISSING)
+    sockets, no_sockets = _unix_socket_note()
+    protections += sockets
+    missing = [*LANDLOCK_MISSING, *no_sockets]
     if not network:
         missing.append("network: not isolated (no seccomp filter for this CPU, Landlock < 4)")
     if abi >= 6:
         protections.append("signals and abstract Unix sockets: kept inside the sandbox")
     else:
         missing.append("signals: the code can signal the user's other processes (Landlock < 6)")
-    if _running_as_root():
-        missing.append("identity: runs with the effective uid root, without capabilities")
-    return Sandbox("landlock", (*protections, *_limit_notes("landlock")), missing=tuple(missing))
+    as_nobody = _running_as_root() and _nobody_can_run_the_kernel()
+    if as_nobody:
+        protections.append(
+            "identity: runs as the user nobody where nobody can reach the run's directories "
+            "(else with the effective uid root, without capabilities)"
+        )
+    elif _running_as_root():
+        missing.append(
+            "identity: runs with the effective uid root, without capabilities, because the user "
+            f"nobody cannot read this Python ({sys.prefix}); make the directories above it "
+            "traversable (chmod o+x) to run the kernel as nobody"
+        )
+    return Sandbox(
+        "landlock",
+        (*protections, *_limit_notes("landlock")),
+        missing=tuple(missing),
+        as_nobody=as_nobody,
+    )
 
 
 def _none(note: str) -> Sandbox:

@@ -8,6 +8,7 @@ sandbox it refuses to start unless unsafe code is allowed.
 """
 
 import base64
+import contextlib
 import json
 import queue
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import json5
+import psutil
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 from qwen_agent.tools.base import BaseTool, register_tool
@@ -34,6 +36,7 @@ from agent.sandbox import detect as sb
 _START_TIMEOUT_S = 60.0  # a cold kernel start takes 1-3 s; a loaded machine may need more
 _INTERRUPT_GRACE_S = 1.0  # how long an interrupted kernel has to become idle before it is killed
 _POLL_S = 0.2  # how often a silent kernel is checked for being alive
+_LEFTOVER_KILL_S = 5.0  # how long killing what the code left running may take (a fork bomb)
 _ANSI_ESCAPE = re.compile(r"(?:\x1B[@-_]|[\x80-\x9F])[0-?]*[ -/]*[@-~]")
 
 _Ending = Literal["idle", "timeout", "died"]
@@ -63,14 +66,14 @@ class _SandboxedManager(KernelManager):
     """A KernelManager whose kernel command is wrapped in the sandbox and rlimits."""
 
     wrap: Callable[[list[str]], list[str]] = staticmethod(lambda argv: argv)
-    sandbox: sb.Sandbox = sb.Sandbox("none", (), ())
+    as_nobody = False  # the kernel runs as `nobody`: its files must be nobody's
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         return self.wrap(super().format_kernel_cmd(extra_arguments))
 
     def write_connection_file(self, **kwargs: Any) -> None:
         super().write_connection_file(**kwargs)
-        sb.prepare_writable(Path(self.connection_file), self.sandbox)  # read as `nobody`
+        sb.prepare_writable(Path(self.connection_file), self.as_nobody)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,17 @@ def _parent_watch(sandbox: sb.Sandbox) -> list[str]:
     return ["--IPKernelApp.parent_handle=0"] if sandbox.mechanism == "bubblewrap" else []
 
 
+def _kernel_process(manager: KernelManager) -> psutil.Process:
+    """The kernel's own process: the launched one, or in bubblewrap the one below it that runs
+    kernel_boot.py."""
+    launched = psutil.Process(manager.provisioner.process.pid)  # type: ignore[union-attr]
+    for process in [launched, *launched.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            if process.cmdline()[1:2] == [str(sb.KERNEL_BOOT)]:  # python kernel_boot.py ...
+                return process
+    return launched
+
+
 class _Kernel:
     """A running ipykernel of the current interpreter in the sandbox, and a client of it."""
 
@@ -126,8 +140,9 @@ class _Kernel:
         self, cwd: Path, options: KernelOptions, sandbox: sb.Sandbox, log_dir: Path | None
     ) -> None:
         self.runtime = Path(tempfile.mkdtemp(prefix="agent-kernel-"))  # short: socket paths
-        sb.prepare_writable(self.runtime, sandbox)
-        sb.prepare_writable(cwd, sandbox)
+        as_nobody = sb.kernel_runs_as_nobody(sandbox, [cwd, self.runtime])
+        sb.prepare_writable(self.runtime, as_nobody)
+        sb.prepare_writable(cwd, as_nobody)
         specs = KernelSpecManager(kernel_dirs=[])  # only ipykernel's own spec: sys.executable
         self.manager = _SandboxedManager(
             kernel_name="python3",
@@ -138,7 +153,7 @@ class _Kernel:
         )
         assert self.manager.kernel_spec is not None
         self.manager.kernel_spec.interrupt_mode = "message"  # a signal would reach bwrap only
-        self.manager.sandbox = sandbox
+        self.manager.as_nobody = as_nobody
         self.manager.wrap = lambda argv: sb.kernel_command(
             argv, sandbox, [cwd, self.runtime], options.limits, options.network
         )
@@ -162,6 +177,32 @@ class _Kernel:
         except RuntimeError as exc:
             self.kill()
             raise ToolError(f"the Python kernel failed to start: {exc}") from exc
+        self.process = _kernel_process(self.manager)
+
+    def kill_leftovers(self) -> int:
+        """Kill every process the code started that is still running; how many there were.
+
+        The kernel is a child subreaper (kernel_boot.py), so all of them are its descendants,
+        even those that left their session; it reaps them before the next call."""
+        killed: set[int] = set()
+        deadline = time.monotonic() + _LEFTOVER_KILL_S
+        while time.monotonic() < deadline:
+            try:
+                alive = [
+                    p
+                    for p in self.process.children(recursive=True)
+                    if p.status() != psutil.STATUS_ZOMBIE
+                ]
+            except psutil.Error:  # the kernel itself is gone
+                break
+            if not alive:
+                break
+            for process in alive:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+                    killed.add(process.pid)
+            time.sleep(0.01)
+        return len(killed)
 
     def wait(self, msg_id: str, deadline: float, on_message: Callable[[_Message], None]) -> _Ending:
         """Pass each output message of request `msg_id` to `on_message` until it finishes."""
@@ -289,7 +330,8 @@ class CodeInterpreter(BaseTool):
         msg_id = kernel.client.execute(code, allow_stdin=False)
         ending = kernel.wait(msg_id, time.monotonic() + self.timeout_s, output.on_message)
         if ending == "timeout":
-            raise ToolError(self._stop_timed_out(kernel, msg_id, output))
+            message = self._stop_timed_out(kernel, msg_id, output)
+            raise ToolError(message + self._stopped_leftovers())
         if ending == "died":
             self.close()
             raise ToolError(
@@ -298,9 +340,12 @@ class CodeInterpreter(BaseTool):
                 "its state was lost; the next call starts a fresh kernel."
                 + _labelled("Output before it died", output.text())
             )
+        stopped = self._stopped_leftovers()
         if output.error:
-            raise ToolError(output.error + _labelled("Output and traceback", output.text()))
-        return output.text() or "Finished execution."
+            raise ToolError(
+                output.error + _labelled("Output and traceback", output.text()) + stopped
+            )
+        return (output.text() or "Finished execution.") + stopped
 
     def close(self) -> None:
         """Shut the kernel down (it is started again by the next call). Safe to repeat."""
@@ -320,6 +365,13 @@ class CodeInterpreter(BaseTool):
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self._kernel = _Kernel(self.work_dir, self.options, sandbox, self.log_dir)
         return self._kernel
+
+    def _stopped_leftovers(self) -> str:
+        """Kill what the code left running (processes never outlive a call); a note if any."""
+        count = self._kernel.kill_leftovers() if self._kernel is not None else 0
+        if not count:
+            return ""
+        return f"\n\n(stopped {count} process{'es' if count > 1 else ''} the code left running)"
 
     def _stop_timed_out(self, kernel: _Kernel, msg_id: str, output: _Output) -> str:
         """Interrupt the code, kill the kernel if that fails; the error message to return."""
