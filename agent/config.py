@@ -24,14 +24,16 @@ except ModuleNotFoundError:  # Python 3.10 has no tomllib; tomli is the same par
     import tomli as tomllib  # type: ignore[no-redef]
 
 from agent.errors import ConfigError
-from agent.paths import config_file, project_root
+from agent.paths import config_file, history_file, project_root
 
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B-GPTQ-Int8"
 DEFAULT_KV_CACHE_MB = 1024
+CONTEXT_TOKENS = 32_768  # Qwen3-0.6B's context window
 ENGINES = ("auto", "native", "transformers")
 SANDBOXES = ("auto", "bubblewrap", "landlock")
 ENV_PREFIX = "AGENT_"
-OPTION_GROUPS = ("model", "tools", "selection")  # the option groups commands take flags from
+# The option groups commands take flags from.
+OPTION_GROUPS = ("model", "tools", "selection", "history", "chat")
 
 
 @dataclass(frozen=True)
@@ -305,6 +307,22 @@ class Settings:
         20_000, "characters of a tool result the model sees", bounds=Bounds(low=0, low_open=True)
     )
     system_prompt: str = setting("You are a helpful assistant.", "the system prompt")
+    history: Path = setting(
+        factory=history_file,
+        help="the run history database (SQLite); default history.sqlite3 in the data directory",
+        env=True,
+    )
+    log: bool = setting(
+        True, "do not keep this run in the run history", flag="--no-log", group="history"
+    )
+    approve: str = setting(
+        "auto",
+        "chat: ask before tool calls: auto (all but the read-only tools), all, code, none, "
+        "or tool names",
+        flag=True,
+        group="chat",
+        metavar="WHICH",
+    )
     debug: bool = setting(
         False,
         "verbose logs on stderr; tracebacks in tool error results",
@@ -449,6 +467,8 @@ def settings_table() -> str:
 def _shown_default(item: Field[Any]) -> str:
     if item.name == "mcp_config":
         return "`mcp_config.json` in the project"
+    if item.name == "history":
+        return "`history.sqlite3` in the data directory"
     value = item.default
     if value is None:
         return (

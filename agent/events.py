@@ -99,3 +99,25 @@ class Error(Event):
     type: ClassVar[str] = "error"
     message: str
     where: str
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls
+    for cls in (
+        RunStarted,
+        Thinking,
+        Text,
+        ToolCall,
+        ToolResult,
+        Answer,
+        RunFinished,
+        Notice,
+        Error,
+    )
+}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """An event back from its `to_dict()` form (as the run history stores it)."""
+    fields_ = {key: value for key, value in data.items() if key != "type"}
+    return EVENT_TYPES[data["type"]](**fields_)

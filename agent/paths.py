@@ -24,6 +24,16 @@ def runs_dir() -> Path:
     return agent_home() / "runs"
 
 
+def history_file() -> Path:
+    """The run history database (SQLite), unless `history` in the settings moves it."""
+    return agent_home() / "history.sqlite3"
+
+
+def chat_input_history() -> Path:
+    """What the user typed in `agent chat`, for the up arrow and Ctrl-R across sessions."""
+    return agent_home() / "chat_input_history"
+
+
 def cache_dir() -> Path:
     """Caches of the app's own (built test models, Qwen-Agent's workspace)."""
     return agent_home() / "cache"

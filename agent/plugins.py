@@ -18,6 +18,14 @@ Where tools are found (`agent tools list` shows each one's source):
 
 `agent tools new NAME` writes a template to start from; `agent tools call NAME JSON` calls a
 tool exactly as the model would.
+
+Hooks (pluggy). A plugin is any object or module with functions marked `@hookimpl` named as
+the specs in `Hooks`; register it through an entry point in the group `HOOKS_ENTRY_POINT_GROUP`
+(`agent.plugins`). Today there is one hook:
+- `before_tool_call(name, arguments)`: called before each tool call runs, with the arguments
+  already checked against the tool's schema; return a reason to refuse the call (the model
+  reads it as the call's error result), or None to let it run. `agent chat --approve` is
+  built on it.
 """
 
 from __future__ import annotations
@@ -25,13 +33,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
+import pluggy
 from qwen_agent.tools.base import BaseTool, register_tool
 
 from agent.errors import ToolError
 
-__all__ = ["ENTRY_POINT_GROUP", "BaseTool", "ToolError", "register_tool", "tool"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "HOOKS_ENTRY_POINT_GROUP",
+    "BaseTool",
+    "Hooks",
+    "ToolError",
+    "hookimpl",
+    "register_tool",
+    "tool",
+]
 
 ENTRY_POINT_GROUP = "agent.tools"
+HOOKS_ENTRY_POINT_GROUP = "agent.plugins"
+hookspec = pluggy.HookspecMarker("agent")
+hookimpl = pluggy.HookimplMarker("agent")
 TOOL_MARK = "__agent_tool__"  # the attribute `@tool` sets: the tool's name
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,3 +73,21 @@ def tool(func: F | None = None, *, name: str | None = None) -> F | Callable[[F],
         return function
 
     return mark(func) if func is not None else mark
+
+
+class Hooks:
+    """The hooks a plugin may implement."""
+
+    @hookspec(firstresult=True)
+    def before_tool_call(self, name: str, arguments: dict[str, Any]) -> str | None:
+        """Before a tool call runs: a reason to refuse it, or None to let it run."""
+
+
+def plugin_manager(*plugins: object) -> pluggy.PluginManager:
+    """The hooks in force: installed plugins' (entry points) and `plugins`."""
+    manager = pluggy.PluginManager("agent")
+    manager.add_hookspecs(Hooks)
+    manager.load_setuptools_entrypoints(HOOKS_ENTRY_POINT_GROUP)
+    for plugin in plugins:
+        manager.register(plugin)
+    return manager

@@ -49,6 +49,17 @@ class Renderer(Protocol):
     def show(self, event: ev.Event) -> None: ...
 
 
+class Tee:
+    """Shows each event to every renderer in turn (e.g. the run history, then the terminal)."""
+
+    def __init__(self, *renderers: Renderer) -> None:
+        self.renderers = renderers
+
+    def show(self, event: ev.Event) -> None:
+        for renderer in self.renderers:
+            renderer.show(event)
+
+
 class JsonLinesRenderer:
     """One JSON object per line on stdout, flushed at once, nothing else."""
 

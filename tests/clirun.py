@@ -21,9 +21,14 @@ def agent_env(home: Path, env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def agent_cli(
-    *args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 300
+    *args: str,
+    home: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m agent ARGS` with AGENT_HOME=home; output captured as text."""
+    """`python -m agent ARGS` with AGENT_HOME=home; output captured as text; `stdin` piped in
+    (else standard input is empty, as in a script)."""
     return subprocess.run(
         agent_argv(*args),
         capture_output=True,
@@ -31,6 +36,7 @@ def agent_cli(
         env=agent_env(home, env),
         timeout=timeout,
         check=False,
+        input=stdin if stdin is not None else "",
     )
 
 

@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
 class StubOpenAIServer:
-    """Each request pops the next scripted reply: (reasoning text, content text)."""
+    """Each request pops the next scripted reply: (reasoning text, content text). `delay_s`
+    between chunks makes a slow model (a reply a user can stop half-way)."""
 
-    def __init__(self, replies: list[tuple[str, str]], reasoning_field: str = "reasoning_content"):
+    def __init__(
+        self,
+        replies: list[tuple[str, str]],
+        reasoning_field: str = "reasoning_content",
+        delay_s: float = 0.0,
+    ):
         self.replies = list(replies)
+        self.delay_s = delay_s
         self.requests: list[dict[str, Any]] = []
         self.reasoning_field = reasoning_field
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -62,8 +70,13 @@ class StubOpenAIServer:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
-                for chunk in stub._chunks(reasoning, content):
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                self.wfile.write(b"data: [DONE]\n\n")
+                try:
+                    for chunk in stub._chunks(reasoning, content):
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                        self.wfile.flush()
+                        time.sleep(stub.delay_s)
+                    self.wfile.write(b"data: [DONE]\n\n")
+                except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
+                    pass
 
         return Handler

@@ -1,6 +1,7 @@
 """The code_interpreter tool against a real Jupyter kernel, called as the model calls it."""
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -130,3 +131,17 @@ def test_kernel_stderr_goes_to_the_run_log(
         tool.close()
     assert "kernel-own-stderr" in (tmp_path / "logs" / "kernel.log").read_text()
     assert "kernel-own-stderr" not in capfd.readouterr().err
+
+
+def test_a_kernel_started_from_a_thread_outlives_that_thread(tmp_path: Path) -> None:
+    # Each run (each chat turn) calls tools from its own worker thread; the kernel and its
+    # state must outlive that thread (the sandbox's parent-death signal follows threads).
+    tool = CodeInterpreter(tmp_path / "run")
+    try:
+        worker = threading.Thread(target=lambda: invoke_tool(tool, '{"code": "x = 41"}'))
+        worker.start()
+        worker.join()
+        outcome = invoke_tool(tool, '{"code": "print(x + 1)"}')
+    finally:
+        tool.close()
+    assert (outcome.ok, outcome.content.strip()) == (True, "42")

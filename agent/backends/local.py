@@ -24,12 +24,11 @@ from agent.backends.constrained import ToolCallConstraint, grammar_tools
 from agent.backends.local_model import LoadedModel, load_local_model
 from agent.backends.sampling import SamplingParams, sample_next_token
 from agent.backends.tool_choice import AUTO, TOOL_CHOICE_KEY
-from agent.config import DEFAULT_KV_CACHE_MB
+from agent.config import CONTEXT_TOKENS, DEFAULT_KV_CACHE_MB
 from agent.errors import GenerationError
 
 log = logging.getLogger("agent")
 
-CONTEXT_TOKENS = 32_768
 THINK_PROMPT_SUFFIX = "<think>\n"
 FUNCTIONS_KEY = "agent_functions"  # the offered tools, passed from chat() to the generator
 FINISH_MARGIN = 64  # tokens before the limit at which an open tool call is steered to its end

@@ -15,10 +15,12 @@ from typing import Any
 
 import click
 
+from agent.cli.chat import chat
 from agent.cli.common import EXIT_CANCELLED, EXIT_FAILED
 from agent.cli.doctor import doctor
 from agent.cli.eval import evaluate
 from agent.cli.run import run
+from agent.cli.runs import runs
 from agent.cli.tools import tools
 from agent.errors import AgentError
 from agent.render import visible
@@ -31,7 +33,7 @@ def cli() -> None:
     """A local, tool-calling Qwen3 agent."""
 
 
-for command in (run, doctor, tools, evaluate):
+for command in (run, chat, runs, doctor, tools, evaluate):
     cli.add_command(command)
 
 

@@ -76,6 +76,8 @@ def _group(name: str) -> Callable[[F], F]:
 model_options = _group("model")
 tool_options = _group("tools")
 selection_options = _group("selection")
+history_options = _group("history")
+chat_options = _group("chat")
 
 
 def settings_from(flags: dict[str, Any], **forced: Any) -> Settings:

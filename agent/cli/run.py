@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 
 from agent.cli.common import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, open_tools_while, setup_logging
 from agent.cli.options import (
+    history_options,
     json_option,
     model_options,
     selection_options,
@@ -15,37 +17,87 @@ from agent.cli.options import (
     tool_options,
 )
 from agent.config import Settings
+from agent.errors import ConfigError
+from agent.history.recorder import RunRecorder
+from agent.history.store import History
+from agent.loop.context import check_prompt_fits, reserve
 
 
 @click.command("run")
-@click.argument("prompt")
+@click.argument("prompt", required=False)
 @json_option("print JSON Lines events on stdout")
 @model_options
 @tool_options
 @selection_options
-def run(prompt: str, as_json: bool, **flags: Any) -> int:
-    """Run one task and stream what happens."""
-    from agent.loop.assistant import build_assistant, build_llm
-    from agent.loop.runner import RunInfo, run_events, show_run
-    from agent.render import JsonLinesRenderer, TerminalRenderer
+@history_options
+def run(prompt: str | None, as_json: bool, **flags: Any) -> int:
+    """Run one task and stream what happens.
 
+    PROMPT is the task; with `-`, or when standard input is piped, what comes in on standard
+    input is the task too (after PROMPT: `cat notes.txt | agent run "Summarize this"`).
+    """
+    from agent.loop.assistant import build_assistant, build_llm
+    from agent.loop.runner import run_events, show_run
+    from agent.render import JsonLinesRenderer, Tee, TerminalRenderer
+
+    text = read_prompt(prompt)
     settings = settings_from(flags)
     setup_logging(settings.debug)
+    check_prompt_fits(text, reserve(settings.system_prompt, [], settings.max_new_tokens))
+    history = open_history(settings)
     renderer = JsonLinesRenderer() if as_json else TerminalRenderer(settings.show_thinking)
     with open_tools_while(lambda: build_llm(settings), settings) as (llm, toolset):
+        check_prompt_fits(text, reserve_for(settings, toolset))
         assistant = build_assistant(settings, llm, toolset)
-        info = RunInfo(
-            model=settings.model,
-            backend=f"server {settings.model_server}" if settings.model_server else "local",
-            thinking=settings.thinking,
-            tools=[tool.name for tool in toolset.tools],
-            sandbox=_sandbox_line(settings, toolset),
-        )
-        events = run_events(assistant, [{"role": "user", "content": prompt}], info)
-        status = show_run(events, renderer.show)
+        messages = [{"role": "user", "content": text}]
+        transcript: list[dict[str, Any]] = []
+        events = run_events(assistant, messages, run_info(settings, toolset), transcript)
+        if history is None:
+            status = show_run(events, renderer.show)
+        else:
+            recorder = RunRecorder(history, history.new_conversation("run"), settings)
+            status = show_run(events, Tee(recorder, renderer).show)
+            if recorder.run is not None:
+                history.set_messages(recorder.run, transcript)
     if status == "cancelled":
         return EXIT_CANCELLED
     return EXIT_OK if status == "answered" else EXIT_FAILED
+
+
+def read_prompt(prompt: str | None) -> str:
+    """The task: PROMPT, then standard input when it is `-` or piped (not a terminal)."""
+    parts = [] if prompt in (None, "-") else [prompt]
+    piped = sys.stdin is not None and not sys.stdin.isatty()
+    if prompt == "-" or (piped and sys.stdin is not None):
+        parts.append(sys.stdin.read())
+    text = "\n\n".join(part.strip("\n") for part in parts if part and part.strip())
+    if not text:
+        raise ConfigError('no task: give it as an argument (agent run "...") or on standard input')
+    return text
+
+
+def run_info(settings: Settings, toolset: Any) -> Any:
+    """What the `run_started` event says: model, backend, mode, tools, sandbox."""
+    from agent.loop.runner import RunInfo
+
+    return RunInfo(
+        model=settings.model,
+        backend=f"server {settings.model_server}" if settings.model_server else "local",
+        thinking=settings.thinking,
+        tools=[tool.name for tool in toolset.tools],
+        sandbox=_sandbox_line(settings, toolset),
+    )
+
+
+def reserve_for(settings: Settings, toolset: Any) -> int:
+    """The context a turn needs besides the conversation (system prompt, schemas, answer)."""
+    functions = [tool.function for tool in toolset.tools]
+    return reserve(settings.system_prompt, functions, settings.max_new_tokens)
+
+
+def open_history(settings: Settings) -> History | None:
+    """The run history, unless logging is off (`--no-log`, `log = false`)."""
+    return History(settings.history) if settings.log else None
 
 
 def _sandbox_line(settings: Settings, toolset: Any) -> str:

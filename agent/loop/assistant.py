@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+import pluggy
 from qwen_agent.agents import Assistant
 from qwen_agent.llm.base import BaseChatModel
 from qwen_agent.llm.schema import FUNCTION, USER, FunctionCall, Message
 
-from agent.backends.local import CONTEXT_TOKENS
 from agent.backends.tool_choice import NONE, REQUIRED, TOOL_CHOICE_KEY
-from agent.config import Settings
+from agent.config import CONTEXT_TOKENS, Settings
 from agent.loop.call_checks import (
     CheckedCall,
     RepeatGuard,
@@ -21,6 +21,7 @@ from agent.loop.call_checks import (
 )
 from agent.loop.call_parser import RepairingFnCallPrompt
 from agent.loop.snapshots import message_text
+from agent.plugins import plugin_manager
 from agent.tools.invoke import ToolOutcome, invoke_tool
 from agent.tools.toolset import Toolset
 
@@ -115,9 +116,11 @@ class AgentAssistant(Assistant):
         max_steps: int,
         max_repeats: int,
         require_tool: bool = False,
+        hooks: pluggy.PluginManager | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.hooks = hooks or plugin_manager()
         if hasattr(self.llm, "fncall_prompt"):
             # Qwen-Agent's own parser drops calls a small model makes (agent/loop/call_parser.py).
             self.llm.fncall_prompt = RepairingFnCallPrompt()
@@ -197,8 +200,13 @@ class AgentAssistant(Assistant):
         if self.tool_listener:
             self.tool_listener.tool_started(call.name, call.arguments)
         checked = self._check(call, repeats)
+        refusal = None
+        if checked.arguments is not None:
+            refusal = self.hooks.hook.before_tool_call(name=call.name, arguments=checked.arguments)
         if checked.arguments is None:
             outcome = ToolOutcome(checked.error, False, 0.0)
+        elif refusal:
+            outcome = ToolOutcome(f"Error: {refusal}", False, 0.0)
         else:
             tool = self.function_map[call.name]
             limit, debug = self.result_limit, self.debug
@@ -218,8 +226,13 @@ class AgentAssistant(Assistant):
         return CheckedCall(error=error) if error else checked
 
 
-def build_assistant(settings: Settings, llm: BaseChatModel, toolset: Toolset) -> AgentAssistant:
-    """The Assistant wired to `llm` and every tool in `toolset`."""
+def build_assistant(
+    settings: Settings,
+    llm: BaseChatModel,
+    toolset: Toolset,
+    hooks: pluggy.PluginManager | None = None,
+) -> AgentAssistant:
+    """The Assistant wired to `llm` and every tool in `toolset` (and the plugin `hooks`)."""
     return AgentAssistant(
         llm=llm,
         function_list=toolset.tools,
@@ -229,4 +242,5 @@ def build_assistant(settings: Settings, llm: BaseChatModel, toolset: Toolset) ->
         max_steps=settings.max_steps,
         max_repeats=settings.max_repeats,
         require_tool=settings.require_tool,
+        hooks=hooks,
     )

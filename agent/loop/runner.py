@@ -26,10 +26,12 @@ from agent.events import (
     Thinking,
 )
 from agent.loop.assistant import AgentAssistant
+from agent.loop.call_parser import THINK_CLOSE
 from agent.loop.snapshots import SnapshotConverter
 from agent.tools.invoke import ToolOutcome
 
 WORKER_STOP_S = 10.0
+TOOL_SHOWN_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,11 @@ class _QueueListener:
         self._inbox = inbox
 
     def tool_started(self, name: str, arguments: Any) -> None:
-        self._inbox.put(("tool_start", name))
+        # Wait until the call has been shown, so a hook that asks the user (chat's approval)
+        # asks after the `→ tool` line, not in the middle of it.
+        shown = threading.Event()
+        self._inbox.put(("tool_start", shown))
+        shown.wait(timeout=TOOL_SHOWN_WAIT_S)
 
     def tool_finished(self, outcome: ToolOutcome) -> None:
         self._inbox.put(("tool_end", outcome))
@@ -85,9 +91,15 @@ def _error_event(exc: BaseException) -> Error:
 
 
 def run_events(
-    assistant: AgentAssistant, messages: list[dict[str, Any]], info: RunInfo
+    assistant: AgentAssistant,
+    messages: list[dict[str, Any]],
+    info: RunInfo,
+    transcript: list[dict[str, Any]] | None = None,
 ) -> Generator[Event, None, None]:
-    """Run the assistant on `messages`; yield events ending with `run_finished`."""
+    """Run the assistant on `messages`; yield events ending with `run_finished`.
+
+    With `transcript`, the messages the run added (the answer, tool calls and results, as the
+    model should see them next turn: thinking dropped) are appended to it at the end."""
     inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
     cancel = threading.Event()
     assistant.tool_listener = _QueueListener(inbox)
@@ -106,11 +118,14 @@ def run_events(
     worker = threading.Thread(target=_work, args=(assistant, messages, inbox, cancel), daemon=True)
     worker.start()
     converter = SnapshotConverter()
+    last: list[dict[str, Any]] = []
     try:
         while True:
             kind, payload = inbox.get()
             if kind == "done":
                 break
+            if kind == "snapshot":
+                last = payload
             if kind == "error":
                 status = "error"
                 yield _error_event(payload)
@@ -127,12 +142,16 @@ def run_events(
                 if first_output is None and isinstance(event, Text | Thinking):
                     first_output = time.monotonic() - started
                 yield event
+            if kind == "tool_start":
+                payload.set()
         for event in converter.finish():
             if isinstance(event, Answer) and status != "error":
                 status = "answered"
             yield event
     except KeyboardInterrupt:
         status = "cancelled"
+        if converter.shown_text:  # the partial answer is kept, and marked
+            yield Notice(kind="cancelled", message="answer stopped by the user")
     finally:
         cancel.set()
         # The worker stops at its next token; let it, so no model call runs into shutdown.
@@ -141,7 +160,31 @@ def run_events(
     if first_output is not None:
         timings["first_output_s"] = round(first_output, 3)
     usage = assistant.llm.usage.as_dict() if hasattr(assistant.llm, "usage") else {}
+    if transcript is not None:
+        transcript.extend(_kept_messages(last, status, converter.shown_text))
     yield RunFinished(status=status, usage=usage, timings=timings)
+
+
+def _kept_messages(
+    last: list[dict[str, Any]], status: str, shown_text: str
+) -> list[dict[str, Any]]:
+    """What a run adds to the conversation; a stopped answer as far as it was shown, marked."""
+    kept = [without_thinking(message) for message in last]
+    if status == "cancelled":
+        if kept and kept[-1].get("role") == "assistant" and not kept[-1].get("function_call"):
+            kept.pop()  # the partial message as it was streaming
+        if shown_text:
+            kept.append({"role": "assistant", "content": shown_text + " [stopped by the user]"})
+    return kept
+
+
+def without_thinking(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as the next turn should see it: no reasoning, no `<think>` block."""
+    kept = {key: value for key, value in message.items() if key != "reasoning_content"}
+    content = kept.get("content")
+    if isinstance(content, str) and THINK_CLOSE in content:
+        kept["content"] = content.rsplit(THINK_CLOSE, 1)[1].lstrip("\n")
+    return kept
 
 
 def show_run(events: Generator[Event, None, None], show: Callable[[Event], None]) -> str:

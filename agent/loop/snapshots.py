@@ -124,6 +124,12 @@ class SnapshotConverter:
         index = len(self._messages) - 1
         return list(self._update(index, self._messages[index], final=True))
 
+    @property
+    def shown_text(self) -> str:
+        """The answer text of the last message shown so far (what a stopped answer keeps)."""
+        state = self._states.get(len(self._messages) - 1)
+        return state.text.emitted if state is not None and state.kind == "content" else ""
+
     def finish(self) -> list[Event]:
         """Close the run: finalize the last message and give the answer, if any."""
         events = self.finalize_last()

@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,11 @@ from agent.sandbox import detect as sb
 _START_TIMEOUT_S = 60.0  # a cold kernel start takes 1-3 s; a loaded machine may need more
 _INTERRUPT_GRACE_S = 1.0  # how long an interrupted kernel has to become idle before it is killed
 _POLL_S = 0.2  # how often a silent kernel is checked for being alive
+# The sandbox kills the kernel when its parent dies (bwrap --die-with-parent, confine.py's
+# PR_SET_PDEATHSIG), and Linux counts the parent *thread*: a kernel started from a run's worker
+# thread would die with that thread, at the end of the first chat turn. So every kernel is
+# started from this one thread, which lives as long as the process.
+_KERNEL_STARTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel-starter")
 _LEFTOVER_KILL_S = 5.0  # how long killing what the code left running may take (a fork bomb)
 _ANSI_ESCAPE = re.compile(r"(?:\x1B[@-_]|[\x80-\x9F])[0-?]*[ -/]*[@-~]")
 
@@ -363,7 +369,10 @@ class CodeInterpreter(BaseTool):
                     "unsafe_code = true in config.toml"
                 )
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            self._kernel = _Kernel(self.work_dir, self.options, sandbox, self.log_dir)
+            start = _KERNEL_STARTER.submit(
+                _Kernel, self.work_dir, self.options, sandbox, self.log_dir
+            )
+            self._kernel = start.result()
         return self._kernel
 
     def _stopped_leftovers(self) -> str:

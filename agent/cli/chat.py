@@ -1,0 +1,216 @@
+"""`agent chat`: a conversation in the terminal, on the same runner and renderers as `agent run`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent.cli.common import EXIT_OK, open_tools_while, setup_logging, write_atomically
+from agent.cli.options import (
+    chat_options,
+    history_options,
+    model_options,
+    selection_options,
+    settings_from,
+    tool_options,
+)
+from agent.cli.run import open_history, read_prompt, reserve_for, run_info
+from agent.errors import ConfigError
+from agent.history.store import History
+from agent.history.views import replay
+from agent.loop.approval import Approver
+from agent.paths import chat_input_history
+from agent.render import TerminalRenderer, visible
+
+HELP = """\
+commands: /help  /tools  /reset (forget the conversation)  /save FILE (as Markdown)  /exit
+keys: Enter sends · Alt+Enter or Ctrl-J: a new line · Up/Down and Ctrl-R: what you typed before
+      Ctrl-C stops the answer (at an empty prompt: leaves) · Ctrl-D leaves
+/think and /no_think in a message switch the model's thinking for that turn"""
+OUR_COMMANDS = ("/help", "/tools", "/reset", "/save", "/exit", "/quit")
+
+
+class LineInput:
+    """The prompt: prompt_toolkit with multi-line input, a history file and Ctrl-R search."""
+
+    def __init__(self, history_file: Path) -> None:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import FileHistory
+        from prompt_toolkit.key_binding import KeyBindings
+
+        keys = KeyBindings()
+
+        @keys.add("enter")
+        def _send(event: Any) -> None:
+            event.current_buffer.validate_and_handle()
+
+        @keys.add("escape", "enter")
+        @keys.add("c-j")
+        def _new_line(event: Any) -> None:
+            event.current_buffer.insert_text("\n")
+
+        @keys.add("c-c")
+        def _stop(event: Any) -> None:
+            if event.current_buffer.text:
+                event.current_buffer.reset()
+            else:
+                event.app.exit(result=None)
+
+        history_file.parent.mkdir(parents=True, exist_ok=True)
+        self._session: Any = PromptSession(
+            history=FileHistory(str(history_file)),
+            multiline=True,
+            key_bindings=keys,
+            prompt_continuation="  ",
+        )
+
+    def read(self) -> str | None:
+        """The next message; None when the user leaves (Ctrl-D, or Ctrl-C at an empty prompt)."""
+        try:
+            text = self._session.prompt("› ")
+        except EOFError:
+            return None
+        return text if text is None else str(text)
+
+
+def ask_on_terminal(name: str, arguments: dict[str, Any]) -> str:
+    """Show the call with its exact arguments and ask: y, n or a (always for this tool)."""
+    shown = visible(f"{name} {json.dumps(arguments, ensure_ascii=False)}")
+    if sys.stdin is None or not sys.stdin.isatty():
+        print(f"refused (no terminal to ask): {shown}", file=sys.stderr)
+        return "n"
+    print(f"allow {shown}?", file=sys.stderr)
+    while True:
+        print("[y]es, [n]o, [a]lways for this tool: ", end="", file=sys.stderr, flush=True)
+        try:
+            answer = input().strip().lower()[:1]
+        except EOFError:
+            return "n"
+        if answer in ("y", "n", "a"):
+            return answer
+
+
+@click.command("chat")
+@click.argument("prompt", required=False)
+@click.option("--continue", "go_on", is_flag=True, help="go on with the last chat")
+@click.option("--resume", metavar="ID", help="go on with this conversation or run")
+@model_options
+@tool_options
+@selection_options
+@history_options
+@chat_options
+def chat(prompt: str | None, go_on: bool, resume: str | None, **flags: Any) -> int:
+    """Talk with the agent, turn after turn (PROMPT or piped input: the first turn)."""
+    from agent.loop.assistant import build_assistant, build_llm
+    from agent.loop.chat import ChatSession
+    from agent.plugins import plugin_manager
+
+    first = read_prompt(prompt) if prompt or not sys.stdin.isatty() else None
+    settings = settings_from(flags)
+    setup_logging(settings.debug)
+    history = open_history(settings)
+    conversation, messages = _resumed(history, go_on, resume)
+    renderer = TerminalRenderer(settings.show_thinking)
+    hooks = plugin_manager(Approver(settings.approve, ask_on_terminal))
+    with open_tools_while(lambda: build_llm(settings), settings) as (llm, toolset):
+        assistant = build_assistant(settings, llm, toolset, hooks)
+        info = run_info(settings, toolset)
+        session = ChatSession(
+            assistant,
+            info,
+            settings,
+            reserve_for(settings, toolset),
+            history,
+            conversation,
+            messages,
+        )
+        if history is not None and conversation is not None:
+            _show_transcript(history, conversation, renderer)
+        print(f"chat with {settings.model} · /help for commands · Ctrl-D to leave", file=sys.stderr)
+        lines = LineInput(chat_input_history()) if sys.stdin.isatty() else None
+        text = first
+        while True:
+            if text is None:
+                text = lines.read() if lines is not None else None
+                if text is None:
+                    break
+            if text.strip() and not _command(text, session, toolset):
+                session.turn(text, renderer.show)
+            elif text.split()[:1] in (["/exit"], ["/quit"]):
+                break
+            text = None
+    return EXIT_OK
+
+
+def _resumed(
+    history: History | None, go_on: bool, resume: str | None
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """The conversation to go on with, and its messages (none for a new chat)."""
+    if not (go_on or resume):
+        return None, []
+    if history is None:
+        raise ConfigError("--continue and --resume need the run history (drop --no-log)")
+    conversation = history.conversation_of(resume) if resume else history.last_conversation()
+    if conversation is None:
+        raise ConfigError("no chat to continue yet; start one with: agent chat")
+    return conversation, history.messages(conversation)
+
+
+def _show_transcript(history: History, conversation: str, renderer: TerminalRenderer) -> None:
+    """The conversation so far, as it looked (the prompts, then each run's events)."""
+    for run in history.conversation_runs(conversation):
+        print(visible(f"› {run.prompt}"))
+        replay(history, run, renderer)
+
+
+def _command(text: str, session: Any, toolset: Any) -> bool:
+    """Handle one of our commands; False when `text` is a message for the model."""
+    words = text.strip().split(maxsplit=1)
+    if not words or not words[0].startswith("/") or words[0] in ("/think", "/no_think"):
+        return False
+    name = words[0]
+    if name not in OUR_COMMANDS:
+        print(f"unknown command {visible(name)} (/help lists them)", file=sys.stderr)
+    elif name == "/help":
+        print(HELP, file=sys.stderr)
+    elif name == "/tools":
+        print(", ".join(tool.name for tool in toolset.tools) or "no tools", file=sys.stderr)
+    elif name == "/reset":
+        session.reset()
+        print("conversation forgotten; the code interpreter keeps its state", file=sys.stderr)
+    elif name == "/save":
+        _save(session.messages, words[1] if len(words) > 1 else "")
+    return True
+
+
+def _save(messages: list[dict[str, Any]], where: str) -> None:
+    if not where:
+        print("/save needs a file name: /save chat.md", file=sys.stderr)
+        return
+    path = Path(where).expanduser()
+    if not path.parent.is_dir():
+        print(f"/save: directory {path.parent} does not exist", file=sys.stderr)
+        return
+    write_atomically(path, transcript_markdown(messages))
+    print(f"saved to {path}", file=sys.stderr)
+
+
+def transcript_markdown(messages: list[dict[str, Any]]) -> str:
+    """The conversation as the model sees it, as Markdown."""
+    parts = []
+    for message in messages:
+        role, content = message.get("role"), message.get("content") or ""
+        if role == "user":
+            parts.append(f"**You:** {content}")
+        elif role == "function":
+            parts.append(f"**Tool result** `{message.get('name')}`:\n\n```\n{content}\n```")
+        elif message.get("function_call"):
+            call = message["function_call"]
+            parts.append(f"**Tool call** `{call.get('name')}`: `{call.get('arguments')}`")
+        elif content:
+            parts.append(f"**Assistant:** {content}")
+    return "\n\n".join(parts) + "\n"
