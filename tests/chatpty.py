@@ -45,6 +45,12 @@ class ChatTerminal:
         """Type a message and press Enter."""
         self.child.send(text + "\r")
 
+    def turn(self, text: str, until: str) -> str:
+        """At the prompt, type `text` and press Enter; what is shown up to `until`."""
+        self.ready()
+        self.say(text)
+        return self.wait_for(until)
+
     def press(self, key: str) -> None:
         """Ctrl-`key`."""
         self.child.sendcontrol(key)

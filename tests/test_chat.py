@@ -41,18 +41,12 @@ def test_turns_ctrl_c_and_ctrl_d_against_a_model_server(tmp_path: Path) -> None:
         chat = ChatTerminal(
             *args, "--thinking", "--show-thinking", "--approve", "none", home=tmp_path
         )
-        chat.ready()
-        chat.say("Set x to 41.")
-        turn = chat.wait_for("x is set.")
+        turn = chat.turn("Set x to 41.", "x is set.")
         assert "thinking: I should set x." in turn and "→ code_interpreter" in turn
-        chat.ready()
-        chat.say("Count to 400.")
-        chat.wait_for("Counting: 0 1 2")
+        chat.turn("Count to 400.", "Counting: 0 1 2")
         chat.press("c")  # stops this answer only
         chat.wait_for("notice: answer stopped by the user")
-        chat.ready()
-        chat.say("What is x + 1?")
-        assert "← code_interpreter" in chat.wait_for("x + 1 is 42.")
+        assert "← code_interpreter" in chat.turn("What is x + 1?", "x + 1 is 42.")
         assert chat.leave() == 0
     assert "42" in chat.screen  # the kernel kept x across the stopped turn
     sent = [request["messages"] for request in server.requests]
@@ -72,24 +66,14 @@ def test_commands_and_approval(tmp_path: Path) -> None:
     with StubOpenAIServer(replies) as server:
         args = ["--model-server", server.url, "--mcp-config", str(empty_mcp_config(tmp_path))]
         chat = ChatTerminal(*args, home=tmp_path)  # the default: ask before code
-        chat.ready()
-        chat.say("/help")
-        assert "/reset" in chat.wait_for("Ctrl-D leaves")
-        chat.ready()
-        chat.say("/tools")
-        assert "code_interpreter" in chat.wait_for("calculator")
-        chat.ready()
-        chat.say("/nope")
-        chat.wait_for("unknown command /nope")
-        chat.ready()
-        chat.say("Run some code.")
-        asked = chat.wait_for("[a]lways for this tool: ")
+        assert "/reset" in chat.turn("/help", "Ctrl-D leaves")
+        assert "code_interpreter" in chat.turn("/tools", "calculator")
+        chat.turn("/nope", "unknown command /nope")
+        asked = chat.turn("Run some code.", "[a]lways for this tool: ")
         assert 'allow code_interpreter {"code": "print(\'ran\')"}?' in asked
         chat.say("n")
         assert "the user did not allow this call" in chat.wait_for("Refused, fine.")
-        chat.ready()
-        chat.say(f"/save {tmp_path / 'chat.md'}")
-        chat.wait_for("saved to")
+        chat.turn(f"/save {tmp_path / 'chat.md'}", "saved to")
         chat.ready()
         chat.say("/exit")
         chat.child.expect(pexpect.EOF)
@@ -106,16 +90,12 @@ def test_chat_is_kept_in_the_history_and_resumes(tmp_path: Path) -> None:
     with StubOpenAIServer(replies) as server:
         args = ["--model-server", server.url, "--mcp-config", str(empty_mcp_config(tmp_path))]
         chat = ChatTerminal(*args, home=tmp_path)
-        chat.ready()
-        chat.say("Remember the word walrus.")
-        chat.wait_for("First answer.")
+        chat.turn("Remember the word walrus.", "First answer.")
         assert chat.leave() == 0
         resumed = ChatTerminal(*args, "--continue", home=tmp_path)
         shown = resumed.wait_for("First answer.")  # the transcript so far, first
         assert "› Remember the word walrus." in shown
-        resumed.ready()
-        resumed.say("Which word?")
-        resumed.wait_for("Second answer.")
+        resumed.turn("Which word?", "Second answer.")
         assert resumed.leave() == 0
     second = server.requests[1]["messages"]
     assert [m["content"] for m in second if m["role"] != "system"] == [
@@ -131,11 +111,7 @@ def test_chat_is_kept_in_the_history_and_resumes(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_chat_with_the_trained_tiny_model(tiny_trained_gptq: Path, tmp_path: Path) -> None:
     chat = ChatTerminal("--model", str(tiny_trained_gptq), "--seed", "1", home=tmp_path)
-    chat.ready()
-    chat.say("What time is it in Tokyo?")
-    turn = chat.wait_for("+09:00.")
+    turn = chat.turn("What time is it in Tokyo?", "+09:00.")
     assert "→ time-get_current_time" in turn and "The time in Tokyo is" in turn
-    chat.ready()
-    chat.say("Hello")
-    chat.wait_for("answered")
+    chat.turn("Hello", "answered")
     assert chat.leave() == 0
