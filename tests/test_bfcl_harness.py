@@ -146,3 +146,20 @@ def test_one_command_runs_the_harness_on_the_local_model(tiny_gptq: Path, tmp_pa
     written = json.loads(report.read_text())
     assert [s["category"] for s in written["scores"]] == list(scores)
     assert [e["id"] for e in written["entries"]] == [e["id"] for e in entries]
+
+
+@pytest.mark.slow
+def test_a_short_budget_never_cuts_a_call_in_half(tiny_gptq: Path) -> None:
+    # With few tokens left after a call, no further call is started (it could not finish):
+    # over many seeds, every call made in 48 tokens is whole and valid.
+    from agent.config import Settings
+    from agent.loop.assistant import build_llm
+
+    entries = load_entries(["parallel", "parallel_multiple"], 1)
+    made = 0
+    for seed in range(30):
+        settings = Settings(model=str(tiny_gptq), seed=seed, max_new_tokens=48, require_tool=True)
+        for result in run_entries(build_llm(settings), entries, require_tool=True):
+            assert result.valid_calls == result.calls, (seed, result.output)
+            made += result.calls
+    assert made >= 60

@@ -235,6 +235,7 @@ class ToolCallConstraint:
         self._required = call_grammar(functions, tools.ids, required=True) if functions else ""
         self.matcher: Any = None
         self._json = _StringState()
+        self.calls_done = 0
         if choice == REQUIRED and functions and not thinking:
             self._start(self._required)
 
@@ -251,14 +252,20 @@ class ToolCallConstraint:
         """Whether a grammar is constraining the output now."""
         return self.matcher is not None
 
-    def allowed(self, finishing: bool = False) -> torch.Tensor | None:
+    def allowed(self, finishing: bool = False, wrap_up: bool = False) -> torch.Tensor | None:
         """A boolean mask over the vocabulary, or None when any token may come.
 
         With `finishing`, the call must end soon: closing tokens are preferred where allowed.
+        With `wrap_up`, too few tokens are left for another whole call: after a call has been
+        made, none is started (the turn ends instead), so no call is ever cut off half-way.
         """
+        stop_here = wrap_up and self.calls_done > 0 and not self.in_think
         if self.matcher is None:
-            return self.tools.no_call() if self.choice == NONE and not self.in_think else None
+            banned = stop_here or (self.choice == NONE and not self.in_think)
+            return self.tools.no_call() if banned else None
         mask = _allowed(self.matcher, self.tools.vocab_size)
+        if stop_here and (stops := mask & self.tools.endings(False)[0]).any():
+            return stops
         if finishing:
             for ending in self.tools.endings(self._json.in_string):
                 if (preferred := mask & ending).any():
@@ -280,8 +287,10 @@ class ToolCallConstraint:
                     "tool-call grammar: %s; the rest is unconstrained", self.matcher.get_error()
                 )
                 self.matcher = None
-            elif token == ids.call_close and self.choice != REQUIRED:
-                self.matcher = None
+            elif token == ids.call_close:
+                self.calls_done += 1
+                if self.choice != REQUIRED:
+                    self.matcher = None
             else:
                 self._json.feed(self.tools.tokenizer.decode_bytes([token]))
             return

@@ -113,7 +113,7 @@ def generate_token_ids(
     seen = torch.zeros(engine.vocab_size, dtype=torch.bool)
     started = time.monotonic()
     cache = engine.checkout(prompt_ids)
-    finish_from = max_new_tokens - min(FINISH_MARGIN, max_new_tokens // 3)
+    finish_window = min(FINISH_MARGIN, max_new_tokens // 3)
     try:
         usage.reused_prompt_tokens += cache.length
         logits = engine.forward(prompt_ids[cache.length :], cache)
@@ -123,8 +123,9 @@ def generate_token_ids(
         produced = 0
         try:
             while produced < max_new_tokens:
+                left = max_new_tokens - produced
                 step, constrained = _next_tokens(
-                    logits, params, seen, generator, constraint, produced >= finish_from, usage
+                    logits, params, seen, generator, constraint, (left, finish_window), usage
                 )
                 if step[0] in loaded.stop_ids:
                     return
@@ -150,16 +151,18 @@ def _next_tokens(
     seen: torch.Tensor,
     generator: torch.Generator,
     constraint: ToolCallConstraint | None,
-    finishing: bool,
+    budget: tuple[int, int],
     usage: Usage,
 ) -> tuple[list[int], bool]:
     """The sampled token plus any tokens the grammar then forces, and whether the grammar had
-    a say in them."""
+    a say in them. `budget` is (tokens left, how many left at which an open call is steered
+    to its end)."""
     if constraint is None:
         return [sample_next_token(logits, params, seen, generator)], False
     timer = time.monotonic()
     constrained = constraint.active
-    allowed = constraint.allowed(finishing)
+    left, finish_window = budget
+    allowed = constraint.allowed(finishing=left <= finish_window, wrap_up=left <= FINISH_MARGIN)
     if allowed is not None:
         logits = logits.masked_fill(~allowed, float("-inf"))
     usage.constrain_s += time.monotonic() - timer
