@@ -234,12 +234,14 @@ def test_processes_never_outlive_the_call_that_started_them(make_tool: MakeTool)
     code = (
         "import subprocess\n"
         "child = subprocess.Popen(['sleep', '60'])\n"
-        "escaped = subprocess.Popen(['setsid', 'sh', '-c', 'sleep 60 & sleep 60'])\n"
+        "shell = 'sleep 60 & echo $!; exec sleep 60'  # a new session, and a grandchild\n"
+        "escaped = subprocess.Popen(['setsid', 'sh', '-c', shell], stdout=subprocess.PIPE)\n"
+        "escaped.stdout.readline()  # the grandchild is running once its pid is printed\n"
         "print(child.pid)"
     )
     outcome = run(tool, code)
     assert outcome.ok, outcome.content
-    assert "stopped 4 processes the code left running" in outcome.content
+    assert "stopped 3 processes the code left running" in outcome.content
     assert tool._kernel is not None
     assert live_descendants(tool._kernel.process) == []
     assert run(tool, "print(child.poll() is not None)").content.strip() == "True"
