@@ -20,7 +20,7 @@ from agent.config import Settings
 from agent.errors import ConfigError
 from agent.history.recorder import RunRecorder
 from agent.history.store import History
-from agent.loop.context import check_prompt_fits, reserve
+from agent.loop.context import check_prompt_fits, count_tokens, reserve
 
 
 @click.command("run")
@@ -43,11 +43,12 @@ def run(prompt: str | None, as_json: bool, **flags: Any) -> int:
     text = read_prompt(prompt)
     settings = settings_from(flags)
     setup_logging(settings.debug)
-    check_prompt_fits(text, reserve(settings.system_prompt, [], settings.max_new_tokens))
+    tokens = count_tokens(text)  # counted once: checked before loading, then with the tools
+    check_prompt_fits(tokens, reserve(settings.system_prompt, [], settings.max_new_tokens))
     history = open_history(settings)
     renderer = JsonLinesRenderer() if as_json else TerminalRenderer(settings.show_thinking)
     with open_tools_while(lambda: build_llm(settings), settings) as (llm, toolset):
-        check_prompt_fits(text, reserve_for(settings, toolset))
+        check_prompt_fits(tokens, reserve_for(settings, toolset))
         assistant = build_assistant(settings, llm, toolset)
         messages = [{"role": "user", "content": text}]
         transcript: list[dict[str, Any]] = []

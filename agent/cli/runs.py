@@ -81,17 +81,14 @@ def _line(run: RunRecord) -> str:
 def show(run_id: str, as_json: bool) -> int:
     """A run (or every run of a conversation) as it looked live."""
     with _history() as history:
-        conversation = history.conversation_of(run_id)
-        members = history.conversation_runs(conversation)
-        chosen = [r for r in members if r.id.startswith(run_id)] or members
-        for run in chosen:
+        for run in history.selected_runs(run_id):
             settings = history.run_settings(run.id)
             renderer: Any = (
                 JsonLinesRenderer()
                 if as_json
                 else TerminalRenderer(bool(settings.get("show_thinking")))
             )
-            if not as_json and history.conversation_kind(conversation) == "chat":
+            if not as_json and history.conversation_kind(run.conversation_id) == "chat":
                 print(visible(f"› {run.prompt}"))
             replay(history, run, renderer)
     return EXIT_OK
@@ -121,9 +118,7 @@ def export(run_id: str, fmt: str, out: Path | None) -> int:
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"--out: directory {out.parent} does not exist")
     with _history() as history:
-        conversation = history.conversation_of(run_id)
-        members = history.conversation_runs(conversation)
-        chosen = [r for r in members if r.id.startswith(run_id)] or members
+        chosen = history.selected_runs(run_id)
         text = (export_markdown if fmt == "markdown" else export_json)(history, chosen)
     if out is None:
         print(text, end="")

@@ -243,6 +243,11 @@ class History:
             return str(found[0][0])
         return self.run(some_id).conversation_id
 
+    def selected_runs(self, some_id: str) -> list[RunRecord]:
+        """The run a run id names, or every run of the conversation a conversation id names."""
+        members = self.conversation_runs(self.conversation_of(some_id))
+        return [run for run in members if run.id.startswith(some_id)] or members
+
     def conversation_runs(self, conversation: str) -> list[RunRecord]:
         """Every run of a conversation, in turn order."""
         query = f"SELECT {_RUN_COLUMNS} FROM runs WHERE conversation_id = ? ORDER BY turn"

@@ -33,9 +33,8 @@ def message_tokens(message: dict[str, Any]) -> int:
     return count_tokens(text) + PER_MESSAGE_TOKENS
 
 
-def check_prompt_fits(prompt: str, reserve: int) -> None:
-    """A one-line error when `prompt` alone leaves less than `reserve` tokens of the window."""
-    tokens = count_tokens(prompt)
+def check_prompt_fits(tokens: int, reserve: int) -> None:
+    """A one-line error when a prompt of `tokens` leaves less than `reserve` of the window."""
     if tokens + reserve > CONTEXT_TOKENS:
         raise ConfigError(
             f"the prompt is {tokens:,} tokens; with the tools and room for the answer "
