@@ -79,15 +79,16 @@ class Answer(Event):
 @dataclass(frozen=True)
 class RunFinished(Event):
     type: ClassVar[str] = "run_finished"
-    status: str  # "answered", "no_answer", "error" or "cancelled"
+    status: str  # "answered", "no_answer", "error", "cancelled" or "timed_out"
     usage: dict[str, int]
     timings: dict[str, float]
 
 
 @dataclass(frozen=True)
 class Notice(Event):
-    """The tool loop stepped in: `step_limit` (tools turned off for a final answer) or
-    `no_answer` (the model gave none even then)."""
+    """The tool loop stepped in: `step_limit` (tools turned off for a final answer),
+    `no_answer` (the model gave none even then), `cancelled` (the user stopped the answer),
+    `context` (old turns left out) or `time_limit` (a job's run stopped at its time limit)."""
 
     type: ClassVar[str] = "notice"
     kind: str

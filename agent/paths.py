@@ -1,6 +1,8 @@
 """Where the app keeps its files: one per-user directory, `AGENT_HOME` overrides it."""
 
 import os
+import secrets
+import time
 from pathlib import Path
 
 import platformdirs
@@ -56,3 +58,27 @@ def user_tools_dirs() -> list[Path]:
     if os.environ.get("AGENT_HOME"):
         return [agent_home() / "tools"]
     return [Path(platformdirs.user_config_dir("agent", appauthor=False)) / "tools"]
+
+
+def jobs_dir() -> Path:
+    """Scheduled jobs' answer files, one directory per job, unless a job names its own."""
+    return agent_home() / "jobs"
+
+
+def new_run_dir() -> Path:
+    """A fresh `runs/<id>/` with its `work/` and `logs/` directories."""
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(2)}"
+    path = runs_dir() / stamp
+    (path / "work").mkdir(parents=True, exist_ok=True)
+    (path / "logs").mkdir(exist_ok=True)
+    return path
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write to a scratch file beside `path`, then rename: never a half-written file."""
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        scratch.write_text(text, encoding="utf-8")
+        scratch.replace(path)
+    finally:
+        scratch.unlink(missing_ok=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from agent.cli.common import EXIT_OK, open_tools_while, setup_logging, write_atomically
+from agent.cli.common import EXIT_OK, setup_logging
 from agent.cli.options import (
     chat_options,
     history_options,
@@ -18,12 +18,12 @@ from agent.cli.options import (
     settings_from,
     tool_options,
 )
-from agent.cli.run import open_history, read_prompt, reserve_for, run_info
+from agent.cli.run import open_history, read_prompt
 from agent.errors import ConfigError
 from agent.history.store import History
 from agent.history.views import replay
 from agent.loop.approval import Approver
-from agent.paths import chat_input_history
+from agent.paths import chat_input_history, write_atomically
 from agent.render import TerminalRenderer, visible
 
 HELP = """\
@@ -107,7 +107,10 @@ def chat(prompt: str | None, go_on: bool, resume: str | None, **flags: Any) -> i
     """Talk with the agent, turn after turn (PROMPT or piped input: the first turn)."""
     from agent.loop.assistant import build_assistant, build_llm
     from agent.loop.chat import ChatSession
+    from agent.loop.context import reserve_for
+    from agent.loop.runner import run_info
     from agent.plugins import plugin_manager
+    from agent.tools.toolset import open_tools_while
 
     first = read_prompt(prompt) if prompt or not sys.stdin.isatty() else None
     settings = settings_from(flags)

@@ -10,9 +10,10 @@ from typing import Any
 
 import click
 
-from agent.cli.common import EXIT_OK, setup_logging, write_atomically
+from agent.cli.common import EXIT_OK, setup_logging
 from agent.cli.options import json_option, model_options, names, settings_from
 from agent.errors import ConfigError
+from agent.paths import write_atomically
 
 
 @click.group("eval")

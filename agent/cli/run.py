@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from agent.cli.common import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, open_tools_while, setup_logging
+from agent.cli.common import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, setup_logging
 from agent.cli.options import (
     history_options,
     json_option,
@@ -20,7 +20,7 @@ from agent.config import Settings
 from agent.errors import ConfigError
 from agent.history.recorder import RunRecorder
 from agent.history.store import History
-from agent.loop.context import check_prompt_fits, count_tokens, reserve
+from agent.loop.context import check_prompt_fits, count_tokens, reserve, reserve_for
 
 
 @click.command("run")
@@ -37,8 +37,9 @@ def run(prompt: str | None, as_json: bool, **flags: Any) -> int:
     input is the task too (after PROMPT: `cat notes.txt | agent run "Summarize this"`).
     """
     from agent.loop.assistant import build_assistant, build_llm
-    from agent.loop.runner import run_events, show_run
+    from agent.loop.runner import run_events, run_info, show_run
     from agent.render import JsonLinesRenderer, Tee, TerminalRenderer
+    from agent.tools.toolset import open_tools_while
 
     text = read_prompt(prompt)
     settings = settings_from(flags)
@@ -77,35 +78,6 @@ def read_prompt(prompt: str | None) -> str:
     return text
 
 
-def run_info(settings: Settings, toolset: Any) -> Any:
-    """What the `run_started` event says: model, backend, mode, tools, sandbox."""
-    from agent.loop.runner import RunInfo
-
-    return RunInfo(
-        model=settings.model,
-        backend=f"server {settings.model_server}" if settings.model_server else "local",
-        thinking=settings.thinking,
-        tools=[tool.name for tool in toolset.tools],
-        sandbox=_sandbox_line(settings, toolset),
-    )
-
-
-def reserve_for(settings: Settings, toolset: Any) -> int:
-    """The context a turn needs besides the conversation (system prompt, schemas, answer)."""
-    functions = [tool.function for tool in toolset.tools]
-    return reserve(settings.system_prompt, functions, settings.max_new_tokens)
-
-
 def open_history(settings: Settings) -> History | None:
     """The run history, unless logging is off (`--no-log`, `log = false`)."""
     return History(settings.history) if settings.log else None
-
-
-def _sandbox_line(settings: Settings, toolset: Any) -> str:
-    """The run header's sandbox part, when the code interpreter is one of the tools."""
-    from agent.sandbox.detect import detect
-
-    if "code_interpreter" not in [tool.name for tool in toolset.tools]:
-        return ""
-    sandbox = detect(settings.sandbox)
-    return "sandbox: " + sandbox.summary(settings.code_network, settings.code_memory_mb)

@@ -9,12 +9,13 @@ from typing import Any
 
 import click
 
-from agent.cli.common import EXIT_OK, write_atomically
+from agent.cli.common import EXIT_OK
 from agent.cli.options import json_option
 from agent.config import load_settings
 from agent.errors import ConfigError
 from agent.history.store import History, RunRecord
 from agent.history.views import export_json, export_markdown, parse_since, record_json, replay
+from agent.paths import write_atomically
 from agent.render import JsonLinesRenderer, TerminalRenderer, visible
 
 

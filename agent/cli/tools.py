@@ -9,9 +9,10 @@ from typing import Any
 import click
 import json5
 
-from agent.cli.common import EXIT_FAILED, EXIT_OK, new_run_dir, open_tools, setup_logging
+from agent.cli.common import EXIT_FAILED, EXIT_OK, setup_logging
 from agent.cli.options import json_option, selection_options, settings_from, tool_options
 from agent.errors import ConfigError
+from agent.paths import new_run_dir
 from agent.render import visible
 
 
@@ -31,6 +32,8 @@ def list_tools(as_json: bool, **flags: Any) -> int:
 
     settings = settings_from(flags)
     setup_logging(settings.debug)
+    from agent.tools.toolset import open_tools
+
     with open_tools(settings, new_run_dir()) as toolset:
         if as_json:
             for entry in toolset.entries:
@@ -55,6 +58,8 @@ def show(name: str, **flags: Any) -> int:
     """The exact schema the model sees (NAME: a tool, or a group: MCP server, plugin file)."""
     settings = settings_from(flags, tools=(name,))
     setup_logging(settings.debug)
+    from agent.tools.toolset import open_tools
+
     with open_tools(settings, new_run_dir()) as toolset:
         for tool in toolset.tools:
             print(visible(json.dumps(tool.function, ensure_ascii=False, indent=2)))
@@ -79,6 +84,8 @@ def call(name: str, arguments: str, **flags: Any) -> int:
         raise ConfigError('arguments must be a JSON object, e.g. \'{"timezone": "UTC"}\'')
     settings = settings_from(flags, tools=(name,))
     setup_logging(settings.debug)
+    from agent.tools.toolset import open_tools
+
     with open_tools(settings, new_run_dir()) as toolset:
         outcome = invoke_tool(
             toolset.get(name), arguments, limit=settings.tool_result_limit, debug=settings.debug

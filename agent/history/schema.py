@@ -60,6 +60,42 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO search (run_id, text)
         SELECT run_id, json_extract(data, '$.text') FROM events WHERE type = 'answer';
     """,
+    # 3: scheduled jobs, and the ledger of their occurrences: one row per job and scheduled
+    # time (UTC seconds), claimed before it runs, so no occurrence runs twice.
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        paused INTEGER NOT NULL DEFAULT 0,
+        spec TEXT NOT NULL,
+        checked_until REAL NOT NULL
+    );
+    CREATE TABLE occurrences (
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        scheduled_at REAL NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        trigger TEXT NOT NULL,
+        run_id TEXT,
+        answer_file TEXT,
+        pid INTEGER,
+        pid_started REAL,
+        heartbeat_at REAL,
+        claimed_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        PRIMARY KEY (job_id, scheduled_at)
+    );
+    CREATE INDEX occurrences_by_status ON occurrences (status);
+    CREATE TABLE schedulers (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        pid INTEGER NOT NULL,
+        pid_started REAL NOT NULL,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL
+    );
+    """,
 )
 VERSION = len(MIGRATIONS)
 

@@ -15,6 +15,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,22 @@ class History:
     def close(self) -> None:
         """Close the database."""
         self._conn.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The open connection (autocommit), for the rooms that keep tables of their own here."""
+        return self._conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (`BEGIN IMMEDIATE`): all of it or nothing."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
 
     def __enter__(self) -> History:
         return self
@@ -181,7 +198,7 @@ class History:
             "SELECT id, pid, pid_started FROM runs WHERE status = 'running'"
         ).fetchall()
         for run, pid, pid_started in rows:
-            if not _alive(pid, pid_started):
+            if not process_alive(pid, pid_started):
                 self._conn.execute(
                     "UPDATE runs SET status = 'interrupted', finished_at = COALESCE(finished_at, "
                     "(SELECT MAX(json_extract(data, '$.started_at')) FROM events "
@@ -268,7 +285,7 @@ class History:
         return dict(json.loads(row[0])) if row else {}
 
     def conversation_kind(self, conversation: str) -> str:
-        """`chat` or `run`."""
+        """`chat`, `run` or `job` (a scheduled job's run)."""
         row = self._conn.execute(
             "SELECT kind FROM conversations WHERE id = ?", (conversation,)
         ).fetchone()
@@ -302,8 +319,7 @@ class History:
         found = self._conn.execute(
             "SELECT id FROM conversations WHERE id LIKE ? LIMIT 2", (_prefix(some_id),)
         ).fetchall()
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction():
             if len(found) == 1:
                 conversation = found[0][0]
                 runs = [r.id for r in self.conversation_runs(conversation)]
@@ -317,10 +333,6 @@ class History:
                 self._conn.execute("DELETE FROM runs WHERE id = ?", (run,))
             if conversation is not None:
                 self._conn.execute("DELETE FROM conversations WHERE id = ?", (conversation,))
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
         return what
 
 
@@ -340,7 +352,9 @@ def _unknown(some_id: str, matches: int, what: str) -> str:
     return f"no run or conversation {some_id!r} in the history (agent runs list shows them)"
 
 
-def _alive(pid: int | None, started: float | None) -> bool:
+def process_alive(pid: int | None, started: float | None) -> bool:
+    """Whether process `pid`, started at `started` (epoch seconds), still runs (a pid reused
+    by another process since does not count)."""
     if pid is None:
         return False
     if pid == os.getpid():

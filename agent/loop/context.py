@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agent.config import CONTEXT_TOKENS
+from agent.config import CONTEXT_TOKENS, Settings
 from agent.errors import ConfigError
 
 PER_MESSAGE_TOKENS = 8  # <|im_start|>role\n ... <|im_end|>\n, and the function-call wrapping
@@ -69,3 +69,9 @@ def reserve(system_prompt: str, functions: list[dict[str, Any]], max_new_tokens:
     schemas = json.dumps(functions, ensure_ascii=False) if functions else ""
     fixed = count_tokens(system_prompt) + (count_tokens(schemas) + FUNCTION_PROMPT_TOKENS)
     return fixed + min(max_new_tokens, CONTEXT_TOKENS // 4)
+
+
+def reserve_for(settings: Settings, toolset: Any) -> int:
+    """The context a turn needs besides the conversation (system prompt, schemas, answer)."""
+    functions = [tool.function for tool in toolset.tools]
+    return reserve(settings.system_prompt, functions, settings.max_new_tokens)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
+from agent.config import Settings
 from agent.errors import AgentError, GenerationError, ModelServerError
 from agent.events import (
     Answer,
@@ -29,6 +30,7 @@ from agent.loop.assistant import AgentAssistant
 from agent.loop.call_parser import THINK_CLOSE
 from agent.loop.snapshots import SnapshotConverter
 from agent.tools.invoke import ToolOutcome
+from agent.tools.toolset import Toolset
 
 WORKER_STOP_S = 10.0
 TOOL_SHOWN_WAIT_S = 2.0
@@ -43,6 +45,27 @@ class RunInfo:
     thinking: bool
     tools: list[str]
     sandbox: str = ""
+
+
+def run_info(settings: Settings, toolset: Toolset) -> RunInfo:
+    """What the `run_started` event says: model, backend, mode, tools, sandbox."""
+    return RunInfo(
+        model=settings.model,
+        backend=f"server {settings.model_server}" if settings.model_server else "local",
+        thinking=settings.thinking,
+        tools=[tool.name for tool in toolset.tools],
+        sandbox=_sandbox_line(settings, toolset),
+    )
+
+
+def _sandbox_line(settings: Settings, toolset: Toolset) -> str:
+    """The run header's sandbox part, when the code interpreter is one of the tools."""
+    from agent.sandbox.detect import detect
+
+    if "code_interpreter" not in [tool.name for tool in toolset.tools]:
+        return ""
+    sandbox = detect(settings.sandbox)
+    return "sandbox: " + sandbox.summary(settings.code_network, settings.code_memory_mb)
 
 
 class _QueueListener:
@@ -90,16 +113,22 @@ def _error_event(exc: BaseException) -> Error:
     return Error(message=f"{type(exc).__name__}: {first_line}".rstrip(": "), where=where)
 
 
+class _TimeUp(Exception):
+    """The run's time limit passed."""
+
+
 def run_events(
     assistant: AgentAssistant,
     messages: list[dict[str, Any]],
     info: RunInfo,
     transcript: list[dict[str, Any]] | None = None,
+    time_limit_s: float | None = None,
 ) -> Generator[Event, None, None]:
     """Run the assistant on `messages`; yield events ending with `run_finished`.
 
     With `transcript`, the messages the run added (the answer, tool calls and results, as the
-    model should see them next turn: thinking dropped) are appended to it at the end."""
+    model should see them next turn: thinking dropped) are appended to it at the end. With
+    `time_limit_s`, a run still going after that long is stopped with status `timed_out`."""
     inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
     cancel = threading.Event()
     assistant.tool_listener = _QueueListener(inbox)
@@ -119,9 +148,14 @@ def run_events(
     worker.start()
     converter = SnapshotConverter()
     last: list[dict[str, Any]] = []
+    deadline = None if time_limit_s is None else started + time_limit_s
     try:
         while True:
-            kind, payload = inbox.get()
+            try:
+                wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                kind, payload = inbox.get(timeout=wait)
+            except queue.Empty:
+                raise _TimeUp from None
             if kind == "done":
                 break
             if kind == "snapshot":
@@ -152,6 +186,9 @@ def run_events(
         status = "cancelled"
         if converter.shown_text:  # the partial answer is kept, and marked
             yield Notice(kind="cancelled", message="answer stopped by the user")
+    except _TimeUp:
+        status = "timed_out"
+        yield Notice(kind="time_limit", message=f"stopped at the time limit of {time_limit_s:g} s")
     finally:
         cancel.set()
         # The worker stops at its next token; let it, so no model call runs into shutdown.
@@ -170,7 +207,7 @@ def _kept_messages(
 ) -> list[dict[str, Any]]:
     """What a run adds to the conversation; a stopped answer as far as it was shown, marked."""
     kept = [without_thinking(message) for message in last]
-    if status == "cancelled":
+    if status in ("cancelled", "timed_out"):
         if kept and kept[-1].get("role") == "assistant" and not kept[-1].get("function_call"):
             kept.pop()  # the partial message as it was streaming
         if shown_text:

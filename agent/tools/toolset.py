@@ -3,15 +3,19 @@ are selected, and their cleanup."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from qwen_agent.tools.base import BaseTool
 
 from agent.config import Settings
 from agent.errors import PluginError, UnknownToolError
+from agent.paths import new_run_dir
 
 log = logging.getLogger("agent")
 
@@ -120,6 +124,30 @@ def open_toolset(settings: Settings, work_dir: Path, log_dir: Path) -> Toolset:
         toolset.problems.append(f"MCP server {name!r} is unavailable: {reason}")
     toolset.problems.extend(plugins.problems)
     return toolset
+
+
+def open_tools(settings: Settings, run_dir: Path) -> Toolset:
+    """The run's toolset; each tool that did not load is one warning line."""
+    toolset = open_toolset(settings, work_dir=run_dir / "work", log_dir=run_dir / "logs")
+    for problem in toolset.problems:
+        log.warning("warning: %s", problem)
+    return toolset
+
+
+@contextlib.contextmanager
+def open_tools_while(load: Callable[[], Any], settings: Settings) -> Iterator[tuple[Any, Toolset]]:
+    """Start the tools in the background while `load` runs (the model load); close them after."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        opening = pool.submit(open_tools, settings, new_run_dir())
+        try:
+            loaded = load()
+        except BaseException:
+            if opening.exception() is None:
+                opening.result().close()
+            raise
+        toolset = opening.result()  # raises what went wrong starting the tools
+    with toolset:
+        yield loaded, toolset
 
 
 def _server_names(selection: tuple[str, ...]) -> set[str]:
