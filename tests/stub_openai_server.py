@@ -15,15 +15,18 @@ from typing import Any
 
 class StubOpenAIServer:
     """Each request pops the next scripted reply: (reasoning text, content text). `delay_s`
-    between chunks makes a slow model (a reply a user can stop half-way)."""
+    between chunks makes a slow model (a reply a user can stop half-way). `GET /v1/models`
+    lists `models`."""
 
     def __init__(
         self,
         replies: list[tuple[str, str]],
         reasoning_field: str = "reasoning_content",
         delay_s: float = 0.0,
+        models: tuple[str, ...] = ("Qwen/Qwen3-0.6B-GPTQ-Int8",),
     ):
         self.replies = list(replies)
+        self.models = models
         self.delay_s = delay_s
         self.requests: list[dict[str, Any]] = []
         self.reasoning_field = reasoning_field
@@ -62,6 +65,20 @@ class StubOpenAIServer:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") != "/v1/models":
+                    self.send_error(404)
+                    return
+                models = [
+                    {"id": name, "object": "model", "owned_by": "stub"} for name in stub.models
+                ]
+                body = json.dumps({"object": "list", "data": models}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -21,6 +21,8 @@ from agent.cli.doctor import doctor
 from agent.cli.eval import evaluate
 from agent.cli.run import run
 from agent.cli.runs import runs
+from agent.cli.schedule import schedule
+from agent.cli.scheduler import scheduler
 from agent.cli.tools import tools
 from agent.errors import AgentError
 from agent.render import visible
@@ -33,7 +35,7 @@ def cli() -> None:
     """A local, tool-calling Qwen3 agent."""
 
 
-for command in (run, chat, runs, doctor, tools, evaluate):
+for command in (run, chat, runs, schedule, scheduler, doctor, tools, evaluate):
     cli.add_command(command)
 
 

@@ -1,0 +1,1 @@
+"""Scheduled jobs: their triggers, the occurrence ledger, the scheduler loop, and exports."""

@@ -1,0 +1,148 @@
+"""Run one claimed occurrence: the real runner, recorded in the run history, then the ledger,
+the answer file and the hooks.
+
+A run is a conversation of kind `job` in the history, with its events as any run has them;
+a run that cannot even start (the model does not load, a tool server is missing) is recorded
+too, as `run_started`, `error`, `run_finished`, so its reason is where the user looks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from agent.errors import AgentError
+from agent.events import Answer, Error, Event, RunFinished, RunStarted
+from agent.history.recorder import RunRecorder
+from agent.paths import jobs_dir, write_atomically
+from agent.scheduler.hooks import run_hook
+from agent.scheduler.jobs import Job, job_settings
+from agent.scheduler.ledger import Ledger
+from agent.scheduler.outcome import Outcome, outcome_of
+from agent.scheduler.timing import utc_stamp
+
+log = logging.getLogger("agent")
+
+
+@dataclass(frozen=True)
+class Result:
+    """What became of an occurrence that ran."""
+
+    status: str
+    reason: str | None
+    run_id: str | None
+    answer_file: str | None
+
+
+class _Collector:
+    """Keeps a run's events (the outcome and the answer file are read from them)."""
+
+    def __init__(self, ledger: Ledger, job: Job, at: float, recorder: RunRecorder) -> None:
+        self.events: list[Event] = []
+        self._link = (ledger, job, at, recorder)
+
+    def show(self, event: Event) -> None:
+        self.events.append(event)
+        ledger, job, at, recorder = self._link
+        if isinstance(event, RunStarted) and recorder.run is not None:
+            ledger.attach_run(job, at, recorder.run)
+
+
+def run_occurrence(ledger: Ledger, job: Job, at: float) -> Result:
+    """Run `job`'s occurrence at `at`, which this process has started in the ledger."""
+    from agent.loop.assistant import build_assistant, build_llm
+    from agent.loop.runner import run_events, run_info, show_run
+    from agent.render import Tee
+    from agent.tools.toolset import open_tools_while
+
+    settings = job_settings(job)
+    history = ledger.history
+    recorder = RunRecorder(history, history.new_conversation("job"), settings)
+    collector = _Collector(ledger, job, at, recorder)
+    show = Tee(recorder, collector).show
+    log.info("job %s: started the run of %s", job.name, utc_stamp(at))
+    outcome = Outcome("interrupted", "the run was stopped before it ended")
+    try:
+        try:
+            with open_tools_while(lambda: build_llm(settings), settings) as (llm, toolset):
+                assistant = build_assistant(settings, llm, toolset)
+                messages = [{"role": "user", "content": job.task}]
+                transcript: list[dict[str, object]] = []
+                events = run_events(
+                    assistant,
+                    messages,
+                    run_info(settings, toolset),
+                    transcript,
+                    time_limit_s=job.options.time_limit_s,
+                )
+                show_run(events, show)
+                if recorder.run is not None:
+                    history.set_messages(recorder.run, transcript)
+        except AgentError as exc:  # it could not start: recorded as a run with its error
+            _record_failed_start(show, job, settings.model, str(exc))
+        outcome = outcome_of(collector.events)
+    finally:
+        answer_file = _write_answer(job, at, collector.events, outcome)
+        ledger.finish(job, at, outcome.status, outcome.reason, answer_file)
+        log.info(
+            "job %s: %s%s (run %s)",
+            job.name,
+            outcome.status,
+            f": {outcome.reason}" if outcome.reason else "",
+            recorder.run,
+        )
+    result = Result(outcome.status, outcome.reason, recorder.run, answer_file)
+    _run_hooks(job, at, result)
+    return result
+
+
+def _record_failed_start(show: Callable[[Event], None], job: Job, model: str, message: str) -> None:
+    started = RunStarted(prompt=job.task, model=model, backend="", thinking=False, tools=[])
+    show(started)
+    show(Error(message=message, where="agent"))
+    show(RunFinished(status="error", usage={}, timings={}))
+
+
+def _answer_text(events: list[Event]) -> str | None:
+    answers = [e.text for e in events if isinstance(e, Answer)]
+    return answers[-1] if answers else None
+
+
+def _write_answer(job: Job, at: float, events: list[Event], outcome: Outcome) -> str | None:
+    """A successful run's answer, written atomically: the job's file, or one file per run."""
+    text = _answer_text(events)
+    if outcome.status != "succeeded" or text is None:
+        return None
+    if job.options.output:
+        path = Path(job.options.output)
+    else:
+        folder = Path(job.options.output_dir) if job.options.output_dir else jobs_dir() / job.name
+        stamp = datetime.fromtimestamp(at, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        path = folder / f"{job.name}-{stamp}.md"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, text.rstrip("\n") + "\n")
+    except OSError as exc:
+        log.warning("job %s: cannot write the answer to %s: %s", job.name, path, exc)
+        return None
+    return str(path)
+
+
+def _run_hooks(job: Job, at: float, result: Result) -> None:
+    command = job.options.on_success if result.status == "succeeded" else job.options.on_failure
+    if not command:
+        return
+    run_hook(
+        command,
+        {
+            "job": job.name,
+            "run_id": result.run_id or "",
+            "status": result.status,
+            "reason": result.reason or "",
+            "occurrence": utc_stamp(at),
+            "answer_file": result.answer_file or "",
+        },
+    )
