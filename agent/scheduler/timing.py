@@ -188,10 +188,12 @@ def next_times(trigger: Trigger, now: float, count: int = 5) -> list[float]:
 
 
 def wall(moment: float, tz: str) -> str:
-    """`2027-03-28 03:00 CEST (+02:00)`: a moment as the job's zone reads it."""
+    """`2027-03-28 03:00 CEST (+02:00)`: a moment as the job's zone reads it (with seconds
+    when it has any)."""
     local = datetime.fromtimestamp(moment, zone(tz))
     offset = local.strftime("%z")
-    return f"{local:%Y-%m-%d %H:%M} {local.tzname()} ({offset[:3]}:{offset[3:]})"
+    clock = "%H:%M:%S" if local.second else "%H:%M"
+    return f"{local:%Y-%m-%d} {local.strftime(clock)} {local.tzname()} ({offset[:3]}:{offset[3:]})"
 
 
 def utc_stamp(moment: float) -> str:
