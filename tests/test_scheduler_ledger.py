@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -24,10 +25,6 @@ from agent.scheduler.run_now import resolve_occurrence
 from agent.scheduler.timing import dst_notes, parse_duration, parse_trigger, utc_stamp
 
 HOUR = 3600.0
-
-
-def utc(text: str) -> str:
-    return text  # the expected UTC stamps below are written as `utc_stamp` prints them
 
 
 def fire_times(spec: str, tz: str, after: str, count: int) -> list[str]:
@@ -93,7 +90,9 @@ def test_dst_notes_say_what_happens_to_the_runs_that_fall_in_a_change() -> None:
     assert "02:30 is skipped" in both[0]
     assert "runs in both passes, at 2027-11-07 01:30 EDT (-04:00), 2027-11-07 01:30 EST" in both[1]
     # A morning job is untouched by a change at 02:00: nothing to say.
-    assert dst_notes(parse_trigger("0 8 * * *", None, None, "Europe/Berlin"), start, start + 3e7) == []
+    assert (
+        dst_notes(parse_trigger("0 8 * * *", None, None, "Europe/Berlin"), start, start + 3e7) == []
+    )
 
 
 def test_every_counts_real_time_from_the_epoch() -> None:
@@ -137,8 +136,11 @@ def ledger(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield Ledger(history)
 
 
-def _add(ledger: Ledger, every: str, since: float, name: str = "j", **options):  # type: ignore[no-untyped-def]
-    job = ledger.add_job(name, "task", parse_trigger(None, every, None, "UTC"), JobOptions(**options))
+def _add(ledger: Ledger, every: str, since: float, **options):  # type: ignore[no-untyped-def]
+    """A job `j` every `every`, whose slots count from `since` (the controllable clock's past)."""
+    job = ledger.add_job(
+        "j", "task", parse_trigger(None, every, None, "UTC"), JobOptions(**options)
+    )
     ledger.db.execute("UPDATE jobs SET checked_until = ? WHERE id = ?", (since, job.id))
     return job
 
@@ -213,7 +215,7 @@ def test_paused_jobs_do_not_run_and_do_not_make_up_the_pause(ledger: Ledger) -> 
     assert _statuses(ledger, job) == {}
 
 
-def _claim_in_a_process(path: str, at: float, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _claim_in_a_process(path: str, at: float, results: Any) -> None:
     with History(Path(path)) as history:
         ledger = Ledger(history)
         results.put(ledger.claim(ledger.job("j"), at, "outside"))
@@ -252,7 +254,8 @@ def test_a_claim_whose_process_died_is_recovered(ledger: Ledger) -> None:
     ledger.recover()
     statuses = _statuses(ledger, job)
     assert statuses == {now - 120: "interrupted", now - 60: "missed"}
-    assert "stopped before it ended" in (ledger.occurrence(job, now - 120).reason or "")  # type: ignore[union-attr]
+    interrupted = ledger.occurrence(job, now - 120)
+    assert interrupted is not None and "stopped before it ended" in (interrupted.reason or "")
     # A claim that stopped sending heartbeats is taken for dead too.
     ledger.claim(job, now, "schedule")
     ledger.db.execute("UPDATE occurrences SET heartbeat_at = 0 WHERE scheduled_at = ?", (now,))
@@ -277,7 +280,9 @@ def _run(*middle) -> list:  # type: ignore[no-untyped-def]
 def test_outcomes_come_from_the_run_s_own_events() -> None:
     done = RunFinished(status="answered", usage={}, timings={})
     call = ToolCall(call_id="1", name="fetch-fetch", arguments={})
-    bad = ToolResult(call_id="1", name="fetch-fetch", content="Error: 404", ok=False, duration_s=0.1)
+    bad = ToolResult(
+        call_id="1", name="fetch-fetch", content="Error: 404", ok=False, duration_s=0.1
+    )
     good = ToolResult(call_id="2", name="fetch-fetch", content="page", ok=True, duration_s=0.1)
     assert outcome_of(_run(Answer(text="hi"), done)).status == "succeeded"
     stuck = outcome_of(_run(call, bad, Answer(text="Sorry, I could not."), done))
@@ -285,13 +290,14 @@ def test_outcomes_come_from_the_run_s_own_events() -> None:
     assert outcome_of(_run(call, bad, call, good, Answer(text="ok"), done)).status == "succeeded"
     no_answer = RunFinished(status="no_answer", usage={}, timings={})
     assert outcome_of(_run(Notice(kind="no_answer", message="x"), no_answer)).reason == "no answer"
-    error = outcome_of(
-        _run(Error(message="model server down", where="model"), RunFinished("error", {}, {}))
+    down = Error(message="cannot reach 127.0.0.1:9", where="model")
+    error = outcome_of(_run(down, RunFinished("error", {}, {})))
+    assert (error.status, error.reason) == (
+        "failed",
+        "model server down or failing: " + down.message,
     )
-    assert error == outcome_of(
-        _run(Error(message="model server down", where="model"), RunFinished("error", {}, {}))
+    timed = _run(
+        Notice(kind="time_limit", message="stopped at 5 s"), RunFinished("timed_out", {}, {})
     )
-    assert error.status == "failed" and error.reason == "model server down or failing: model server down"
-    timed = _run(Notice(kind="time_limit", message="stopped at 5 s"), RunFinished("timed_out", {}, {}))
     assert outcome_of(timed).status == "timed_out"
     assert outcome_of(_run(Answer(text="par"))).status == "interrupted"  # it never finished

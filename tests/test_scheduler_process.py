@@ -133,12 +133,13 @@ def test_sigkill_mid_run_then_restart_loses_no_occurrence_and_runs_none_twice(
 def test_a_failing_job_records_why_and_the_other_jobs_still_run_on_time(tmp_path: Path) -> None:
     down = f"http://127.0.0.1:{dead_port()}/v1"
     hook_file = tmp_path / "hook.env"
+    hook = f"env | grep ^AGENT_ > {hook_file}"
     with (
         StubOpenAIServer([("", "Fine report.")] * 20) as fine,
         StubOpenAIServer([("", LONG_REPLY)] * 5, delay_s=0.5) as slow,
     ):
         add_job(tmp_path, "broken", "--every", "4s", "--model-server", down, "--tools", "",
-                "--no-check", "--on-failure", f"env | grep ^AGENT_ > {hook_file}", "Report")  # fmt: skip
+                "--no-check", "--on-failure", hook, "Report")  # fmt: skip
         add_job(tmp_path, "slow", "--every", "1h", "--model-server", slow.url, "--tools", "",
                 "--time-limit", "2s", "Report")  # fmt: skip
         add_job(tmp_path, "fine", "--every", "4s", "--model-server", fine.url, "--tools", "",
@@ -152,11 +153,11 @@ def test_a_failing_job_records_why_and_the_other_jobs_still_run_on_time(tmp_path
     assert timed.returncode == 1 and "slow: timed_out" in timed.stdout
     broken = [o for o in occurrences(tmp_path, "broken") if o.status == "failed"][0]
     assert broken.reason and "model server" in broken.reason
-    hook = dict(line.split("=", 1) for line in hook_file.read_text().splitlines())
-    assert hook["AGENT_JOB"] == "broken" and hook["AGENT_STATUS"] == "failed"
-    hooked = {o.run_id: o for o in occurrences(tmp_path, "broken")}[hook["AGENT_RUN_ID"]]
-    assert hook["AGENT_REASON"] == hooked.reason and hooked.status == "failed"
-    assert hook["AGENT_ANSWER_FILE"] == ""
+    told = dict(line.split("=", 1) for line in hook_file.read_text().splitlines())
+    assert told["AGENT_JOB"] == "broken" and told["AGENT_STATUS"] == "failed"
+    hooked = {o.run_id: o for o in occurrences(tmp_path, "broken")}[told["AGENT_RUN_ID"]]
+    assert told["AGENT_REASON"] == hooked.reason and hooked.status == "failed"
+    assert told["AGENT_ANSWER_FILE"] == ""
     for ran in [o for o in occurrences(tmp_path, "fine") if o.status == "succeeded"]:
         assert ran.started_at is not None and ran.started_at - ran.scheduled_at < 10
         assert ran.answer_file == str(tmp_path / "fine.md")
@@ -180,7 +181,8 @@ def test_run_now_while_the_job_runs_follows_its_overlap_policy(tmp_path: Path) -
 
         for name in ("skipper", "queuer"):
             first = start(name)
-            wait_for(lambda n=name: [o for o in occurrences(tmp_path, n) if o.status == "running"], 60)  # type: ignore[misc]  # fmt: skip
+            wait_for(lambda n=name: [o for o in occurrences(tmp_path, n) if o.status == "running"],
+                     60)  # type: ignore[misc]  # fmt: skip
             time.sleep(1.1)  # a manual run's slot is its second: the next one is another slot
             second = agent_cli("schedule", "run-now", name, home=tmp_path, env=_env(tmp_path))
             out, _ = first.communicate(timeout=120)
@@ -241,4 +243,3 @@ def test_jobs_are_edited_paused_resumed_and_removed(tmp_path: Path) -> None:
     assert agent_cli("schedule", "remove", "digest", home=tmp_path).returncode == 0
     gone = agent_cli("schedule", "show", "digest", home=tmp_path)
     assert gone.returncode == 2 and "no job named 'digest'" in gone.stderr
-

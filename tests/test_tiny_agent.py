@@ -8,17 +8,21 @@ The values (the time, the page, the numbers) were never seen in training.
 import json
 import random
 import re
+import signal
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from agent.testing.reproduction import HELD_OUT_SEED, held_out_runs, reproduction_counts, total
 from agent.testing.transcripts import GREETINGS, page_sentence
-from tests.clirun import agent_cli, json_events
+from tests.clirun import agent_argv, agent_cli, agent_env, json_events
 
 pytestmark = pytest.mark.slow
 
@@ -171,3 +175,53 @@ def test_terminal_output_is_the_answer(tiny_trained_gptq: Path, tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "The result is 42."
     assert '→ code_interpreter {"code": "print(12 + 30)"}' in done.stderr
+
+
+def test_scheduled_job_calls_the_real_time_tool_and_stops_cleanly(
+    tiny_trained_gptq: Path, tmp_path: Path
+) -> None:
+    """A job every few seconds on the trained model with the real MCP time server: its runs
+    are in `agent runs show` and `agent schedule history`, and SIGTERM leaves no child."""
+    added = agent_cli(
+        "schedule", "add", "tokyo", "--every", "4s", "--model", str(tiny_trained_gptq),
+        "--seed", "1", "--tools", "time", "What time is it in Tokyo?", home=tmp_path,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    log = tmp_path / "scheduler.log"
+    with log.open("w") as out:
+        daemon = subprocess.Popen(
+            agent_argv("scheduler", "run"), env=agent_env(tmp_path), stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            children: dict[psutil.Process, str] = {}
+            deadline = time.monotonic() + 240
+            while log.read_text().count("job tokyo: succeeded") < 2:
+                assert time.monotonic() < deadline and daemon.poll() is None, log.read_text()
+                for child in psutil.Process(daemon.pid).children(recursive=True):
+                    children.setdefault(child, " ".join(_cmdline(child)))
+                time.sleep(0.2)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=60) == 0, log.read_text()
+    assert any("mcp-server-time" in line for line in children.values()), children
+    assert [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    history = agent_cli("schedule", "history", "tokyo", "--json", home=tmp_path)
+    succeeded = [o for o in json_events(history.stdout) if o["status"] == "succeeded"]
+    assert len(succeeded) >= 2
+    for occurrence in succeeded:
+        shown = json_events(agent_cli("runs", "show", occurrence["run_id"], "--json",
+                                      home=tmp_path).stdout)  # fmt: skip
+        call, result, answer = tool_steps(shown)
+        assert call["name"] == "time-get_current_time"
+        assert answer == f"The time in Tokyo is {json.loads(result['content'])['datetime']}."
+        assert occurrence["answer_file"] and Path(occurrence["answer_file"]).read_text() == (
+            answer + "\n"
+        )
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
