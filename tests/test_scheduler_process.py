@@ -150,6 +150,9 @@ def test_a_failing_job_records_why_and_the_other_jobs_still_run_on_time(tmp_path
                                   if o.status == "succeeded"]) >= 2, 90)  # fmt: skip
             wait_for(lambda: [o for o in occurrences(tmp_path, "broken")
                               if o.status == "failed"], 90)  # fmt: skip
+            rescued = agent_cli("schedule", "run-now", "broken", "--model-server", fine.url,
+                                home=tmp_path, env=_env(tmp_path))  # fmt: skip
+    assert rescued.returncode == 0 and "broken: succeeded" in rescued.stdout, rescued.stderr
     assert timed.returncode == 1 and "slow: timed_out" in timed.stdout
     broken = [o for o in occurrences(tmp_path, "broken") if o.status == "failed"][0]
     assert broken.reason and "model server" in broken.reason

@@ -209,15 +209,19 @@ def test_scheduled_job_calls_the_real_time_tool_and_stops_cleanly(
     history = agent_cli("schedule", "history", "tokyo", "--json", home=tmp_path)
     succeeded = [o for o in json_events(history.stdout) if o["status"] == "succeeded"]
     assert len(succeeded) >= 2
-    for occurrence in succeeded:
+    reused = []
+    for occurrence in reversed(succeeded):  # oldest first
         shown = json_events(agent_cli("runs", "show", occurrence["run_id"], "--json",
                                       home=tmp_path).stdout)  # fmt: skip
+        reused.append(shown[-1]["usage"]["reused_prompt_tokens"])
         call, result, answer = tool_steps(shown)
         assert call["name"] == "time-get_current_time"
         assert answer == f"The time in Tokyo is {json.loads(result['content'])['datetime']}."
         assert occurrence["answer_file"] and Path(occurrence["answer_file"]).read_text() == (
             answer + "\n"
         )
+    # One model for every run: the next run starts from the prompt prefix the first one left.
+    assert reused[1] > reused[0]
 
 
 def _cmdline(process: psutil.Process) -> list[str]:

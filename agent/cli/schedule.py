@@ -340,19 +340,25 @@ def remove(name: str) -> int:
 @schedule.command("run-now")
 @click.argument("name")
 @click.option(
+    "--model-server", metavar="URL", help="use this model server for this run (a shared one)"
+)
+@click.option(
     "--occurrence",
     metavar="latest|TIME",
     help="claim this scheduled slot (what systemd, cron and CronJobs call); default: a manual "
     "run now",
 )
-def run_now_command(name: str, occurrence: str | None) -> int:
+def run_now_command(name: str, model_server: str | None, occurrence: str | None) -> int:
     """Run job NAME now, claimed in the ledger like the scheduler's runs (exit 0 unless the
     run failed)."""
     from agent.scheduler.run_now import run_now
 
     setup_logging(False)
     with open_ledger() as ledger:
-        result = run_now(ledger, ledger.job(name), occurrence)
+        job = ledger.job(name)
+        if model_server:
+            job = replace(job, options=replace(job.options, model_server=model_server))
+        result = run_now(ledger, job, occurrence)
     run = f" (run {result.run_id}: agent runs show {result.run_id})" if result.run_id else ""
     message = f": {visible(result.message)}" if result.message else ""
     click.echo(f"{name}: {result.status}{message}{run}")
