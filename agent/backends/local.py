@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +101,7 @@ def generate_token_ids(
     seed: int,
     usage: Usage,
     constraint: ToolCallConstraint | None = None,
-) -> Iterator[int]:
+) -> Generator[int, None, None]:
     """Sample token ids one by one until an end-of-turn token or `max_new_tokens`.
 
     The prompt's longest prefix already computed by an earlier call is reused, not recomputed.

@@ -23,6 +23,7 @@ from agent.cli.run import run
 from agent.cli.runs import runs
 from agent.cli.schedule import schedule
 from agent.cli.scheduler import scheduler
+from agent.cli.serve import serve
 from agent.cli.tools import tools
 from agent.errors import AgentError
 from agent.render import visible
@@ -35,7 +36,7 @@ def cli() -> None:
     """A local, tool-calling Qwen3 agent."""
 
 
-for command in (run, chat, runs, schedule, scheduler, doctor, tools, evaluate):
+for command in (run, chat, runs, schedule, scheduler, serve, doctor, tools, evaluate):
     cli.add_command(command)
 
 

@@ -1,0 +1,263 @@
+"""One loaded model serving chat completions, one request at a time, in arrival order.
+
+Requests wait in a bounded queue (a full queue is answered 503 by the app); each runs in a
+worker thread that generates token by token and stops within a token when its client goes.
+The local backend's prefix cache makes a request that shares a prompt prefix with an earlier
+one (a system prompt, tool schemas, the conversation so far) skip that part of the prefill.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.backends.constrained import ToolCallConstraint, grammar_tools
+from agent.backends.local import (
+    THINK_PROMPT_SUFFIX,
+    IncrementalDecoder,
+    Usage,
+    generate_token_ids,
+)
+from agent.backends.local_model import LoadedModel, load_local_model
+from agent.backends.sampling import SamplingParams
+from agent.config import CONTEXT_TOKENS
+from agent.server.stream import Delta, OutputSplitter
+
+log = logging.getLogger("agent")
+
+
+class QueueFull(Exception):
+    """More requests wait than the server takes."""
+
+
+class PromptTooLong(Exception):
+    """The prompt leaves no room in the context window."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one request asks the model for (already checked by the protocol layer)."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    tool_choice: str  # "auto", "none", "required", or a tool's name
+    thinking: bool
+    sampling: SamplingParams
+    max_tokens: int
+    seed: int
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Finish:
+    """The end of a generation: why it stopped, and its token counts."""
+
+    reason: str  # "stop", "length", "tool_calls"
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class ServerStats:
+    """What `/metrics` reports, summed since start."""
+
+    running: int = 0
+    waiting: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    first_token_s: list[float] = field(default_factory=list)
+    repaired_calls: int = 0
+    unparsed_calls: int = 0
+    held_tag_text: int = 0
+
+
+class ModelService:
+    """The model, loaded in the background (`ready` says when), and the request queue."""
+
+    def __init__(self, model: str, queue_limit: int = 16, threads: int | None = None) -> None:
+        self.model_name = model
+        self.queue_limit = queue_limit
+        self.stats = ServerStats()
+        self.loaded: LoadedModel | None = None
+        self.load_error: str | None = None
+        self._turn = threading.Condition()
+        self._tickets: list[int] = []
+        self._next_ticket = 0
+        self._threads = threads
+
+    def load(self) -> None:
+        """Load the model (blocking); errors are kept for `/health`."""
+        try:
+            self.loaded = load_local_model(self.model_name, threads=self._threads)
+        except Exception as exc:  # reported by /health and each request
+            self.load_error = str(exc)
+            log.error("error: %s", exc)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the model is loaded."""
+        return self.loaded is not None
+
+    def waiting_full(self) -> bool:
+        """Whether the queue is full (a new request is answered 503)."""
+        return self.stats.waiting >= self.queue_limit
+
+    def generate(self, generation: Generation, cancel: threading.Event) -> Iterator[Delta | Finish]:
+        """Deltas as the model writes them, then a `Finish`; waits its turn first."""
+        ticket = self._enter()
+        try:
+            yield from self._generate(generation, cancel)
+        finally:
+            self._leave(ticket)
+
+    def _enter(self) -> int:
+        with self._turn:
+            if self.waiting_full():
+                raise QueueFull
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._tickets.append(ticket)
+            self.stats.waiting += 1
+            while self._tickets[0] != ticket:
+                self._turn.wait()
+            self.stats.waiting -= 1
+            self.stats.running += 1
+        return ticket
+
+    def _leave(self, ticket: int) -> None:
+        with self._turn:
+            self._tickets.remove(ticket)
+            self.stats.running -= 1
+            self._turn.notify_all()
+
+    def _prompt_ids(self, generation: Generation) -> tuple[list[int], str]:
+        assert self.loaded is not None
+        tokenizer = self.loaded.tokenizer
+        prompt = str(
+            tokenizer.apply_chat_template(
+                generation.messages,
+                tools=generation.tools or None,
+                tokenize=False,
+                add_generation_prompt=True,
+                enable_thinking=generation.thinking,
+            )
+        )
+        return tokenizer(prompt, add_special_tokens=False)["input_ids"], prompt
+
+    def _generate(
+        self, generation: Generation, cancel: threading.Event
+    ) -> Iterator[Delta | Finish]:
+        assert self.loaded is not None
+        started = time.monotonic()
+        prompt_ids, prompt = self._prompt_ids(generation)
+        room = CONTEXT_TOKENS - len(prompt_ids)
+        if room <= 0:
+            raise PromptTooLong(len(prompt_ids))
+        limit = min(generation.max_tokens, room)
+        usage = Usage()
+        splitter = OutputSplitter(calls=bool(generation.tools))
+        decoder = IncrementalDecoder(self.loaded.tokenizer)
+        opened_think = prompt.endswith(THINK_PROMPT_SUFFIX)
+        tokens = generate_token_ids(
+            self.loaded,
+            prompt_ids,
+            generation.sampling,
+            limit,
+            generation.seed,
+            usage,
+            self._constraint(generation, opened_think),
+        )
+        stops = StopWatch(generation.stop)
+        reason, called, first_delta = "stop", False, True
+        pieces = iter([THINK_PROMPT_SUFFIX] if opened_think else [])
+        try:
+            for piece in _chain(pieces, (decoder.push(token) for token in tokens)):
+                if cancel.is_set():
+                    reason = "cancelled"
+                    break
+                shown = stops.feed(piece) if piece else ""
+                for delta in splitter.feed(shown) if shown else []:
+                    if first_delta:
+                        self.stats.first_token_s.append(time.monotonic() - started)
+                        first_delta = False
+                    called = called or delta.kind == "tool_call"
+                    yield delta
+                if stops.hit:
+                    break
+            else:
+                reason = "length" if usage.completion_tokens >= limit else "stop"
+        finally:
+            tokens.close()
+        for delta in [*splitter.feed(stops.flush()), *splitter.finish()]:
+            called = called or delta.kind == "tool_call"
+            yield delta
+        self._count(splitter, len(prompt_ids), usage)
+        yield Finish(
+            reason="tool_calls" if called and reason == "stop" else reason,
+            prompt_tokens=len(prompt_ids),
+            cached_tokens=usage.reused_prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+        )
+
+    def _count(self, splitter: OutputSplitter, prompt_tokens: int, usage: Usage) -> None:
+        self.stats.requests += 1
+        self.stats.prompt_tokens += prompt_tokens
+        self.stats.completion_tokens += usage.completion_tokens
+        self.stats.cached_tokens += usage.reused_prompt_tokens
+        self.stats.repaired_calls += splitter.repaired_calls
+        self.stats.unparsed_calls += splitter.unparsed_calls
+        self.stats.held_tag_text += splitter.held_tag_text
+
+    def _constraint(self, generation: Generation, thinking: bool) -> ToolCallConstraint | None:
+        if not generation.tools:
+            return None
+        loaded = self.loaded
+        assert loaded is not None
+        tools = grammar_tools(
+            loaded.path, loaded.tokenizer, loaded.engine.vocab_size, loaded.stop_ids
+        )
+        functions = [tool["function"] for tool in generation.tools]
+        choice = generation.tool_choice
+        if choice not in ("auto", "none", "required"):  # a named tool: only it, and required
+            functions = [f for f in functions if f.get("name") == choice]
+            choice = "required"
+        return ToolCallConstraint(tools, functions, choice, thinking)
+
+
+class StopWatch:
+    """Cuts the output at the first stop sequence; text that may be the start of one is held
+    until the next piece decides."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = [stop for stop in stops if stop]
+        self.hit = False
+        self._held = ""
+
+    def feed(self, piece: str) -> str:
+        """What of `piece` (and of what was held) may be shown now."""
+        text, self._held = self._held + piece, ""
+        found = [text.find(stop) for stop in self.stops if stop in text]
+        if found:
+            self.hit = True
+            return text[: min(found)]
+        keep = max((n for stop in self.stops for n in range(1, len(stop))
+                    if text.endswith(stop[:n])), default=0)  # fmt: skip
+        self._held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        """What was held, once the output has ended."""
+        held, self._held = self._held, ""
+        return "" if self.hit else held
+
+
+def _chain(*parts: Iterator[str]) -> Iterator[str]:
+    for part in parts:
+        yield from part
