@@ -85,6 +85,58 @@ class CpuQwen3:
             last = rms_norm(hidden[-1:], self.weights.norm, self.shape.rms_eps)
             return self.weights.lm_head(last)[0].float()
 
+    def forward_batch(self, tokens: list[int], caches: list[KVCache]) -> torch.Tensor:
+        """One next token for each of several sequences, in one pass: the weights are read
+        once for all of them (decode on a CPU is bound by reading them). Logits [len, vocab]."""
+        for cache in caches:
+            cache.reserve(cache.length + 1)
+        starts = [cache.length for cache in caches]
+        with torch.inference_mode():
+            ropes = [self._rope(start, 1) for start in starts]
+            cos = torch.cat([c for c, _ in ropes])  # [batch, 1, head_dim]
+            sin = torch.cat([s for _, s in ropes])
+            hidden = self.weights.embed[torch.tensor(tokens)]
+            for index, layer in enumerate(self.weights.layers):
+                hidden = self._batch_layer(hidden, layer, caches, index, (starts, cos, sin))
+            for cache, token in zip(caches, tokens, strict=True):
+                cache.tokens.append(token)
+            last = rms_norm(hidden, self.weights.norm, self.shape.rms_eps)
+            return self.weights.lm_head(last).float()
+
+    def _batch_layer(
+        self,
+        hidden: torch.Tensor,
+        layer: LayerWeights,
+        caches: list[KVCache],
+        index: int,
+        position: tuple[list[int], torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        shape, eps = self.shape, self.shape.rms_eps
+        starts, cos, sin = position
+        batch = hidden.shape[0]
+        qkv = layer.qkv(rms_norm(hidden, layer.input_norm, eps))
+        q_size, kv_size = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+        q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
+        q = _rotate(rms_norm(q.view(batch, shape.heads, -1), layer.q_norm, eps), cos, sin)
+        k = _rotate(rms_norm(k.view(batch, shape.kv_heads, -1), layer.k_norm, eps), cos, sin)
+        v = v.view(batch, shape.kv_heads, -1)
+        rows = []
+        for row, (cache, start) in enumerate(zip(caches, starts, strict=True)):
+            cache.keys[index, :, start] = k[row]
+            cache.values[index, :, start] = v[row]
+            rows.append(
+                F.scaled_dot_product_attention(
+                    q[row].unsqueeze(1).unsqueeze(0).to(CACHE_DTYPE),
+                    cache.keys[index, :, : start + 1].unsqueeze(0),
+                    cache.values[index, :, : start + 1].unsqueeze(0),
+                    enable_gqa=True,
+                )[0, :, 0]
+            )
+        attended = torch.stack(rows).reshape(batch, q_size).to(DTYPE)
+        hidden = hidden + layer.o(attended)
+        gate, up = layer.gate_up(rms_norm(hidden, layer.post_norm, eps)).chunk(2, dim=-1)
+        return hidden + layer.down(F.silu(gate) * up)
+
     def _rope(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         end = start + count
         if end > self._cos.shape[0]:

@@ -9,7 +9,6 @@ import click
 
 from agent.cli.common import EXIT_OK, setup_logging
 from agent.config import load_settings
-from agent.errors import ConfigError
 
 log = logging.getLogger("agent")
 
@@ -18,14 +17,17 @@ log = logging.getLogger("agent")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--model", help="hub id or local directory (default: the settings')")
+@click.option("--served-model-name", metavar="NAME", help="the model's name for clients")
 @click.option("--api-key", envvar="AGENT_SERVE_API_KEY", help="require this key (Bearer)")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model")
 @click.option("--queue-limit", type=click.IntRange(min=1), default=16, show_default=True,
               help="requests that may wait; more are answered 503")  # fmt: skip
 @click.option("--debug", is_flag=True, help="verbose logs on stderr")
-def serve(host: str, port: int, model: str | None, api_key: str | None, threads: int | None,
-          queue_limit: int, debug: bool) -> int:  # fmt: skip
-    """Serve the model at http://HOST:PORT/v1 (chat completions, models, /health, /metrics)."""
+def serve(host: str, port: int, model: str | None, served_model_name: str | None,
+          api_key: str | None, threads: int | None, queue_limit: int,
+          debug: bool) -> int:  # fmt: skip
+    """Serve the model at http://HOST:PORT/v1 (chat completions, models, /health, /metrics);
+    the model loads in the background (/health says 503 until it is ready)."""
     import uvicorn
 
     from agent.server.app import create_app
@@ -33,10 +35,11 @@ def serve(host: str, port: int, model: str | None, api_key: str | None, threads:
 
     setup_logging(debug)
     settings = load_settings({"model": model} if model else {})
-    if settings.model_server:
-        raise ConfigError("agent serve runs a local model; unset model_server for it")
     service = ModelService(
-        settings.model, queue_limit=queue_limit, threads=threads or settings.threads
+        settings.model,
+        queue_limit=queue_limit,
+        threads=threads or settings.threads,
+        served_name=served_model_name,
     )
     threading.Thread(target=service.load, daemon=True, name="model-load").start()
     log.info("serving %s on http://%s:%d/v1 (loading the model)", settings.model, host, port)

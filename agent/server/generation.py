@@ -1,7 +1,8 @@
-"""One loaded model serving chat completions, one request at a time, in arrival order.
+"""One loaded model serving chat completions to many clients at once.
 
-Requests wait in a bounded queue (a full queue is answered 503 by the app); each runs in a
-worker thread that generates token by token and stops within a token when its client goes.
+Requests wait in a bounded queue (a full queue is answered 503 by the app), in arrival order;
+up to `max_batch` generate at once, each in its own thread, token by token, their decode steps
+batched (agent/server/batching.py); each stops within a token when its client goes.
 The local backend's prefix cache makes a request that shares a prompt prefix with an earlier
 one (a system prompt, tool schemas, the conversation so far) skip that part of the prefill.
 """
@@ -12,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.backends.constrained import ToolCallConstraint, grammar_tools
@@ -25,9 +26,11 @@ from agent.backends.local import (
 from agent.backends.local_model import LoadedModel, load_local_model
 from agent.backends.sampling import SamplingParams
 from agent.config import CONTEXT_TOKENS
+from agent.server.batching import DecodeBatcher
 from agent.server.stream import Delta, OutputSplitter
 
 log = logging.getLogger("agent")
+MAX_BATCH = 8
 
 
 class QueueFull(Exception):
@@ -79,11 +82,22 @@ class ServerStats:
 
 
 class ModelService:
-    """The model, loaded in the background (`ready` says when), and the request queue."""
+    """The model, loaded in the background (`ready` says when), and the request queue: up to
+    `max_batch` requests generate at once (their decode steps batched), the others wait in
+    arrival order."""
 
-    def __init__(self, model: str, queue_limit: int = 16, threads: int | None = None) -> None:
-        self.model_name = model
+    def __init__(
+        self,
+        model: str,
+        queue_limit: int = 16,
+        threads: int | None = None,
+        max_batch: int = MAX_BATCH,
+        served_name: str | None = None,
+    ) -> None:
+        self.model = model
+        self.model_name = served_name or model  # what clients send as `model`
         self.queue_limit = queue_limit
+        self.max_batch = max_batch
         self.stats = ServerStats()
         self.loaded: LoadedModel | None = None
         self.load_error: str | None = None
@@ -95,7 +109,10 @@ class ModelService:
     def load(self) -> None:
         """Load the model (blocking); errors are kept for `/health`."""
         try:
-            self.loaded = load_local_model(self.model_name, threads=self._threads)
+            loaded = load_local_model(self.model, threads=self._threads)
+            if self.max_batch > 1 and hasattr(loaded.engine, "forward_batch"):
+                loaded = replace(loaded, engine=DecodeBatcher(loaded.engine))
+            self.loaded = loaded
         except Exception as exc:  # reported by /health and each request
             self.load_error = str(exc)
             log.error("error: %s", exc)
@@ -125,7 +142,7 @@ class ModelService:
             self._next_ticket += 1
             self._tickets.append(ticket)
             self.stats.waiting += 1
-            while self._tickets[0] != ticket:
+            while self._tickets.index(ticket) >= self.max_batch:
                 self._turn.wait()
             self.stats.waiting -= 1
             self.stats.running += 1
