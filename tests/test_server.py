@@ -314,3 +314,21 @@ def test_health_says_503_while_the_model_loads() -> None:
         reply = test_client.post("/v1/chat/completions", json={"messages": []})
         assert reply.status_code == 503 and reply.headers["Retry-After"]
         assert "loading" in reply.json()["error"]["message"]
+
+
+def test_response_format_makes_the_answer_json_of_the_schema(server: str) -> None:
+    properties = {"city": {"type": "string"}, "hour": {"type": "integer"}}
+    schema = {"type": "object", "properties": properties, "required": ["city", "hour"],
+              "additionalProperties": False}  # fmt: skip
+    messages = [{"role": "user", "content": "What time is it in Tokyo?"}]
+    strict = ask(server, False, messages=messages, extra_body=NO_THINK, max_tokens=200,
+                 response_format={"type": "json_schema",
+                                  "json_schema": {"name": "when", "schema": schema}})  # fmt: skip
+    answer = json.loads(strict["content"])
+    assert set(answer) == {"city", "hour"} and isinstance(answer["hour"], int)
+    thinking = ask(server, False, messages=messages, max_tokens=400,
+                   response_format={"type": "json_object"})  # fmt: skip
+    assert isinstance(json.loads(thinking["content"]), dict)
+    both = {"messages": messages, "tools": [TIME_TOOL], "response_format": {"type": "json_object"}}
+    got, error = _post(server, json.dumps(both).encode())
+    assert got == 400 and "tool_choice none" in error["error"]["message"]

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -218,6 +218,19 @@ class _StringState:
                 self.in_string = not self.in_string
 
 
+class OutputConstraint(Protocol):
+    """What generation asks of a grammar over its output (tool calls, or a JSON answer)."""
+
+    @property
+    def active(self) -> bool: ...
+
+    def allowed(self, finishing: bool = False, wrap_up: bool = False) -> torch.Tensor | None: ...
+
+    def forced(self) -> list[int]: ...
+
+    def advance(self, token: int) -> None: ...
+
+
 class ToolCallConstraint:
     """Follows one model call token by token and says which tokens may come next."""
 
@@ -302,3 +315,40 @@ class ToolCallConstraint:
                 self._start(self._required)
         elif token == ids.call_open and not self.in_think and self._body and self.choice != NONE:
             self._start(self._body)
+
+
+class JsonOutputConstraint:
+    """`response_format` json_object / json_schema: the answer (after any thinking) is one JSON
+    value matching `schema`, then the turn ends. Duck-typed like `ToolCallConstraint`."""
+
+    def __init__(self, tools: GrammarTools, schema: dict[str, Any], thinking: bool) -> None:
+        self.tools = tools
+        self.in_think = thinking
+        body = json.dumps(schema, ensure_ascii=False)
+        self._grammar = f"start: /[ \\n]*/ answer\nanswer: %json {body}"
+        self.matcher: Any = None
+        if not thinking:
+            self.matcher = tools.matcher(self._grammar)
+
+    @property
+    def active(self) -> bool:
+        """Whether the grammar is constraining the output now."""
+        return self.matcher is not None
+
+    def allowed(self, finishing: bool = False, wrap_up: bool = False) -> torch.Tensor | None:
+        """The tokens the JSON may continue with (any token while thinking)."""
+        return None if self.matcher is None else _allowed(self.matcher, self.tools.vocab_size)
+
+    def forced(self) -> list[int]:
+        """Tokens the grammar allows as the only continuation."""
+        return [] if self.matcher is None else list(self.matcher.compute_ff_tokens())
+
+    def advance(self, token: int) -> None:
+        """Take `token` as the output's next token."""
+        if self.matcher is not None:
+            if not self.matcher.consume_token(token):
+                log.warning("response_format grammar: %s", self.matcher.get_error())
+                self.matcher = None
+        elif token == self.tools.ids.think_close and self.in_think:
+            self.in_think = False
+            self.matcher = self.tools.matcher(self._grammar)

@@ -20,7 +20,7 @@ from qwen_agent.llm.base import register_llm
 from qwen_agent.llm.function_calling import BaseFnCallModel
 from qwen_agent.llm.schema import ASSISTANT, Message
 
-from agent.backends.constrained import ToolCallConstraint, grammar_tools
+from agent.backends.constrained import OutputConstraint, ToolCallConstraint, grammar_tools
 from agent.backends.local_model import LoadedModel, load_local_model
 from agent.backends.sampling import SamplingParams, sample_next_token
 from agent.backends.tool_choice import AUTO, TOOL_CHOICE_KEY
@@ -100,7 +100,7 @@ def generate_token_ids(
     max_new_tokens: int,
     seed: int,
     usage: Usage,
-    constraint: ToolCallConstraint | None = None,
+    constraint: OutputConstraint | None = None,
 ) -> Generator[int, None, None]:
     """Sample token ids one by one until an end-of-turn token or `max_new_tokens`.
 
@@ -150,7 +150,7 @@ def _next_tokens(
     params: SamplingParams,
     seen: torch.Tensor,
     generator: torch.Generator,
-    constraint: ToolCallConstraint | None,
+    constraint: OutputConstraint | None,
     budget: tuple[int, int],
     usage: Usage,
 ) -> tuple[list[int], bool]:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agent.backends.constrained import ToolCallConstraint, grammar_tools
+from agent.backends.constrained import JsonOutputConstraint, ToolCallConstraint, grammar_tools
 from agent.backends.local import (
     THINK_PROMPT_SUFFIX,
     IncrementalDecoder,
@@ -53,6 +53,7 @@ class Generation:
     max_tokens: int
     seed: int
     stop: tuple[str, ...] = ()
+    json_schema: dict[str, Any] | None = None  # response_format: the answer is this JSON
 
 
 @dataclass
@@ -232,14 +233,19 @@ class ModelService:
         self.stats.unparsed_calls += splitter.unparsed_calls
         self.stats.held_tag_text += splitter.held_tag_text
 
-    def _constraint(self, generation: Generation, thinking: bool) -> ToolCallConstraint | None:
-        if not generation.tools:
+    def _constraint(
+        self, generation: Generation, thinking: bool
+    ) -> ToolCallConstraint | JsonOutputConstraint | None:
+        if not generation.tools and generation.json_schema is None:
             return None
         loaded = self.loaded
         assert loaded is not None
         tools = grammar_tools(
             loaded.path, loaded.tokenizer, loaded.engine.vocab_size, loaded.stop_ids
         )
+        if generation.json_schema is not None:
+            return JsonOutputConstraint(tools, generation.json_schema, thinking)
+        assert generation.tools is not None
         functions = [tool["function"] for tool in generation.tools]
         choice = generation.tool_choice
         if choice not in ("auto", "none", "required"):  # a named tool: only it, and required

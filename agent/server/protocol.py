@@ -158,6 +158,24 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     return tuple(stops)
 
 
+def _response_schema(response_format: Any) -> dict[str, Any] | None:
+    """The JSON schema `response_format` asks the answer to follow (None: free text)."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    schema = (
+        (response_format.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
+    )
+    if not isinstance(schema, dict):
+        message = "response_format must be text, json_object, or json_schema with a schema"
+        raise RequestError(400, message, "response_format")
+    return schema
+
+
 def parse_request(body: Any, served: str, limits: Limits) -> tuple[Generation, bool, bool]:
     """The generation a request asks for, whether to stream, and whether to add usage."""
     if not isinstance(body, dict):
@@ -179,6 +197,11 @@ def parse_request(body: Any, served: str, limits: Limits) -> tuple[Generation, b
             400, "frequency_penalty is not supported; use presence_penalty", "frequency_penalty"
         )
     tools = _tools(body)
+    choice = _tool_choice(body, tools)
+    json_schema = _response_schema(body.get("response_format"))
+    if json_schema is not None and tools and choice != "none":
+        message = "response_format with tools: give tool_choice none, or leave one of them out"
+        raise RequestError(400, message, "response_format")
     thinking = _thinking(body)
     preset = THINKING_PRESET if thinking else NON_THINKING_PRESET
     temperature = _number(body, "temperature", 0, 2)
@@ -203,12 +226,13 @@ def parse_request(body: Any, served: str, limits: Limits) -> tuple[Generation, b
     generation = Generation(
         messages=_messages(body, limits),
         tools=tools,
-        tool_choice=_tool_choice(body, tools),
+        tool_choice=choice,
         thinking=thinking,
         sampling=sampling,
         max_tokens=max_tokens or limits.max_tokens,
         seed=seed if seed is not None else uuid.uuid4().int % (1 << 31),
         stop=_stop(body),
+        json_schema=json_schema,
     )
     return generation, stream, bool(isinstance(options, dict) and options.get("include_usage"))
 
