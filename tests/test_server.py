@@ -317,18 +317,23 @@ def test_health_says_503_while_the_model_loads() -> None:
 
 
 def test_response_format_makes_the_answer_json_of_the_schema(server: str) -> None:
-    properties = {"city": {"type": "string"}, "hour": {"type": "integer"}}
+    properties = {"city": {"enum": ["Tokyo", "Paris", "Lima"]},
+                  "hour": {"type": "integer", "minimum": 0, "maximum": 23}}  # fmt: skip
     schema = {"type": "object", "properties": properties, "required": ["city", "hour"],
               "additionalProperties": False}  # fmt: skip
+    strict = {"type": "json_schema", "json_schema": {"name": "when", "schema": schema}}
     messages = [{"role": "user", "content": "What time is it in Tokyo?"}]
-    strict = ask(server, False, messages=messages, extra_body=NO_THINK, max_tokens=200,
-                 response_format={"type": "json_schema",
-                                  "json_schema": {"name": "when", "schema": schema}})  # fmt: skip
-    answer = json.loads(strict["content"])
-    assert set(answer) == {"city", "hour"} and isinstance(answer["hour"], int)
-    thinking = ask(server, False, messages=messages, max_tokens=400,
-                   response_format={"type": "json_object"})  # fmt: skip
-    assert isinstance(json.loads(thinking["content"]), dict)
+    for extra in (NO_THINK, {}):  # thinking off, then on: the JSON comes after the thinking
+        reply = ask(server, False, messages=messages, extra_body=extra, max_tokens=600,
+                    response_format=strict)  # fmt: skip
+        answer = json.loads(reply["content"])
+        assert set(answer) == {"city", "hour"} and 0 <= answer["hour"] <= 23, reply
+        assert answer["city"] in ("Tokyo", "Paris", "Lima") and reply["finish"] == "stop"
+    free = ask(server, False, messages=messages, extra_body=NO_THINK, max_tokens=64,
+               response_format={"type": "json_object"})  # fmt: skip
+    assert free["content"].startswith("{")
+    if free["finish"] == "stop":
+        assert isinstance(json.loads(free["content"]), dict)
     both = {"messages": messages, "tools": [TIME_TOOL], "response_format": {"type": "json_object"}}
     got, error = _post(server, json.dumps(both).encode())
     assert got == 400 and "tool_choice none" in error["error"]["message"]

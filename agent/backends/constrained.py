@@ -319,12 +319,13 @@ class ToolCallConstraint:
 
 class JsonOutputConstraint:
     """`response_format` json_object / json_schema: the answer (after any thinking) is one JSON
-    value matching `schema`, then the turn ends. Duck-typed like `ToolCallConstraint`."""
+    value matching `schema`, written compactly (no free whitespace for a small model to loop
+    in), then the turn ends."""
 
     def __init__(self, tools: GrammarTools, schema: dict[str, Any], thinking: bool) -> None:
         self.tools = tools
         self.in_think = thinking
-        body = json.dumps(schema, ensure_ascii=False)
+        body = json.dumps({**schema, "x-guidance": JSON_STYLE}, ensure_ascii=False)
         self._grammar = f"start: /[ \\n]*/ answer\nanswer: %json {body}"
         self.matcher: Any = None
         if not thinking:

@@ -188,10 +188,6 @@ def parse_request(body: Any, served: str, limits: Limits) -> tuple[Generation, b
         )
     if body.get("n", 1) != 1:
         raise RequestError(400, "n must be 1: this server returns one choice", "n")
-    if body.get("response_format") not in (None, {"type": "text"}):
-        raise RequestError(
-            400, "response_format is not supported by this server yet", "response_format"
-        )
     if _number(body, "frequency_penalty", -2, 2):
         raise RequestError(
             400, "frequency_penalty is not supported; use presence_penalty", "frequency_penalty"
