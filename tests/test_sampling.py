@@ -55,3 +55,15 @@ def test_presence_penalty_moves_away_from_tokens_already_generated() -> None:
     assert pick(logits, greedy, seen) == 1
     seen[1] = True
     assert pick(logits, greedy, seen) == 2
+
+
+def test_frequency_penalty_grows_with_each_repeat() -> None:
+    greedy = SamplingParams(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, frequency_penalty=1.0)
+    logits = [0.0, 5.0, 3.5, 0.0]
+    counts = torch.zeros(4)
+    counts[1] = 1  # once: 5 - 1 = 4 still beats 3.5
+    assert pick(logits, greedy, counts) == 1
+    counts[1] = 2  # twice: 5 - 2 = 3 loses to 3.5
+    assert pick(logits, greedy, counts) == 2
+    presence = SamplingParams(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, presence_penalty=1.0)
+    assert pick(logits, presence, counts) == 1  # presence counts a token once, however often

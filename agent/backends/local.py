@@ -110,7 +110,7 @@ def generate_token_ids(
     """
     engine = loaded.engine
     generator = torch.Generator().manual_seed(seed)
-    seen = torch.zeros(engine.vocab_size, dtype=torch.bool)
+    seen = torch.zeros(engine.vocab_size, dtype=torch.float32)  # times each token came
     started = time.monotonic()
     cache = engine.checkout(prompt_ids)
     finish_window = min(FINISH_MARGIN, max_new_tokens // 3)
@@ -134,7 +134,7 @@ def generate_token_ids(
                     usage.constrained_tokens += len(step)
                     usage.forced_tokens += len(step) - 1
                 for token in step:
-                    seen[token] = True
+                    seen[token] += 1
                     yield token
                 produced += len(step)
                 usage.completion_tokens += len(step)

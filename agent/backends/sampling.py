@@ -16,6 +16,7 @@ class SamplingParams:
     top_k: int
     min_p: float
     presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
 
 def sample_next_token(
@@ -25,10 +26,12 @@ def sample_next_token(
     generator: torch.Generator,
 ) -> int:
     """Pick the next token id from 1-D `logits` (-inf for tokens that may not come); `seen`
-    marks tokens already generated."""
+    counts how often each token was generated already (a boolean mask counts once)."""
     logits = logits.float()
     if params.presence_penalty:
-        logits = logits - params.presence_penalty * seen.float()
+        logits = logits - params.presence_penalty * (seen > 0).float()
+    if params.frequency_penalty:
+        logits = logits - params.frequency_penalty * seen.float()
     if params.temperature <= 0:
         return int(torch.argmax(logits))
     candidates = torch.arange(logits.numel())

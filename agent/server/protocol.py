@@ -188,10 +188,6 @@ def parse_request(body: Any, served: str, limits: Limits) -> tuple[Generation, b
         )
     if body.get("n", 1) != 1:
         raise RequestError(400, "n must be 1: this server returns one choice", "n")
-    if _number(body, "frequency_penalty", -2, 2):
-        raise RequestError(
-            400, "frequency_penalty is not supported; use presence_penalty", "frequency_penalty"
-        )
     tools = _tools(body)
     choice = _tool_choice(body, tools)
     json_schema = _response_schema(body.get("response_format"))
@@ -209,7 +205,8 @@ def parse_request(body: Any, served: str, limits: Limits) -> tuple[Generation, b
         top_p=top_p or preset.top_p,
         top_k=preset.top_k if top_k is None else max(top_k, 0),
         min_p=preset.min_p if min_p is None else min_p,
-        presence_penalty=_number(body, "presence_penalty", 0, 2) or 0.0,
+        presence_penalty=_number(body, "presence_penalty", -2, 2) or 0.0,
+        frequency_penalty=_number(body, "frequency_penalty", -2, 2) or 0.0,
     )
     max_tokens = _integer(body, "max_completion_tokens", 1, limits.max_tokens)
     if max_tokens is None:
