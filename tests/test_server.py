@@ -267,8 +267,12 @@ def test_eight_concurrent_clients_all_get_complete_answers(server: str) -> None:
 
 
 def test_metrics_name_what_a_peer_server_lacks(server: str) -> None:
+    # Every call so far was made under the grammar: none had arguments its schema refuses.
+    assert _metric(server, "agent_tool_arguments_refused_total") == 0
+    assert _metric(server, "agent_requests_total") > 0
     for name in ("agent_requests_waiting", "agent_prefix_cache_hit_tokens_total",
                  "agent_tool_calls_repaired_total", "agent_tag_text_held_total",
+                 "agent_tool_calls_unparsed_total",
                  "agent_time_to_first_token_seconds_count"):  # fmt: skip
         assert _metric(server, name) >= 0
 
@@ -337,3 +341,16 @@ def test_response_format_makes_the_answer_json_of_the_schema(server: str) -> Non
     both = {"messages": messages, "tools": [TIME_TOOL], "response_format": {"type": "json_object"}}
     got, error = _post(server, json.dumps(both).encode())
     assert got == 400 and "tool_choice none" in error["error"]["message"]
+
+
+def test_a_full_queue_is_answered_503_with_retry_after(tiny_trained_gptq: Path) -> None:
+    from starlette.testclient import TestClient
+
+    service = ModelService(str(tiny_trained_gptq), queue_limit=0)
+    service.load()
+    with TestClient(create_app(service)) as test_client:
+        reply = test_client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]}
+        )
+        assert reply.status_code == 503 and reply.headers["Retry-After"] == "2"
+        assert "busy" in reply.json()["error"]["message"]

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from typing import Any
 
 from agent.backends.constrained import JsonOutputConstraint, ToolCallConstraint, grammar_tools
@@ -26,6 +27,7 @@ from agent.backends.local import (
 from agent.backends.local_model import LoadedModel, load_local_model
 from agent.backends.sampling import SamplingParams
 from agent.config import CONTEXT_TOKENS
+from agent.loop.call_checks import check_call
 from agent.server.batching import DecodeBatcher
 from agent.server.stream import Delta, OutputSplitter
 
@@ -79,6 +81,7 @@ class ServerStats:
     first_token_s: list[float] = field(default_factory=list)
     repaired_calls: int = 0
     unparsed_calls: int = 0
+    refused_arguments: int = 0  # calls whose arguments their tool's schema refuses
     held_tag_text: int = 0
 
 
@@ -193,10 +196,11 @@ class ModelService:
             self._constraint(generation, opened_think),
         )
         stops = StopWatch(generation.stop)
-        reason, called, first_delta = "stop", False, True
+        reason, first_delta = "stop", True
+        calls: dict[int, list[str]] = {}  # index: [name, arguments so far]
         pieces = iter([THINK_PROMPT_SUFFIX] if opened_think else [])
         try:
-            for piece in _chain(pieces, (decoder.push(token) for token in tokens)):
+            for piece in chain(pieces, (decoder.push(token) for token in tokens)):
                 if cancel.is_set():
                     reason = "cancelled"
                     break
@@ -205,7 +209,7 @@ class ModelService:
                     if first_delta:
                         self.stats.first_token_s.append(time.monotonic() - started)
                         first_delta = False
-                    called = called or delta.kind == "tool_call"
+                    _collect(calls, delta)
                     yield delta
                 if stops.hit:
                     break
@@ -214,11 +218,12 @@ class ModelService:
         finally:
             tokens.close()
         for delta in [*splitter.feed(stops.flush()), *splitter.finish()]:
-            called = called or delta.kind == "tool_call"
+            _collect(calls, delta)
             yield delta
         self._count(splitter, len(prompt_ids), usage)
+        self.stats.refused_arguments += _refused(calls, generation.tools or [])
         yield Finish(
-            reason="tool_calls" if called and reason == "stop" else reason,
+            reason="tool_calls" if calls and reason == "stop" else reason,
             prompt_tokens=len(prompt_ids),
             cached_tokens=usage.reused_prompt_tokens,
             completion_tokens=usage.completion_tokens,
@@ -254,6 +259,21 @@ class ModelService:
         return ToolCallConstraint(tools, functions, choice, thinking)
 
 
+def _collect(calls: dict[int, list[str]], delta: Delta) -> None:
+    if delta.kind == "tool_call":
+        call = calls.setdefault(delta.index, [delta.name or "", ""])
+        call[1] += delta.text
+
+
+def _refused(calls: dict[int, list[str]], tools: list[dict[str, Any]]) -> int:
+    """How many of the calls name no tool offered, or have arguments its schema refuses."""
+    schemas = {t["function"]["name"]: t["function"].get("parameters") or {} for t in tools}
+    return sum(
+        name not in schemas or check_call(name, arguments, schemas[name]).arguments is None
+        for name, arguments in calls.values()
+    )
+
+
 class StopWatch:
     """Cuts the output at the first stop sequence; text that may be the start of one is held
     until the next piece decides."""
@@ -279,8 +299,3 @@ class StopWatch:
         """What was held, once the output has ended."""
         held, self._held = self._held, ""
         return "" if self.hit else held
-
-
-def _chain(*parts: Iterator[str]) -> Iterator[str]:
-    for part in parts:
-        yield from part

@@ -2,7 +2,8 @@
 
 Beside the usual (requests running and waiting, tokens in and out, time to first token,
 prompt tokens served from the prefix cache) it counts what no peer server does: tool calls
-that needed repair, call bodies nothing could parse, and partial tags held back at a chunk
+that needed repair, call bodies nothing could parse, calls whose arguments their tool's
+schema refuses (the grammar keeps this at zero locally), and partial tags held back at a chunk
 boundary (text that would have leaked into `content` on a naive streamer).
 """
 
@@ -35,6 +36,8 @@ class _StatsCollector(Collector):
              s.repaired_calls),
             ("agent_tool_calls_unparsed", "tool call bodies nothing could parse (dropped)",
              s.unparsed_calls),
+            ("agent_tool_arguments_refused", "tool calls whose arguments the schema refuses",
+             s.refused_arguments),
             ("agent_tag_text_held", "partial tags held back instead of leaking into content",
              s.held_tag_text),
         )  # fmt: skip
