@@ -5,6 +5,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from qwen_agent.llm.schema import Message
@@ -151,3 +152,29 @@ def test_ctrl_c_stops_generation_and_exits_130(tiny_gptq: Path, tmp_path: Path) 
         assert proc.wait(timeout=30) == 130
     assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "cancelled"
     assert events[-1]["usage"]["completion_tokens"] < 200
+
+
+class _CountingTokenizer:
+    """The real tokenizer, recording how many ids each decode call gets."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.sizes: list[int] = []
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return self.tokenizer.convert_tokens_to_ids(token)
+
+    def decode(self, ids: list[int], **kwargs: Any) -> str:
+        self.sizes.append(len(ids))
+        return self.tokenizer.decode(ids, **kwargs)
+
+
+def test_streamed_text_is_decoded_in_constant_work_per_token(qwen3_tokenizer: Any) -> None:
+    from agent.backends.local import IncrementalDecoder
+
+    text = "Tokyo 東京 🚀 <think>\nhmm\n</think>\n\n" + "The time is 12:00, as ever. " * 200
+    ids = qwen3_tokenizer(text, add_special_tokens=False)["input_ids"]
+    counting = _CountingTokenizer(qwen3_tokenizer)
+    decoder = IncrementalDecoder(counting)
+    assert "".join(decoder.push(token) for token in ids) == text
+    assert len(ids) > 1000 and max(counting.sizes) <= 8  # a window, never the whole answer

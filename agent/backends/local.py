@@ -66,31 +66,38 @@ TAGS = ("<tool_call>", "</tool_call>", "<think>", "</think>")
 class IncrementalDecoder:
     """Turns token ids into text pieces, holding back incomplete UTF-8 sequences.
 
-    Special tokens are dropped, except the tool-call and think tags: the official Qwen3
-    tokenizer does not mark them special, but some re-exports do, and the tool loop needs them.
+    Each token costs the same: only a short window of the latest tokens is decoded (the text
+    before them is final), not the whole answer again. Special tokens are dropped, except the
+    tool-call and think tags: the official Qwen3 tokenizer does not mark them special, but
+    some re-exports do, and the tool loop needs them.
     """
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
         self._tags = {tokenizer.convert_tokens_to_ids(tag): tag for tag in TAGS}
-        self._done = ""  # the text up to the last tag
-        self._ids: list[int] = []  # the tokens after it
-        self._text = ""
+        self._ids: list[int] = []  # the tokens since the last tag
+        self._prefix = 0  # self._ids[_prefix:_read] were decoded into text already shown
+        self._read = 0
 
     def push(self, token_id: int) -> str:
+        """The text `token_id` adds ("" while a character is incomplete)."""
         if token_id in self._tags:
-            self._done += self._decoded() + self._tags[token_id]
-            self._ids = []
-        else:
-            self._ids.append(token_id)
-        text = self._done + self._decoded()
+            rest = self._decoded(self._ids[self._prefix :])[len(self._shown_window()) :]
+            self._ids, self._prefix, self._read = [], 0, 0
+            return rest + self._tags[token_id]
+        self._ids.append(token_id)
+        shown = self._shown_window()
+        text = self._decoded(self._ids[self._prefix :])
         if text.endswith("\ufffd"):
             return ""
-        piece, self._text = text[len(self._text) :], text
-        return piece
+        self._prefix, self._read = self._read, len(self._ids)
+        return text[len(shown) :]
 
-    def _decoded(self) -> str:
-        return str(self._tokenizer.decode(self._ids, skip_special_tokens=True))
+    def _shown_window(self) -> str:
+        return self._decoded(self._ids[self._prefix : self._read])
+
+    def _decoded(self, ids: list[int]) -> str:
+        return str(self._tokenizer.decode(ids, skip_special_tokens=True))
 
 
 def generate_token_ids(
