@@ -41,11 +41,12 @@ def create_app(
     """The server's app over `service` (which loads its model in the background)."""
     limits = limits or Limits()
 
-    def authorized(request: Request) -> bool:
-        if api_key is None:
-            return True
+    def refusal(request: Request) -> Response | None:
+        """401 unless the request carries the API key (when there is one)."""
         given = request.headers.get("authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode())
+        if api_key is None or hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+            return None
+        return _error(401, NO_KEY, "authentication_error")
 
     async def health(request: Request) -> Response:
         if service.load_error:
@@ -55,12 +56,8 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def models(request: Request) -> Response:
-        if not authorized(request):
-            return _error(
-                401,
-                "a valid API key is required (Authorization: Bearer KEY)",
-                "authentication_error",
-            )
+        if refused := refusal(request):
+            return refused
         card = {"id": service.model_name, "object": "model", "created": 0, "owned_by": "agent"}
         return JSONResponse({"object": "list", "data": [card]})
 
@@ -68,12 +65,8 @@ def create_app(
         return Response(metrics_text(service.stats), media_type="text/plain; version=0.0.4")
 
     async def completions(request: Request) -> Response:
-        if not authorized(request):
-            return _error(
-                401,
-                "a valid API key is required (Authorization: Bearer KEY)",
-                "authentication_error",
-            )
+        if refused := refusal(request):
+            return refused
         if not service.ready:
             reason = service.load_error or "the model is still loading"
             return _error(503, reason, "server_error", {"Retry-After": str(RETRY_AFTER_S)})

@@ -220,8 +220,10 @@ class ModelService:
         for delta in [*splitter.feed(stops.flush()), *splitter.finish()]:
             _collect(calls, delta)
             yield delta
-        self._count(splitter, len(prompt_ids), usage)
-        self.stats.refused_arguments += _refused(calls, generation.tools or [])
+        refused = _refused(calls, generation.tools or [])
+        with self._turn:  # several requests finish at once when batched
+            self._add_counts(splitter, len(prompt_ids), usage)
+            self.stats.refused_arguments += refused
         yield Finish(
             reason="tool_calls" if calls and reason == "stop" else reason,
             prompt_tokens=len(prompt_ids),
@@ -229,7 +231,7 @@ class ModelService:
             completion_tokens=usage.completion_tokens,
         )
 
-    def _count(self, splitter: OutputSplitter, prompt_tokens: int, usage: Usage) -> None:
+    def _add_counts(self, splitter: OutputSplitter, prompt_tokens: int, usage: Usage) -> None:
         self.stats.requests += 1
         self.stats.prompt_tokens += prompt_tokens
         self.stats.completion_tokens += usage.completion_tokens
