@@ -28,6 +28,7 @@ from agent.paths import config_file, history_file, project_root
 
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B-GPTQ-Int8"
 DEFAULT_KV_CACHE_MB = 1024
+DEFAULT_DISK_CACHE_MB = 1024
 CONTEXT_TOKENS = 32_768  # Qwen3-0.6B's context window
 ENGINES = ("auto", "native", "transformers")
 SANDBOXES = ("auto", "bubblewrap", "landlock")
@@ -166,6 +167,15 @@ class Settings:
         group="model",
         env=True,
         bounds=Bounds(low=0, note="0: no reuse"),
+    )
+    disk_cache_mb: int = setting(
+        DEFAULT_DISK_CACHE_MB,
+        "disk for reusing the system prompt and tools' prefix across processes (default "
+        "1024; 0: off)",
+        flag=True,
+        group="model",
+        env=True,
+        bounds=Bounds(low=0, note="0: off"),
     )
     thinking: bool = setting(
         False,

@@ -157,7 +157,7 @@ def test_prefix_cache_keeps_the_most_recent_under_its_budget() -> None:
 
 def test_chat_turns_reuse_the_conversation_so_far(tiny_trained_gptq: Path) -> None:
     cfg = {"model": str(tiny_trained_gptq), "model_type": "agent_local", "device": "cpu"}
-    llm = LocalQwen({**cfg, "generate_cfg": {}})
+    llm = LocalQwen({**cfg, "disk_cache_mb": 0, "generate_cfg": {}})  # in-process reuse only
     llm.loaded.engine.prefix_cache.clear()
     settings = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 8}
     turn = [Message("system", "You are a helpful assistant."), Message("user", "Hello")]

@@ -22,6 +22,7 @@ class KVCache:
         self.keys = torch.empty(layers, kv_heads, capacity, head_dim, dtype=dtype)
         self.values = torch.empty_like(self.keys)
         self.tokens: list[int] = []
+        self.unsaved_prefix = 0  # leading positions to keep on disk when the call ends
 
     @property
     def length(self) -> int:
@@ -115,11 +116,7 @@ class PrefixCache(Generic[C]):
         At least the prompt's last token is always left to compute (its logits are needed).
         """
         with self._lock:
-            best_key, best = None, 0
-            for key, cache in self._caches.items():
-                shared = min(common_prefix(cache.tokens, prompt), len(prompt) - 1)
-                if shared > best:
-                    best_key, best = key, shared
+            best_key, best = self._best(prompt)
             if best_key is None:
                 return new_cache()
             cache = self._caches[best_key]
@@ -129,6 +126,19 @@ class PrefixCache(Generic[C]):
                 cache.truncate(best)
                 return cache
             return cache.fork(best, room)
+
+    def longest_prefix(self, prompt: list[int]) -> int:
+        """How many of `prompt`'s tokens `checkout` would hand over already computed."""
+        with self._lock:
+            return self._best(prompt)[1]
+
+    def _best(self, prompt: list[int]) -> tuple[int | None, int]:
+        best_key, best = None, 0
+        for key, cache in self._caches.items():
+            shared = min(common_prefix(cache.tokens, prompt), len(prompt) - 1)
+            if shared > best:
+                best_key, best = key, shared
+        return best_key, best
 
     def checkin(self, cache: C) -> None:
         """Keep `cache` as the most recent, dropping the least recent beyond the budget."""

@@ -24,7 +24,7 @@ from agent.backends.constrained import OutputConstraint, ToolCallConstraint, gra
 from agent.backends.local_model import LoadedModel, load_local_model
 from agent.backends.sampling import SamplingParams, sample_next_token
 from agent.backends.tool_choice import AUTO, TOOL_CHOICE_KEY
-from agent.config import CONTEXT_TOKENS, DEFAULT_KV_CACHE_MB
+from agent.config import CONTEXT_TOKENS, DEFAULT_DISK_CACHE_MB, DEFAULT_KV_CACHE_MB
 from agent.errors import GenerationError
 
 log = logging.getLogger("agent")
@@ -111,7 +111,8 @@ def generate_token_ids(
 ) -> Generator[int, None, None]:
     """Sample token ids one by one until an end-of-turn token or `max_new_tokens`.
 
-    The prompt's longest prefix already computed by an earlier call is reused, not recomputed.
+    The prompt's longest prefix already computed by an earlier call is reused, not recomputed
+    (its part before the first user turn also from an earlier process, where the engine can).
     With a `constraint`, tool calls follow their grammar; tokens it forces are fed in one
     forward pass, and a call still open near `max_new_tokens` is steered to its end.
     """
@@ -119,7 +120,7 @@ def generate_token_ids(
     generator = torch.Generator().manual_seed(seed)
     seen = torch.zeros(engine.vocab_size, dtype=torch.float32)  # times each token came
     started = time.monotonic()
-    cache = engine.checkout(prompt_ids)
+    cache = engine.checkout(prompt_ids, loaded.stable_prefix(prompt_ids))
     finish_window = min(FINISH_MARGIN, max_new_tokens // 3)
     try:
         usage.reused_prompt_tokens += cache.length
@@ -196,7 +197,7 @@ def render_prompt(tokenizer: Any, messages: list[Message], thinking: bool) -> st
 @register_llm("agent_local")
 class LocalQwen(BaseFnCallModel):
     """Qwen-Agent LLM running a local checkpoint; cfg keys: model, device, threads, engine,
-    kv_cache_mb, thinking."""
+    kv_cache_mb, disk_cache_mb, thinking."""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
@@ -206,6 +207,7 @@ class LocalQwen(BaseFnCallModel):
             cfg.get("threads"),
             cfg.get("engine", "auto"),
             cfg.get("kv_cache_mb", DEFAULT_KV_CACHE_MB),
+            cfg.get("disk_cache_mb", DEFAULT_DISK_CACHE_MB),
         )
         self.thinking = bool(cfg.get("thinking", False))
         self.constrain = bool(cfg.get("constrain", True))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.backends.checkpoint import check_model_dir, quantization_config, read_config
-from agent.config import DEFAULT_KV_CACHE_MB, ENGINES
+from agent.config import DEFAULT_DISK_CACHE_MB, DEFAULT_KV_CACHE_MB, ENGINES
 from agent.errors import ModelLoadError
 from agent.paths import cache_dir
 
@@ -37,7 +37,7 @@ class Engine(Protocol):
 
     vocab_size: int
 
-    def checkout(self, prompt: list[int]) -> Any: ...
+    def checkout(self, prompt: list[int], stable: int = 0) -> Any: ...
 
     def checkin(self, cache: Any) -> None: ...
 
@@ -57,6 +57,21 @@ class LoadedModel:
     quantization: str
     kernel: str
     load_s: float
+    user_turn: tuple[int, ...] = ()  # the tokens that open a user turn: the stable part ends
+
+    def stable_prefix(self, prompt: list[int]) -> int:
+        """How many leading tokens of `prompt` come before its first user turn (the system
+        prompt and tool schemas, the same from run to run); 0 when it has none."""
+        if not self.user_turn:
+            return 0
+        start, width = -1, len(self.user_turn)
+        while True:
+            try:
+                start = prompt.index(self.user_turn[0], start + 1)
+            except ValueError:
+                return 0
+            if tuple(prompt[start : start + width]) == self.user_turn:
+                return start
 
 
 _LOADED: dict[tuple[str, str, str], LoadedModel] = {}
@@ -157,10 +172,12 @@ def load_local_model(
     threads: int | None = None,
     engine: str = "auto",
     kv_cache_mb: int = DEFAULT_KV_CACHE_MB,
+    disk_cache_mb: int = DEFAULT_DISK_CACHE_MB,
 ) -> LoadedModel:
     """Load `model` (hub id or directory) once per process; later calls reuse it.
 
-    `kv_cache_mb` bounds the memory kept for reusing prompt prefixes across calls.
+    `kv_cache_mb` bounds the memory kept for reusing prompt prefixes across calls,
+    `disk_cache_mb` the disk kept for reusing their stable part across processes.
     """
     import torch
 
@@ -179,7 +196,7 @@ def load_local_model(
     cache_bytes = kv_cache_mb << 20
     try:
         if engine == "native":
-            loaded = _load_native(path, quant, cache_bytes)
+            loaded = _load_native(path, quant, cache_bytes, disk_cache_mb << 20)
         else:
             loaded = _load_transformers(path, device, quant, cache_bytes)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
@@ -192,6 +209,7 @@ def load_local_model(
             "complete Qwen3 checkpoint? (--debug shows where it failed)"
         ) from None
     loaded.load_s = time.monotonic() - started
+    loaded.user_turn = _user_turn(loaded.tokenizer)
     log.info(
         "loaded %s on %s in %.1f s (%s, %s, %s)",
         model,
@@ -243,14 +261,30 @@ def _stop_ids(path: Path, tokenizer: Any) -> frozenset[int]:
     return frozenset(i for i in ids if isinstance(i, int) and i >= 0)
 
 
-def _load_native(path: Path, quant: dict[str, Any] | None, cache_bytes: int) -> LoadedModel:
+def _user_turn(tokenizer: Any) -> tuple[int, ...]:
+    opener = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    if not isinstance(opener, int) or opener < 0:
+        return ()
+    return (opener, *tokenizer("user", add_special_tokens=False)["input_ids"])
+
+
+def _load_native(
+    path: Path, quant: dict[str, Any] | None, cache_bytes: int, store_bytes: int
+) -> LoadedModel:
     from safetensors import SafetensorError
 
-    from agent.backends.qwen3_cpu import CpuQwen3
+    from agent.backends.prefix_store import PrefixStore
+    from agent.backends.qwen3_cpu import KV_FORMAT, CpuQwen3
+    from agent.backends.qwen3_weights import checkpoint_key
 
     tokenizer = _load_tokenizer(path, fast=True)
+    int8_lm_head = quant is not None
+    store = None
+    if store_bytes > 0:
+        identity = f"{KV_FORMAT}\n{checkpoint_key(path, int8_lm_head)}"
+        store = PrefixStore(cache_dir() / "prefixes", identity, store_bytes)
     try:
-        engine = CpuQwen3.load(path, cache_bytes, quant is not None, cache_dir() / "repacked")
+        engine = CpuQwen3.load(path, cache_bytes, int8_lm_head, cache_dir() / "repacked", store)
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"cannot load the model in {path}: {reason}") from None

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from agent.backends.kv_cache import GROWTH_TOKENS, KVCache, PrefixCache
+from agent.backends.prefix_store import PrefixStore
 from agent.backends.qwen3_weights import LayerWeights, Qwen3Weights, load_qwen3_weights
 
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the attention mask and activations
@@ -22,6 +23,8 @@ DTYPE = torch.bfloat16
 # without avx512_bf16 (`python -m bench.kernels`: 81 vs 10 ms a token at 1k, 2 threads), at
 # twice the memory.
 CACHE_DTYPE = torch.float32
+# What keys and values on disk depend on besides the weights: change it with the numerics.
+KV_FORMAT = "agent-qwen3-kv-v1 bf16 rope-bf16"
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -40,11 +43,17 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class CpuQwen3:
     """Runs a loaded Qwen3 checkpoint token by token, reusing cached prompt prefixes."""
 
-    def __init__(self, weights: Qwen3Weights, prefix_cache_bytes: int) -> None:
+    def __init__(
+        self,
+        weights: Qwen3Weights,
+        prefix_cache_bytes: int,
+        prefix_store: PrefixStore | None = None,
+    ) -> None:
         self.weights = weights
         self.shape = weights.shape
         self.vocab_size = weights.shape.vocab
         self.prefix_cache: PrefixCache[KVCache] = PrefixCache(prefix_cache_bytes)
+        self.prefix_store = prefix_store
         dim = self.shape.head_dim
         exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
         self._inv_freq = 1.0 / (self.shape.rope_theta**exponents)
@@ -58,22 +67,56 @@ class CpuQwen3:
         prefix_cache_bytes: int,
         int8_lm_head: bool = True,
         repack_dir: Path | None = None,
+        prefix_store: PrefixStore | None = None,
     ) -> CpuQwen3:
         """Read the checkpoint in `path` (GPTQ or unquantized); see `load_qwen3_weights`."""
-        return cls(load_qwen3_weights(path, int8_lm_head, repack_dir), prefix_cache_bytes)
+        weights = load_qwen3_weights(path, int8_lm_head, repack_dir)
+        return cls(weights, prefix_cache_bytes, prefix_store)
 
     def new_cache(self, room: int) -> KVCache:
         """An empty cache with room for `room` positions."""
         shape = self.shape
         return KVCache(shape.layers, shape.kv_heads, shape.head_dim, room, CACHE_DTYPE)
 
-    def checkout(self, prompt: list[int]) -> KVCache:
-        """A cache for `prompt`, already holding the longest prefix any earlier call computed."""
+    def checkout(self, prompt: list[int], stable: int = 0) -> KVCache:
+        """A cache for `prompt`, already holding the longest prefix any earlier call computed.
+
+        `stable` leading tokens (the system prompt and tools) are also looked up in the
+        prefix store, where an earlier process may have left them, and kept there after.
+        """
         room = len(prompt) + GROWTH_TOKENS
-        return self.prefix_cache.checkout(prompt, lambda: self.new_cache(room))
+        stable = min(stable, len(prompt) - 1)
+        store = self.prefix_store
+        if store is None or stable <= self.prefix_cache.longest_prefix(prompt):
+            return self.prefix_cache.checkout(prompt, lambda: self.new_cache(room))
+        stored = self._stored_cache(store, prompt[:stable], room)
+        if stored is not None:
+            return stored
+        cache = self.prefix_cache.checkout(prompt, lambda: self.new_cache(room))
+        cache.unsaved_prefix = stable
+        return cache
+
+    def _stored_cache(self, store: PrefixStore, prefix: list[int], room: int) -> KVCache | None:
+        stored = store.load(prefix)
+        cache = self.new_cache(room)
+        if stored is None or stored.keys.shape != cache.keys[:, :, : len(prefix)].shape:
+            return None
+        cache.keys[:, :, : len(prefix)] = stored.keys
+        cache.values[:, :, : len(prefix)] = stored.values
+        cache.tokens = list(prefix)
+        return cache
 
     def checkin(self, cache: KVCache) -> None:
-        """Give the cache back so later calls can reuse its prefix."""
+        """Give the cache back so later calls (and, for its stable prefix, later processes)
+        can reuse its prefix."""
+        saved, cache.unsaved_prefix = cache.unsaved_prefix, 0
+        if self.prefix_store is not None and 0 < saved <= cache.length:
+            # Lossless in bf16: keys and values are computed in bf16 (DTYPE).
+            self.prefix_store.save(
+                cache.tokens[:saved],
+                cache.keys[:, :, :saved].to(DTYPE),
+                cache.values[:, :, :saved].to(DTYPE),
+            )
         self.prefix_cache.checkin(cache)
 
     def forward(self, tokens: list[int], cache: KVCache) -> torch.Tensor:

@@ -233,7 +233,7 @@ def load_qwen3_weights(
     quantization = f"gptq int{quant['bits']}" if quant else "none"
     cached = None
     if repack_dir is not None and quant is not None:
-        cached = repack_dir / f"{_checkpoint_key(path, int8_lm_head)}.safetensors"
+        cached = repack_dir / f"{checkpoint_key(path, int8_lm_head)}.safetensors"
         if cached.is_file():
             # Copied out of the file's memory map: the int8 kernel crashed (SIGSEGV) on a
             # mapped tensor at an offset that was not aligned for it.
@@ -277,7 +277,7 @@ def _repack(
     return Qwen3Weights(shape, embed, layers, norm("model.norm.weight"), lm_head, "")
 
 
-def _checkpoint_key(path: Path, int8_lm_head: bool) -> str:
+def checkpoint_key(path: Path, int8_lm_head: bool) -> str:
     """Changes when the checkpoint's files, the repack format or the lm_head choice change."""
     digest = hashlib.sha256(f"{REPACK_FORMAT}\n{path.resolve()}\n{int8_lm_head}\n".encode())
     for file in sorted([*path.glob("*.safetensors"), path / "config.json"]):

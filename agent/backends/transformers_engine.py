@@ -58,8 +58,10 @@ class TransformersEngine:
         # transformers 5.x renamed `past_key_values` to `cache` in some releases.
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
-    def checkout(self, prompt: list[int]) -> TransformersCache:
-        """A cache for `prompt`, already holding the longest prefix any earlier call computed."""
+    def checkout(self, prompt: list[int], stable: int = 0) -> TransformersCache:
+        """A cache for `prompt`, already holding the longest prefix any earlier call computed
+        in this process (`stable` is for engines that keep prefixes on disk too)."""
+        del stable
         return self.prefix_cache.checkout(prompt, lambda: TransformersCache(self.model.config))
 
     def checkin(self, cache: TransformersCache) -> None:

@@ -87,6 +87,7 @@ def llm_config(settings: Settings) -> dict[str, Any]:
         "threads": settings.threads,
         "engine": settings.engine,
         "kv_cache_mb": settings.kv_cache_mb,
+        "disk_cache_mb": settings.disk_cache_mb,
         "thinking": settings.thinking,
         "constrain": settings.constrain,
         "generate_cfg": generate_cfg,

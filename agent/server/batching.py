@@ -42,12 +42,12 @@ class DecodeBatcher:
         self._active = 0
         self._leading = False
 
-    def checkout(self, prompt: list[int]) -> Any:
+    def checkout(self, prompt: list[int], stable: int = 0) -> Any:
         """A cache for `prompt` (see the engine's); the sequence is active from now on."""
         with self._turn:
             self._active += 1
         with self._engine:
-            return self.engine.checkout(prompt)
+            return self.engine.checkout(prompt, stable)
 
     def checkin(self, cache: Any) -> None:
         """The sequence has ended; its cache goes back for prefix reuse."""
