@@ -133,7 +133,8 @@ def test_sigkill_mid_run_then_restart_loses_no_occurrence_and_runs_none_twice(
 def test_a_failing_job_records_why_and_the_other_jobs_still_run_on_time(tmp_path: Path) -> None:
     down = f"http://127.0.0.1:{dead_port()}/v1"
     hook_file = tmp_path / "hook.env"
-    hook = f"env | grep ^AGENT_ > {hook_file}"
+    # Appended: a later occurrence, interrupted when the scheduler stops, runs the hook too.
+    hook = f"(env | grep ^AGENT_; echo ---) >> {hook_file}"
     with (
         StubOpenAIServer([("", "Fine report.")] * 20) as fine,
         StubOpenAIServer([("", LONG_REPLY)] * 5, delay_s=0.5) as slow,
@@ -156,8 +157,13 @@ def test_a_failing_job_records_why_and_the_other_jobs_still_run_on_time(tmp_path
     assert timed.returncode == 1 and "slow: timed_out" in timed.stdout
     broken = [o for o in occurrences(tmp_path, "broken") if o.status == "failed"][0]
     assert broken.reason and "model server" in broken.reason
-    told = dict(line.split("=", 1) for line in hook_file.read_text().splitlines())
-    assert told["AGENT_JOB"] == "broken" and told["AGENT_STATUS"] == "failed"
+    calls = [
+        dict(line.split("=", 1) for line in block.strip().splitlines())
+        for block in hook_file.read_text().split("---\n")
+        if block.strip()
+    ]
+    assert calls and all(call["AGENT_JOB"] == "broken" for call in calls)
+    told = next(call for call in calls if call["AGENT_STATUS"] == "failed")
     hooked = {o.run_id: o for o in occurrences(tmp_path, "broken")}[told["AGENT_RUN_ID"]]
     assert told["AGENT_REASON"] == hooked.reason and hooked.status == "failed"
     assert told["AGENT_ANSWER_FILE"] == ""
