@@ -35,9 +35,8 @@ STALE_SCRATCH_S = 3600.0  # a scratch file this old was left by a writer that di
 
 @dataclass(frozen=True)
 class StoredPrefix:
-    """One entry: its token ids and their keys and values, [layers, kv_heads, n, head_dim]."""
+    """One entry's keys and values, [layers, kv_heads, n, head_dim] each."""
 
-    tokens: list[int]
     keys: torch.Tensor
     values: torch.Tensor
 
@@ -55,9 +54,6 @@ class PrefixStore:
         digest = hashlib.sha256(self.identity.encode())
         digest.update(array("i", tokens).tobytes())
         return self.directory / f"{digest.hexdigest()[:32]}{SUFFIX}"
-
-    def has(self, tokens: list[int]) -> bool:
-        return self.path_for(tokens).is_file()
 
     def load(self, tokens: list[int]) -> StoredPrefix | None:
         """The entry for exactly `tokens`, or None; a damaged entry is deleted and is a miss."""
@@ -78,7 +74,7 @@ class PrefixStore:
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # most recently used
-        return StoredPrefix(stored, keys, values)
+        return StoredPrefix(keys, values)
 
     def save(self, tokens: list[int], keys: torch.Tensor, values: torch.Tensor) -> None:
         """Keep `tokens` with their keys and values, then drop the least recently used entries

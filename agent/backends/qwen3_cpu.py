@@ -98,9 +98,11 @@ class CpuQwen3:
 
     def _stored_cache(self, store: PrefixStore, prefix: list[int], room: int) -> KVCache | None:
         stored = store.load(prefix)
-        cache = self.new_cache(room)
-        if stored is None or stored.keys.shape != cache.keys[:, :, : len(prefix)].shape:
+        shape = self.shape
+        expected = (shape.layers, shape.kv_heads, len(prefix), shape.head_dim)
+        if stored is None or {stored.keys.shape, stored.values.shape} != {expected}:
             return None
+        cache = self.new_cache(room)  # allocated only on a hit: a miss allocates in checkout
         cache.keys[:, :, : len(prefix)] = stored.keys
         cache.values[:, :, : len(prefix)] = stored.values
         cache.tokens = list(prefix)
