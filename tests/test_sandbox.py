@@ -229,6 +229,28 @@ def test_fork_bomb_is_contained_and_next_call_works(make_tool: MakeTool) -> None
     assert run(tool, threads + "; t.join()").content.strip() == "works"
 
 
+def test_a_forked_child_ends_with_the_code_and_its_exit_status(make_tool: MakeTool) -> None:
+    tool = make_tool(timeout_s=20)
+    code = (
+        "import os, sys\n"
+        "statuses = []\n"
+        "for ending in ('done = True', 'sys.exit(7)', '1 / 0'):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        exec(ending)\n"
+        "    else:\n"
+        "        statuses.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
+        "if os.getpid() == kernel_pid:\n"
+        "    print(statuses)\n"
+    )
+    assert run(tool, "import os; kernel_pid = os.getpid()").ok
+    outcome = run(tool, code)
+    assert outcome.ok, outcome.content
+    # each child left where the code ended (a copy of the kernel going on would never be waited for)
+    assert outcome.content.strip().splitlines()[-1] == "[0, 7, 1]"  # after what children print
+    assert run(tool, "print(kernel_pid == os.getpid())").content.strip() == "True"
+
+
 def test_processes_never_outlive_the_call_that_started_them(make_tool: MakeTool) -> None:
     tool = make_tool()
     code = (

@@ -10,6 +10,9 @@ code of the user's runs, it:
 - becomes a child subreaper: processes the code leaves behind stay its descendants, so the
   agent can kill them after each call, and reaps them before the next call runs (a zombie
   still counts against the process limit);
+- ends every forked copy of itself when the code that forked it is done (`end_forked_copies`):
+  a child of `os.fork()` that returned to ipykernel's event loop would share the kernel's
+  inherited sockets and epoll set, steal its wake-ups and leave it deaf to the next request;
 - with `--address-space-mb N`, limits its address space to what it already uses plus N MB (the
   memory limit where no cgroup bounds the whole sandbox): the kernel always starts, and code
   that allocates past the limit gets a MemoryError.
@@ -18,9 +21,12 @@ code of the user's runs, it:
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import resource
 import sys
+from collections.abc import Callable
+from typing import Any
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -59,6 +65,54 @@ def reap_children() -> None:
             return
 
 
+def _exit_status(result: Any) -> int:
+    """The status a process exits with after running a cell with this `ExecutionResult`."""
+    error = None if result is None else result.error_before_exec or result.error_in_exec
+    if error is None:
+        return 0
+    if isinstance(error, SystemExit):  # IPython catches sys.exit(n); a process honours it
+        return error.code if isinstance(error.code, int) else int(error.code is not None)
+    return 1
+
+
+def end_forked_copies(shell: Any) -> None:
+    """Make a process forked by the code exit where the code ends, not go on as a kernel.
+
+    The cell's code runs inside `run_cell` / `run_cell_async`, so the check right after it
+    comes before ipykernel's event loop can run again in the copy (the post_execute event
+    would come after)."""
+    kernel_pid = os.getpid()
+
+    def ending_copies(run: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(run)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            result = None
+            try:
+                result = await run(*args, **kwargs)
+                return result
+            finally:
+                if os.getpid() != kernel_pid:
+                    os._exit(_exit_status(result))
+
+        return run_async
+
+    def ending_copies_sync(run: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(run)
+        def run_sync(*args: Any, **kwargs: Any) -> Any:
+            result = None
+            try:
+                result = run(*args, **kwargs)
+                return result
+            finally:
+                if os.getpid() != kernel_pid:
+                    os._exit(_exit_status(result))
+
+        return run_sync
+
+    shell.run_cell_async = ending_copies(shell.run_cell_async)
+    shell.run_cell = ending_copies_sync(shell.run_cell)
+
+
 def main(argv: list[str]) -> None:
     """Start ipykernel with `argv` (less our own option), harden it, then serve."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -71,6 +125,7 @@ def main(argv: list[str]) -> None:
     app.initialize(argv)
     harden(address_space_mb)
     app.shell.events.register("pre_execute", reap_children)  # type: ignore[union-attr]
+    end_forked_copies(app.shell)
     sys.path[:] = [path for path in sys.path if path != here]  # the user's imports: not ours
     app.start()
 
