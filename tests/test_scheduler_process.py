@@ -192,7 +192,6 @@ def test_run_now_while_the_job_runs_follows_its_overlap_policy(tmp_path: Path) -
             first = start(name)
             wait_for(lambda n=name: [o for o in occurrences(tmp_path, n) if o.status == "running"],
                      60)  # type: ignore[misc]  # fmt: skip
-            time.sleep(1.1)  # a manual run's slot is its second: the next one is another slot
             second = agent_cli("schedule", "run-now", name, home=tmp_path, env=_env(tmp_path))
             out, _ = first.communicate(timeout=120)
             assert first.returncode == 0 and f"{name}: succeeded" in out
@@ -204,6 +203,22 @@ def test_run_now_while_the_job_runs_follows_its_overlap_policy(tmp_path: Path) -
                 first_run, second_run = occurrences(tmp_path, "queuer")
                 assert second_run.started_at and first_run.finished_at
                 assert second_run.started_at >= first_run.finished_at
+
+
+def test_run_now_in_the_second_the_scheduler_fires_still_runs(tmp_path: Path) -> None:
+    with StubOpenAIServer([("", "Manual.")]) as server:
+        add_job(tmp_path, "often", "--every", "1s", "--model-server", server.url, "--tools", "",
+                "Report")  # fmt: skip
+        with History(tmp_path / "history.sqlite3") as history:  # every second is a slot: taken
+            ledger = Ledger(history)
+            job = ledger.job("often")
+            now = int(time.time())
+            for at in range(now - 2, now + 60):
+                ledger.record(job, float(at), "missed", "claimed by the test", "schedule")
+        manual = agent_cli("schedule", "run-now", "often", home=tmp_path, env=_env(tmp_path))
+    assert manual.returncode == 0 and "often: succeeded" in manual.stdout, manual
+    (ran,) = [o for o in occurrences(tmp_path, "often") if o.trigger == "manual"]
+    assert ran.status == "succeeded" and now - 2 < ran.scheduled_at < now + 60
 
 
 def test_add_refuses_what_no_run_could_get_past(tmp_path: Path) -> None:

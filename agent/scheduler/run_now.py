@@ -1,8 +1,8 @@
 """`agent schedule run-now NAME [--occurrence latest|TIME]`: one occurrence, claimed in the
 same ledger as the scheduler's, so whichever claimant comes first runs it and the others
-find it taken. Without `--occurrence` it is a manual run at this second; with it, it is the
-slot an outside scheduler (systemd, cron, a CronJob) fired for, late slots following the job's
-missed policy as the scheduler's do."""
+find it taken. Without `--occurrence` it is a manual run at this millisecond (never a fire
+time); with it, it is the slot an outside scheduler (systemd, cron, a CronJob) fired for, late
+slots following the job's missed policy as the scheduler's do."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def run_now(ledger: Ledger, job: Job, occurrence: str | None) -> RunNowResult:
     its overlap policy is `queue`)."""
     now = time.time()
     if occurrence is None:
-        at, trigger = float(int(now)), "manual"
+        at, trigger = _manual_moment(job, now), "manual"
     else:
         at, trigger = resolve_occurrence(job, occurrence, now), "outside"
         refusal = _refusal(job, at, now)
@@ -74,6 +74,13 @@ def run_now(ledger: Ledger, job: Job, occurrence: str | None) -> RunNowResult:
         ledger.abandon_queued("run-now was stopped before it ran")
         raise
     return RunNowResult(result.status, result.reason or "", result.run_id)
+
+
+def _manual_moment(job: Job, now: float) -> float:
+    """The key of a manual run: this millisecond, never one of the job's fire times (a manual
+    run in the very second the scheduler fires would otherwise find its slot taken)."""
+    at = round(now, 3)
+    return at + 0.001 if job.trigger.is_slot(at) else at
 
 
 def _refusal(job: Job, at: float, now: float) -> tuple[str, str] | None:
