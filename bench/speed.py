@@ -3,6 +3,7 @@
 `python -m bench.speed --out results.json` (add `--quick` for a smoke run on the tiny model).
 Each path runs in its own worker process; the benchmark asks them the same questions in turn,
 round after round, so drift on a shared machine hits every path alike, and reports medians.
+Before them, `bench.fresh_run` times fresh `agent run` processes (what a user waits for).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from bench import llama_cpp
+from bench import fresh_run, llama_cpp
 from bench.paths import LlamaCpp, OurBackend, SeedQuickstart
 from bench.random_checkpoint import cached_checkpoint
 
@@ -174,6 +175,7 @@ def measure(plan: Plan, out: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         prompts = Path(scratch) / "prompts.json"
         write_prompts(plan, model_dir, prompts)
+        fresh = fresh_run.measure(model_dir, plan.threads, gguf, prompts, why_not)
         workers = {}
         for name, result in results.items():
             if result.error is None:
@@ -192,6 +194,7 @@ def measure(plan: Plan, out: Path) -> dict[str, Any]:
             for worker in workers.values():
                 worker.close()
     report = _report(plan, model_dir, results, bandwidth, cold)
+    report["fresh_agent_run"] = fresh
     out.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -270,6 +273,11 @@ def print_table(report: dict[str, Any]) -> None:
         f"decode bound {bound:.1f} tok/s"
     )
     print(f"cold start (ours): {report['cold_start_s']}")
+    fresh = report["fresh_agent_run"]
+    for name in ("ours_without_prefix_cache", "ours_cached", "llama_cpp_q8_0"):
+        run = fresh[name]
+        shown = run["error"] or f"first output {run['first_output_s']:.2f} s"
+        print(f"fresh `agent run` ({name}): {shown}")
     for name, result in paths.items():
         if result["error"]:
             print(f"{name}: not measured ({result['error']})")
