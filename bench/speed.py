@@ -83,8 +83,11 @@ class Worker:
 
     def ask(self, **request: Any) -> dict[str, Any]:
         assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:  # it died on an earlier request
+            return {"error": f"worker exited with {self.process.wait()}"}
         return self._read()
 
     def close(self) -> None:
@@ -189,7 +192,8 @@ def measure(plan: Plan, out: Path) -> dict[str, Any]:
                 _one_round(plan, workers, results, round_index)
                 bandwidth.append(copy_bandwidth_gb_s(plan.threads))
             for name, worker in workers.items():
-                results[name].peak_rss_mb = worker.ask(op="rss")["peak_rss_mb"]
+                if results[name].error is None:
+                    results[name].peak_rss_mb = worker.ask(op="rss").get("peak_rss_mb")
         finally:
             for worker in workers.values():
                 worker.close()
