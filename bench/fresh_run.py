@@ -117,10 +117,10 @@ def measure(
 
 
 def _llama_first_token(gguf: str, prompts: str, threads: int) -> None:
-    from llama_cpp import Llama
+    from bench import llama_cpp
 
     first_prompt = json.loads(Path(prompts).read_text())["agent"][0]
-    llm = Llama(model_path=gguf, n_ctx=8192, n_batch=512, n_threads=threads, verbose=False)
+    llm = llama_cpp.open_model(Path(gguf), threads)
     next(llm.generate(first_prompt, temp=0.0))
     print("first-token", flush=True)
 

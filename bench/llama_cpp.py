@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 from agent.paths import cache_dir
 
@@ -83,6 +84,37 @@ def gguf_for(model_dir: Path) -> Path:
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
     scratch.rename(target)
     return target
+
+
+def open_model(gguf: Path, threads: int, n_ctx: int = 8192) -> Any:
+    """A `llama_cpp.Llama` on `gguf`, on llama.cpp's plain CPU weights.
+
+    Workaround: with its extra buffer types on (the default), llama.cpp 0.3.36 repacks Q8_0
+    weights for AMX where the CPU has it, and on our AMX build machines the first `eval` then
+    dies (SIGSEGV or SIGILL, in a bare `python -c` too). Its plain CPU path works everywhere,
+    and on x86 it has no other repack for Q8_0, so this changes nothing on other CPUs."""
+    import llama_cpp
+    import llama_cpp.llama
+
+    defaults = llama_cpp.llama_model_default_params
+
+    def without_repacking() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    llama_cpp.llama.llama_cpp.llama_model_default_params = without_repacking
+    try:
+        return llama_cpp.Llama(
+            model_path=str(gguf),
+            n_ctx=n_ctx,
+            n_batch=512,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+    finally:
+        llama_cpp.llama.llama_cpp.llama_model_default_params = defaults
 
 
 def main(argv: list[str] | None = None) -> int:

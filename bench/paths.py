@@ -113,18 +113,11 @@ class LlamaCpp:
     name = "llama.cpp-q8_0"
 
     def __init__(self, model_dir: Path, gguf: Path | None, threads: int) -> None:
-        from llama_cpp import Llama
+        from bench import llama_cpp
 
         if gguf is None:
             raise RuntimeError("no GGUF file (run `python -m bench.llama_cpp setup`)")
-        self.llm = Llama(
-            model_path=str(gguf),
-            n_ctx=8192,
-            n_batch=512,
-            n_threads=threads,
-            n_threads_batch=threads,
-            verbose=False,
-        )
+        self.llm = llama_cpp.open_model(gguf, threads)
 
     def prefill(self, prompt: list[int]) -> float:
         self.llm.reset()
