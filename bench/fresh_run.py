@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.config import DEFAULT_DISK_CACHE_MB
+
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "What time is it in Tokyo?"
 OUTPUT_EVENTS = {"thinking", "text", "tool_call"}
@@ -39,29 +41,35 @@ class FreshRun:
     error: str | None = None
 
 
-def agent_run(model_dir: Path, threads: int, disk_cache_mb: int) -> FreshRun:
-    """Start `agent run --json` with the default tools and time its events as they arrive."""
+def _timed_lines(command: list[str], env: dict[str, str]) -> tuple[list[tuple[float, str]], str]:
+    """Run `command`; each stdout line with its seconds from the start, and an error or ''."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    lines = [(time.perf_counter() - started, line) for line in process.stdout]
+    _, stderr = process.communicate(timeout=TIMEOUT_S)
+    if process.returncode == 0:
+        return lines, ""
+    return lines, (stderr.strip().splitlines() or [f"exit status {process.returncode}"])[-1]
+
+
+def agent_run(model_dir: Path, threads: int, disk_cache_mb: int, history: Path) -> FreshRun:
+    """Start `agent run --json` with the default tools and time its events as they arrive
+    (kept in the run history at `history`, as a user's run is, but not in the user's)."""
     command = [sys.executable, "-m", "agent", "run", "--json", "--model", str(model_dir)]
     command += ["--threads", str(threads), "--disk-cache-mb", str(disk_cache_mb)]
     command += ["--max-new-tokens", "4", "--seed", "3", PROMPT]
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    lines, error = _timed_lines(command, {**os.environ, "AGENT_HISTORY": str(history)})
     stamps: dict[str, float] = {}
-    finished: dict[str, Any] = {}
-    assert process.stdout is not None
-    for line in process.stdout:
+    usage: dict[str, int] = {}
+    for seconds, line in lines:
         event = json.loads(line)
-        kind = "output" if event["type"] in OUTPUT_EVENTS else event["type"]
-        stamps.setdefault(kind, time.perf_counter() - started)
-        if event["type"] == "run_finished":
-            finished = event
-    _, stderr = process.communicate(timeout=TIMEOUT_S)
-    if process.returncode != 0 or "output" not in stamps:
-        last = (stderr.strip().splitlines() or [f"exit status {process.returncode}"])[-1]
-        return FreshRun(error=f"agent run: {last}")
-    usage = finished.get("usage", {})
+        stamps.setdefault("output" if event["type"] in OUTPUT_EVENTS else event["type"], seconds)
+        usage = event.get("usage", usage)
+    if error or "output" not in stamps:
+        return FreshRun(error=f"agent run: {error or 'no output'}")
     return FreshRun(
         run_started_s=stamps.get("run_started"),
         first_output_s=stamps["output"],
@@ -73,35 +81,25 @@ def agent_run(model_dir: Path, threads: int, disk_cache_mb: int) -> FreshRun:
 def llama_run(gguf: Path, prompts: Path, threads: int) -> FreshRun:
     """A fresh llama.cpp process on the agent's first prompt: start to first token."""
     command = [sys.executable, "-m", "bench.fresh_run", "llama", str(gguf), str(prompts)]
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [*command, str(threads)],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": str(threads)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    first = None
-    for line in process.stdout:
-        if line.strip() == "first-token" and first is None:
-            first = time.perf_counter() - started
-    _, stderr = process.communicate(timeout=TIMEOUT_S)
-    if process.returncode != 0 or first is None:
-        last = (stderr.strip().splitlines() or [f"exit status {process.returncode}"])[-1]
-        return FreshRun(error=f"llama.cpp: {last}")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    lines, error = _timed_lines([*command, str(threads)], env)
+    first = next((seconds for seconds, line in lines if line.strip() == "first-token"), None)
+    if error or first is None:
+        return FreshRun(error=f"llama.cpp: {error or 'no first token'}")
     prompt_tokens = len(json.loads(prompts.read_text())["agent"][0])
     return FreshRun(first_output_s=first, prompt_tokens=prompt_tokens)
 
 
 def measure(
-    model_dir: Path, threads: int, gguf: Path | None, prompts: Path, llama_error: str | None
+    model_dir: Path, threads: int, gguf: Path | None, llama_error: str | None, scratch: Path
 ) -> dict[str, Any]:
-    """The figures `bench.speed` reports under `fresh_agent_run`, with their ratios."""
-    without = agent_run(model_dir, threads, disk_cache_mb=0)
-    agent_run(model_dir, threads, disk_cache_mb=1024)  # fills the prefix cache if it is empty
-    cached = agent_run(model_dir, threads, disk_cache_mb=1024)
+    """The figures `bench.speed` reports under `fresh_agent_run`, with their ratios; `scratch`
+    holds `bench.speed`'s prompts.json and takes the runs' history."""
+    history = scratch / "history.sqlite3"
+    without = agent_run(model_dir, threads, 0, history)
+    agent_run(model_dir, threads, DEFAULT_DISK_CACHE_MB, history)  # fills the prefix cache
+    cached = agent_run(model_dir, threads, DEFAULT_DISK_CACHE_MB, history)
+    prompts = scratch / "prompts.json"
     llama = llama_run(gguf, prompts, threads) if gguf else FreshRun(error=llama_error)
     report: dict[str, Any] = {
         "prompt": PROMPT,

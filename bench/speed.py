@@ -178,7 +178,7 @@ def measure(plan: Plan, out: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         prompts = Path(scratch) / "prompts.json"
         write_prompts(plan, model_dir, prompts)
-        fresh = fresh_run.measure(model_dir, plan.threads, gguf, prompts, why_not)
+        fresh = fresh_run.measure(model_dir, plan.threads, gguf, why_not, Path(scratch))
         workers = {}
         for name, result in results.items():
             if result.error is None:

@@ -25,7 +25,6 @@ import functools
 import os
 import resource
 import sys
-from collections.abc import Callable
 from typing import Any
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -78,39 +77,23 @@ def _exit_status(result: Any) -> int:
 def end_forked_copies(shell: Any) -> None:
     """Make a process forked by the code exit where the code ends, not go on as a kernel.
 
-    The cell's code runs inside `run_cell` / `run_cell_async`, so the check right after it
-    comes before ipykernel's event loop can run again in the copy (the post_execute event
-    would come after)."""
+    Every cell runs inside `run_cell_async` (IPython's synchronous `run_cell` calls it too),
+    so the check right after it comes before ipykernel's event loop can run again in the copy
+    (the post_execute event would come after)."""
     kernel_pid = os.getpid()
+    run = shell.run_cell_async
 
-    def ending_copies(run: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(run)
-        async def run_async(*args: Any, **kwargs: Any) -> Any:
-            result = None
-            try:
-                result = await run(*args, **kwargs)
-                return result
-            finally:
-                if os.getpid() != kernel_pid:
-                    os._exit(_exit_status(result))
+    @functools.wraps(run)
+    async def run_cell_async(*args: Any, **kwargs: Any) -> Any:
+        result = None
+        try:
+            result = await run(*args, **kwargs)
+            return result
+        finally:
+            if os.getpid() != kernel_pid:
+                os._exit(_exit_status(result))
 
-        return run_async
-
-    def ending_copies_sync(run: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(run)
-        def run_sync(*args: Any, **kwargs: Any) -> Any:
-            result = None
-            try:
-                result = run(*args, **kwargs)
-                return result
-            finally:
-                if os.getpid() != kernel_pid:
-                    os._exit(_exit_status(result))
-
-        return run_sync
-
-    shell.run_cell_async = ending_copies(shell.run_cell_async)
-    shell.run_cell = ending_copies_sync(shell.run_cell)
+    shell.run_cell_async = run_cell_async
 
 
 def main(argv: list[str]) -> None:
