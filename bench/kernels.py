@@ -1,5 +1,7 @@
-"""The measurements behind the native engine's choices: matmul kernels for one decode step's
-weights, and attention over a bf16 or a float32 cache.
+"""The measurements behind the native engine's kernels: matmul kernels for one decode step's
+weights, attention over a bf16 or a float32 cache, and the whole engine on every kernel choice
+of agent/backends/cpu_kernels.py (full-size architecture, random weights): prefill and decode
+rates, and its logits against transformers + GPTQModel's on the same prompt.
 
 `python -m bench.kernels --out bench/kernels.json`. Weights rotate through 40 matrices of
 Qwen3-0.6B's gate/up shape (6144 x 1024, ~250 MB in int8), far more than the CPU caches hold,
@@ -42,7 +44,7 @@ def matmul_rates() -> dict[str, float]:
     x = torch.randn(1, IN_FEATURES, dtype=torch.bfloat16)
     int8_bytes = MATRICES * OUT_FEATURES * IN_FEATURES
     rates = {
-        "int8pack_mm (weight-only int8, bf16 activations; chosen)": int8_bytes
+        "int8pack_mm (weight-only int8, bf16 activations; decode's kernel)": int8_bytes
         / _seconds(lambda: [torch.ops.aten._weight_int8pack_mm(x, w, scales) for w in weights])
     }
     packed = [torch.ops.onednn.qlinear_prepack(w, [1, IN_FEATURES]) for w in weights]
@@ -85,11 +87,56 @@ def attention_ms(context: int = 1024) -> dict[str, float]:
     return times
 
 
+ENGINE_PREFILL_TOKENS, ENGINE_CONTEXT, ENGINE_DECODE_STEPS = 512, 1024, 16
+
+
+def engine_choices() -> dict[str, object]:
+    """Per kernel choice: prefill tok/s and logits against the reference on a 512-token prompt,
+    decode tok/s at 1k of context; and the choice this machine's self-test makes."""
+    from agent.backends.cpu_kernels import CACHE_DTYPES, PREFILL_KERNELS, KernelChoice
+    from agent.backends.local_model import load_local_model
+    from agent.backends.qwen3_cpu import CpuQwen3
+    from bench.random_checkpoint import cached_checkpoint
+
+    model = cached_checkpoint("full")
+    chosen = load_local_model(str(model), device="cpu", engine="native", disk_cache_mb=0)
+    reference = load_local_model(str(model), device="cpu", engine="transformers")
+    prompt = [(i * 7919) % 150_000 for i in range(ENGINE_PREFILL_TOKENS)]
+    expected = reference.engine.forward(prompt, reference.engine.checkout(prompt))
+    report: dict[str, object] = {"chosen_here": chosen.kernel}
+    for prefill in PREFILL_KERNELS:
+        for cache in CACHE_DTYPES:
+            choice = KernelChoice(prefill=prefill, cache=cache)
+            engine = CpuQwen3(chosen.engine.weights, prefix_cache_bytes=0, kernels=choice)
+            started = time.perf_counter()
+            logits = engine.forward(prompt, engine.new_cache(len(prompt)))
+            seconds = time.perf_counter() - started
+            report[choice.describe()] = {
+                "prefill_tok_s": round(len(prompt) / seconds, 1),
+                "max_abs_logit_diff_vs_reference": round(float((logits - expected).abs().max()), 4),
+                "reference_max_abs_logit": round(float(expected.abs().max()), 4),
+                "same_argmax_as_reference": int(logits.argmax()) == int(expected.argmax()),
+            }
+    for cache in CACHE_DTYPES:
+        choice = KernelChoice(prefill=chosen.engine.kernels.prefill, cache=cache)
+        engine = CpuQwen3(chosen.engine.weights, prefix_cache_bytes=0, kernels=choice)
+        context = [(i * 31) % 150_000 for i in range(ENGINE_CONTEXT)]
+        kv = engine.new_cache(ENGINE_CONTEXT + ENGINE_DECODE_STEPS)
+        token = int(engine.forward(context, kv).argmax())
+        started = time.perf_counter()
+        for _ in range(ENGINE_DECODE_STEPS):
+            token = int(engine.forward([token], kv).argmax())
+        rate = ENGINE_DECODE_STEPS / (time.perf_counter() - started)
+        report[f"decode tok/s at {ENGINE_CONTEXT}, {cache} KV cache"] = round(rate, 2)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench/kernels.json"))
     args = parser.parse_args(argv)
-    report = {}
+    report: dict[str, object] = {"cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    report[f"engine, {torch.get_num_threads()} threads"] = engine_choices()
     for threads in sorted({1, torch.get_num_threads()}):
         torch.set_num_threads(threads)
         report[f"{threads} threads"] = {

@@ -33,7 +33,7 @@ def test_gptq_checkpoint_loads_with_the_native_int8_engine(tiny_gptq: Path) -> N
     loaded = load_local_model(str(tiny_gptq), device="cpu")
     assert loaded.quantization == "gptq int8"
     assert loaded.dtype == "bfloat16"
-    assert loaded.kernel.startswith("native int8"), loaded.kernel
+    assert loaded.kernel.startswith("native (decode int8, prefill "), loaded.kernel
 
 
 def test_gptq_checkpoint_loads_with_transformers_and_the_int8_kernel(tiny_gptq: Path) -> None:

@@ -279,17 +279,19 @@ def _load_native(
 
     tokenizer = _load_tokenizer(path, fast=True)
     int8_lm_head = quant is not None
-    store = None
-    if store_bytes > 0:
-        identity = f"{KV_FORMAT}\n{checkpoint_key(path, int8_lm_head)}"
-        store = PrefixStore(cache_dir() / "prefixes", identity, store_bytes)
     try:
-        engine = CpuQwen3.load(path, cache_bytes, int8_lm_head, cache_dir() / "repacked", store)
+        engine = CpuQwen3.load(path, cache_bytes, int8_lm_head, cache_dir() / "repacked")
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"cannot load the model in {path}: {reason}") from None
+    if store_bytes > 0:
+        # Keys and values depend on the kernels too (their rounding): a prefix stored under
+        # other kernels is computed afresh.
+        kernels = engine.kernels.describe()
+        identity = f"{KV_FORMAT}\n{kernels}\n{checkpoint_key(path, int8_lm_head)}"
+        engine.prefix_store = PrefixStore(cache_dir() / "prefixes", identity, store_bytes)
     quantization = engine.weights.quantization
-    kernel = "native int8 (aten._weight_int8pack_mm, int8 lm_head)" if quant else "native bf16"
+    kernel = f"native ({engine.kernels.describe()}, int8 lm_head)" if quant else "native bf16"
     return LoadedModel(
         engine=engine,
         tokenizer=tokenizer,

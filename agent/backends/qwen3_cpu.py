@@ -1,9 +1,11 @@
-"""A Qwen3 decoder for CPUs: int8 weight-only matmuls, our own KV cache, prefix reuse.
+"""A Qwen3 decoder for CPUs: int8 weights, our own KV cache, prefix reuse.
 
 The forward pass is Qwen3ForCausalLM's, written as few tensor operations as it takes, because
 on a CPU decode time is weight bytes read plus per-operation overhead: fused q/k/v and gate/up
 matmuls over `aten._weight_int8pack_mm`, the lm_head in int8 too, a preallocated cache, and
 RMSNorm and RoPE computed exactly as transformers computes them (float32 norm, bf16 rotation).
+Prefill's matmul kernel and the cache's dtype are the ones measured fastest on this machine
+(agent/backends/cpu_kernels.py).
 """
 
 from __future__ import annotations
@@ -13,16 +15,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from agent.backends.cpu_kernels import PREFILL_ROWS, KernelChoice, choose_kernels
 from agent.backends.kv_cache import GROWTH_TOKENS, KVCache, PrefixCache
 from agent.backends.prefix_store import PrefixStore
-from agent.backends.qwen3_weights import LayerWeights, Qwen3Weights, load_qwen3_weights
+from agent.backends.qwen3_weights import LayerWeights, Linear, Qwen3Weights, load_qwen3_weights
 
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the attention mask and activations
 DTYPE = torch.bfloat16
-# Keys and values are kept in float32: attention over a bf16 cache ran 5-8x slower on a CPU
-# without avx512_bf16 (`python -m bench.kernels`: 81 vs 10 ms a token at 1k, 2 threads), at
-# twice the memory.
-CACHE_DTYPE = torch.float32
 # What keys and values on disk depend on besides the weights: change it with the numerics.
 KV_FORMAT = "agent-qwen3-kv-v1 bf16 rope-bf16"
 
@@ -48,8 +47,10 @@ class CpuQwen3:
         weights: Qwen3Weights,
         prefix_cache_bytes: int,
         prefix_store: PrefixStore | None = None,
+        kernels: KernelChoice | None = None,
     ) -> None:
         self.weights = weights
+        self.kernels = kernels or KernelChoice()
         self.shape = weights.shape
         self.vocab_size = weights.shape.vocab
         self.prefix_cache: PrefixCache[KVCache] = PrefixCache(prefix_cache_bytes)
@@ -68,15 +69,26 @@ class CpuQwen3:
         int8_lm_head: bool = True,
         repack_dir: Path | None = None,
         prefix_store: PrefixStore | None = None,
+        kernels: KernelChoice | None = None,
     ) -> CpuQwen3:
-        """Read the checkpoint in `path` (GPTQ or unquantized); see `load_qwen3_weights`."""
+        """Read the checkpoint in `path` (GPTQ or unquantized); see `load_qwen3_weights`.
+
+        Without `kernels`, a quantized model's are measured on this machine (once: the choice
+        is kept in `repack_dir`), an unquantized one's are the defaults.
+        """
         weights = load_qwen3_weights(path, int8_lm_head, repack_dir)
-        return cls(weights, prefix_cache_bytes, prefix_store)
+        widest = weights.layers[0].gate_up
+        if kernels is None and widest.scale is not None:
+            shape = weights.shape
+            attention = (shape.kv_heads, shape.heads, shape.head_dim)
+            kernels = choose_kernels(widest.weight, widest.scale, attention, repack_dir)
+        return cls(weights, prefix_cache_bytes, prefix_store, kernels)
 
     def new_cache(self, room: int) -> KVCache:
         """An empty cache with room for `room` positions."""
         shape = self.shape
-        return KVCache(shape.layers, shape.kv_heads, shape.head_dim, room, CACHE_DTYPE)
+        dtype = self.kernels.cache_dtype
+        return KVCache(shape.layers, shape.kv_heads, shape.head_dim, room, dtype)
 
     def checkout(self, prompt: list[int], stable: int = 0) -> KVCache:
         """A cache for `prompt`, already holding the longest prefix any earlier call computed.
@@ -159,7 +171,7 @@ class CpuQwen3:
         shape, eps = self.shape, self.shape.rms_eps
         starts, cos, sin = position
         batch = hidden.shape[0]
-        qkv = layer.qkv(rms_norm(hidden, layer.input_norm, eps))
+        qkv = self._matmul(layer.qkv, rms_norm(hidden, layer.input_norm, eps))
         q_size, kv_size = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
         q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
         q = _rotate(rms_norm(q.view(batch, shape.heads, -1), layer.q_norm, eps), cos, sin)
@@ -171,16 +183,24 @@ class CpuQwen3:
             cache.values[index, :, start] = v[row]
             rows.append(
                 F.scaled_dot_product_attention(
-                    q[row].unsqueeze(1).unsqueeze(0).to(CACHE_DTYPE),
+                    q[row].unsqueeze(1).unsqueeze(0).to(cache.keys.dtype),
                     cache.keys[index, :, : start + 1].unsqueeze(0),
                     cache.values[index, :, : start + 1].unsqueeze(0),
                     enable_gqa=True,
                 )[0, :, 0]
             )
         attended = torch.stack(rows).reshape(batch, q_size).to(DTYPE)
-        hidden = hidden + layer.o(attended)
-        gate, up = layer.gate_up(rms_norm(hidden, layer.post_norm, eps)).chunk(2, dim=-1)
-        return hidden + layer.down(F.silu(gate) * up)
+        hidden = hidden + self._matmul(layer.o, attended)
+        gate, up = self._matmul(layer.gate_up, rms_norm(hidden, layer.post_norm, eps)).chunk(
+            2, dim=-1
+        )
+        return hidden + self._matmul(layer.down, F.silu(gate) * up)
+
+    def _matmul(self, linear: Linear, x: torch.Tensor) -> torch.Tensor:
+        """`linear(x)`, on this machine's prefill kernel for calls of PREFILL_ROWS rows or more."""
+        if linear.scale is not None and x.shape[0] >= PREFILL_ROWS:
+            return self.kernels.prefill_kernel(x, linear.weight, linear.scale)
+        return linear(x)
 
     def _rope(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         end = start + count
@@ -216,7 +236,7 @@ class CpuQwen3:
         start, cos, sin, mask = position
         count = hidden.shape[0]
         end = start + count
-        qkv = layer.qkv(rms_norm(hidden, layer.input_norm, eps))
+        qkv = self._matmul(layer.qkv, rms_norm(hidden, layer.input_norm, eps))
         q_size, kv_size = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
         q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
         q = _rotate(rms_norm(q.view(count, shape.heads, -1), layer.q_norm, eps), cos, sin)
@@ -224,7 +244,7 @@ class CpuQwen3:
         cache.keys[index, :, start:end] = k.transpose(0, 1)
         cache.values[index, :, start:end] = v.view(count, shape.kv_heads, -1).transpose(0, 1)
         attended = F.scaled_dot_product_attention(
-            q.transpose(0, 1).unsqueeze(0).to(CACHE_DTYPE),
+            q.transpose(0, 1).unsqueeze(0).to(cache.keys.dtype),
             cache.keys[index, :, :end].unsqueeze(0),
             cache.values[index, :, :end].unsqueeze(0),
             attn_mask=mask,
@@ -232,6 +252,8 @@ class CpuQwen3:
             enable_gqa=True,
         )
         attended = attended[0].transpose(0, 1).reshape(count, q_size).to(DTYPE)
-        hidden = hidden + layer.o(attended)
-        gate, up = layer.gate_up(rms_norm(hidden, layer.post_norm, eps)).chunk(2, dim=-1)
-        return hidden + layer.down(F.silu(gate) * up)
+        hidden = hidden + self._matmul(layer.o, attended)
+        gate, up = self._matmul(layer.gate_up, rms_norm(hidden, layer.post_norm, eps)).chunk(
+            2, dim=-1
+        )
+        return hidden + self._matmul(layer.down, F.silu(gate) * up)

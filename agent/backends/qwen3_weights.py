@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from agent.backends.cpu_kernels import int8pack
 from agent.errors import ModelLoadError
 
 GPTQ_PACK_BITS = 32
@@ -71,7 +72,7 @@ class Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.scale is None:
             return torch.nn.functional.linear(x, self.weight)
-        return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scale)
+        return int8pack(x, self.weight, self.scale)
 
     @property
     def nbytes(self) -> int:
@@ -105,12 +106,18 @@ class Qwen3Weights:
     quantization: str
 
     @property
+    def linears(self) -> list[Linear]:
+        """Every matmul's weights: the layers' in order, then the lm_head."""
+        return [
+            linear
+            for layer in self.layers
+            for linear in (layer.qkv, layer.o, layer.gate_up, layer.down)
+        ] + [self.lm_head]
+
+    @property
     def nbytes(self) -> int:
         """Bytes of weights read per decoded token (every matmul, not the embedding)."""
-        matmuls = [self.lm_head]
-        for layer in self.layers:
-            matmuls += [layer.qkv, layer.o, layer.gate_up, layer.down]
-        return sum(linear.nbytes for linear in matmuls)
+        return sum(linear.nbytes for linear in self.linears)
 
 
 def requantize_int8(weight_nk: torch.Tensor, rows_per_chunk: int = 16_384) -> Linear:

@@ -1,0 +1,194 @@
+"""Which kernels the CPU engine runs on this machine, chosen by a short self-test at load.
+
+CPUs differ in what is fast. Decode reads every weight once per token, so it stays on int8
+weights (`aten._weight_int8pack_mm`: the fewest bytes). Prefill is bound by arithmetic, and
+there a weight dequantized to float32 or bf16 tile by tile, then a plain float matmul, can beat
+the int8 kernel: bf16 on CPUs with avx512_bf16 or AMX, float32 on AVX2-only ones. Attention
+over the KV cache is likewise fast in bf16 only where the CPU has bf16 instructions. So at load
+each candidate is timed on the model's own weights and shapes, checked against a float64
+reference, and the fastest correct one is kept, in a small file beside the repacked weights
+keyed by the machine, the torch build, the thread count and the model's shape.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from agent.paths import write_atomically
+
+log = logging.getLogger("agent")
+
+CHOICE_FORMAT = "agent-cpu-kernels-v1"  # bump when the candidates or what they compute change
+PREFILL_ROWS = 128  # calls with this many rows (prompt tokens) or more use the prefill kernel
+SELF_TEST_CONTEXT = 1024  # cached positions in the timed decode attention
+DEQUANT_TILE_ROWS = 512  # output rows dequantized at a time: the tile stays in the CPU's caches
+TOLERANCE = 2**-6  # of the output's largest magnitude: bf16 rounding, not a wrong kernel
+
+MatmulKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def int8pack(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """bf16 `x` [rows, in] @ int8 `weight` [out, in] scaled per output row: bf16 [rows, out]."""
+    return torch.ops.aten._weight_int8pack_mm(x, weight, scale)
+
+
+def _dequantized(dtype: torch.dtype) -> MatmulKernel:
+    def matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        rows, out = x.shape[0], weight.shape[0]
+        result = torch.empty(rows, out, dtype=dtype)
+        tile = torch.empty(min(DEQUANT_TILE_ROWS, out), weight.shape[1], dtype=dtype)
+        scale = scale.to(dtype).unsqueeze(1)
+        x = x.to(dtype)
+        for start in range(0, out, DEQUANT_TILE_ROWS):
+            end = min(start + DEQUANT_TILE_ROWS, out)
+            part = tile[: end - start].copy_(weight[start:end]).mul_(scale[start:end])
+            torch.mm(x, part.t(), out=result[:, start:end])
+        return result.to(torch.bfloat16)
+
+    return matmul
+
+
+PREFILL_KERNELS: dict[str, MatmulKernel] = {
+    "int8": int8pack,
+    "dequantized float32": _dequantized(torch.float32),
+    "dequantized bf16": _dequantized(torch.bfloat16),
+}
+CACHE_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """The prefill matmul (for calls of PREFILL_ROWS rows or more: timed at that size, and larger
+    ones favour it further) and the KV cache's dtype; decode matmuls are always int8."""
+
+    prefill: str = "int8"
+    cache: str = "float32"
+
+    @property
+    def prefill_kernel(self) -> MatmulKernel:
+        return PREFILL_KERNELS[self.prefill]
+
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        return CACHE_DTYPES[self.cache]
+
+    def describe(self) -> str:
+        """How a user sees it: `decode int8, prefill dequantized float32, float32 KV cache`."""
+        return f"decode int8, prefill {self.prefill}, {self.cache} KV cache"
+
+
+def _best_seconds(run: Callable[[], object], repeats: int = 3) -> float:
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _correct(output: torch.Tensor, reference: torch.Tensor) -> bool:
+    error = (output.double() - reference).abs().max()
+    return bool(torch.isfinite(output).all()) and float(error) <= TOLERANCE * float(
+        reference.abs().max().clamp_min(1.0)
+    )
+
+
+def fastest_prefill(weight: torch.Tensor, scale: torch.Tensor) -> tuple[str, dict[str, float]]:
+    """The fastest correct prefill kernel for an int8 `weight`, and each one's milliseconds."""
+    x = torch.randn(PREFILL_ROWS, weight.shape[1], generator=torch.Generator().manual_seed(0))
+    x = x.to(torch.bfloat16)
+    reference = x.double() @ (weight.double() * scale.double().unsqueeze(1)).t()
+    timings = {}
+    for name, kernel in PREFILL_KERNELS.items():
+        run = functools.partial(kernel, x, weight, scale)
+        if _correct(run(), reference):
+            timings[name] = 1000 * _best_seconds(run)
+    return min(timings, key=timings.__getitem__, default="int8"), timings
+
+
+def fastest_cache(kv_heads: int, heads: int, head_dim: int) -> tuple[str, dict[str, float]]:
+    """The correct KV cache dtype whose decode attention over SELF_TEST_CONTEXT positions is
+    fastest, and each one's milliseconds."""
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(1, kv_heads, SELF_TEST_CONTEXT, head_dim, generator=generator)
+    values = torch.randn(1, kv_heads, SELF_TEST_CONTEXT, head_dim, generator=generator)
+    query = torch.randn(1, heads, 1, head_dim, generator=generator)
+    reference = F.scaled_dot_product_attention(
+        query.double(), keys.double(), values.double(), enable_gqa=True
+    )
+    timings = {}
+    for name, dtype in CACHE_DTYPES.items():
+        run = functools.partial(
+            F.scaled_dot_product_attention,
+            query.to(dtype),
+            keys.to(dtype),
+            values.to(dtype),
+            enable_gqa=True,
+        )
+        if _correct(run(), reference):
+            timings[name] = 1000 * _best_seconds(run)
+    return min(timings, key=timings.__getitem__, default="float32"), timings
+
+
+def machine_identity() -> str:
+    """What a measured choice depends on besides the model: CPU, torch build, threads."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("model name", "flags", "Features")):
+                    flags += line
+                if line.strip() == "":  # the first processor's block is enough
+                    break
+    except OSError:
+        flags = platform.processor()
+    capability = torch.backends.cpu.get_cpu_capability()
+    return (
+        f"{platform.machine()}\n{flags}{capability}\n{torch.__version__}\n{torch.get_num_threads()}"
+    )
+
+
+def choose_kernels(
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    attention: tuple[int, int, int],
+    cache_dir: Path | None,
+) -> KernelChoice:
+    """The kernels for a model whose widest matmul is `weight`/`scale` and whose attention has
+    `attention` = (kv_heads, heads, head_dim): measured once per machine, then read from
+    `cache_dir` (None: measure every time)."""
+    key = hashlib.sha256(
+        f"{CHOICE_FORMAT}\n{machine_identity()}\n{tuple(weight.shape)}\n{attention}".encode()
+    ).hexdigest()[:16]
+    path = None if cache_dir is None else cache_dir / f"kernels-{key}.json"
+    if path is not None and path.is_file():
+        try:
+            return KernelChoice(**json.loads(path.read_text(encoding="utf-8"))["choice"])
+        except (ValueError, KeyError, TypeError):
+            log.debug("ignoring a damaged kernel choice in %s", path)
+    prefill, prefill_ms = fastest_prefill(weight, scale)
+    cache, cache_ms = fastest_cache(*attention)
+    choice = KernelChoice(prefill=prefill, cache=cache)
+    log.info(
+        "kernels for this machine: %s (prefill ms %s, attention ms %s)",
+        choice.describe(),
+        prefill_ms,
+        cache_ms,
+    )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"choice": asdict(choice), "prefill_ms": prefill_ms, "attention_ms": cache_ms}
+        write_atomically(path, json.dumps(record, indent=1) + "\n")
+    return choice

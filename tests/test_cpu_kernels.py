@@ -1,0 +1,102 @@
+"""The CPU engine's kernels per machine: every candidate computes the same product, the choice
+is measured once and kept, and greedy output is the reference's on whichever one is chosen."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from agent.backends.cpu_kernels import (
+    CACHE_DTYPES,
+    PREFILL_KERNELS,
+    PREFILL_ROWS,
+    KernelChoice,
+    choose_kernels,
+)
+from agent.backends.local_model import load_local_model
+from agent.backends.qwen3_cpu import CpuQwen3
+from agent.testing.reproduction import held_out_runs
+from agent.testing.transcripts import encode_transcript
+from tests.test_native_engine import greedy, same_logits
+
+CHOICES = [
+    KernelChoice(prefill=prefill, cache=cache)
+    for prefill in PREFILL_KERNELS
+    for cache in CACHE_DTYPES
+]
+
+
+def int8_weight(out: int, inputs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randint(-127, 128, (out, inputs), dtype=torch.int8, generator=generator)
+    scale = (torch.rand(out, generator=generator) / 50 + 1e-3).to(torch.bfloat16)
+    return weight, scale
+
+
+@pytest.mark.parametrize("name", PREFILL_KERNELS)
+def test_every_prefill_kernel_computes_the_scaled_int8_product(name: str) -> None:
+    weight, scale = int8_weight(1100, 96)  # outputs not a whole number of dequantized tiles
+    x = torch.randn(PREFILL_ROWS + 3, 96).to(torch.bfloat16)
+    exact = x.double() @ (weight.double() * scale.double().unsqueeze(1)).t()
+    output = PREFILL_KERNELS[name](x, weight, scale)
+    assert output.dtype == torch.bfloat16 and output.shape == exact.shape
+    assert torch.allclose(output.double(), exact, rtol=2**-7, atol=2**-7 * exact.abs().max())
+
+
+def test_the_choice_is_measured_once_and_kept_beside_the_weights(tmp_path: Path) -> None:
+    weight, scale = int8_weight(512, 128)
+    measured = choose_kernels(weight, scale, (2, 4, 32), tmp_path)
+    [kept] = tmp_path.glob("kernels-*.json")
+    record = json.loads(kept.read_text())
+    assert KernelChoice(**record["choice"]) == measured
+    assert set(record["prefill_ms"]) == set(PREFILL_KERNELS)  # every candidate passed its check
+    # A later load reads the file instead of measuring again: what it says is what is used.
+    other = next(choice for choice in CHOICES if choice != measured)
+    kept.write_text(json.dumps({"choice": dataclasses.asdict(other)}))
+    assert choose_kernels(weight, scale, (2, 4, 32), tmp_path) == other
+    # A damaged file is measured again and replaced; another shape is a choice of its own.
+    kept.write_text('{"choice": {"prefill": "fastest')
+    assert choose_kernels(weight, scale, (2, 4, 32), tmp_path).prefill in PREFILL_KERNELS
+    assert KernelChoice(**json.loads(kept.read_text())["choice"]).prefill in PREFILL_KERNELS
+    choose_kernels(weight, scale, (2, 4, 64), tmp_path)
+    assert len(list(tmp_path.glob("kernels-*.json"))) == 2
+
+
+@pytest.mark.parametrize("choice", CHOICES, ids=KernelChoice.describe)
+def test_a_long_prompt_prefills_on_each_kernel_like_token_by_token(
+    tiny_gptq: Path, choice: KernelChoice
+) -> None:
+    engine = CpuQwen3.load(tiny_gptq, prefix_cache_bytes=0, kernels=choice)
+    tokens = [(i * 7919) % 150_000 for i in range(700)]  # a 512-token chunk and a shorter one
+    chunked = engine.forward(tokens, engine.new_cache(len(tokens)))
+    cache = engine.new_cache(len(tokens))
+    assert cache.keys.dtype == choice.cache_dtype
+    for token in tokens:  # one row at a time: the int8 decode kernel throughout
+        stepped = engine.forward([token], cache)
+    assert same_logits(chunked, stepped)
+
+
+@pytest.fixture(scope="module")
+def reference_outputs(tiny_trained_gptq: Path) -> list[tuple[list[int], list[int]]]:
+    """Greedy outputs of transformers + GPTQModel for held-out agent prompts."""
+    reference = load_local_model(str(tiny_trained_gptq), device="cpu", engine="transformers")
+    cases = []
+    for zone, transcript in held_out_runs(per_kind=2):
+        for example in encode_transcript(transcript, reference.tokenizer, zone):
+            prompt, room = list(example.prompt), len(example.target) + 4
+            cases.append((prompt, greedy(reference, prompt, room)))
+    assert sum(len(prompt) >= PREFILL_ROWS for prompt, _ in cases) >= 10  # prefill kernel used
+    return cases
+
+
+@pytest.mark.parametrize("choice", CHOICES, ids=KernelChoice.describe)
+def test_greedy_output_is_the_references_on_every_kernel(
+    tiny_trained_gptq: Path, reference_outputs: list[tuple[list[int], list[int]]], choice
+) -> None:
+    native = load_local_model(str(tiny_trained_gptq), device="cpu", engine="native")
+    engine = CpuQwen3(native.engine.weights, prefix_cache_bytes=0, kernels=choice)
+    loaded = dataclasses.replace(native, engine=engine)
+    for prompt, expected in reference_outputs:
+        assert greedy(loaded, prompt, len(expected)) == expected
