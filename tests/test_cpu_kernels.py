@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from agent.backends.compiled_gemv import load_int8_gemv
 from agent.backends.cpu_kernels import (
     CACHE_DTYPES,
+    COMPILED,
+    DECODE_KERNELS,
     PREFILL_KERNELS,
     PREFILL_ROWS,
     KernelChoice,
+    available_decode_kernels,
     choose_kernels,
 )
 from agent.backends.local_model import load_local_model
@@ -22,9 +26,9 @@ from agent.testing.transcripts import encode_transcript
 from tests.test_native_engine import greedy, same_logits
 
 CHOICES = [
-    KernelChoice(prefill=prefill, cache=cache)
-    for prefill in PREFILL_KERNELS
-    for cache in CACHE_DTYPES
+    *(KernelChoice(prefill=p, cache=cache) for p in PREFILL_KERNELS for cache in CACHE_DTYPES),
+    KernelChoice(decode=COMPILED),
+    KernelChoice(decode=COMPILED, prefill="dequantized float32", cache="bf16"),
 ]
 
 
@@ -45,23 +49,68 @@ def test_every_prefill_kernel_computes_the_scaled_int8_product(name: str) -> Non
     assert torch.allclose(output.double(), exact, rtol=2**-7, atol=2**-7 * exact.abs().max())
 
 
+@pytest.mark.parametrize("name", DECODE_KERNELS)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_every_decode_kernel_computes_the_scaled_int8_product(name: str, rows: int) -> None:
+    weight, scale = int8_weight(300, 1024 + 40)  # a length of 32-blocks and a tail
+    x = torch.randn(rows, weight.shape[1]).to(torch.bfloat16)
+    exact = x.double() @ (weight.double() * scale.double().unsqueeze(1)).t()
+    output = DECODE_KERNELS[name](x, weight, scale)
+    assert output.dtype == torch.bfloat16 and output.shape == exact.shape
+    assert torch.allclose(output.double(), exact, rtol=2**-7, atol=2**-7 * exact.abs().max())
+
+
 def test_the_choice_is_measured_once_and_kept_beside_the_weights(tmp_path: Path) -> None:
-    weight, scale = int8_weight(512, 128)
-    measured = choose_kernels(weight, scale, (2, 4, 32), tmp_path)
+    weights = [int8_weight(512, 128)] * 3
+    measured = choose_kernels(weights, (2, 4, 32), tmp_path)
     [kept] = tmp_path.glob("kernels-*.json")
     record = json.loads(kept.read_text())
     assert KernelChoice(**record["choice"]) == measured
-    assert set(record["prefill_ms"]) == set(PREFILL_KERNELS)  # every candidate passed its check
+    # Every candidate passed its check against the float64 product, ours built here included.
+    assert set(record["prefill_ms"]) == set(PREFILL_KERNELS)
+    assert set(record["decode_ms"]) == set(DECODE_KERNELS)
     # A later load reads the file instead of measuring again: what it says is what is used.
     other = next(choice for choice in CHOICES if choice != measured)
     kept.write_text(json.dumps({"choice": dataclasses.asdict(other)}))
-    assert choose_kernels(weight, scale, (2, 4, 32), tmp_path) == other
+    assert choose_kernels(weights, (2, 4, 32), tmp_path) == other
     # A damaged file is measured again and replaced; another shape is a choice of its own.
     kept.write_text('{"choice": {"prefill": "fastest')
-    assert choose_kernels(weight, scale, (2, 4, 32), tmp_path).prefill in PREFILL_KERNELS
+    assert choose_kernels(weights, (2, 4, 32), tmp_path).prefill in PREFILL_KERNELS
     assert KernelChoice(**json.loads(kept.read_text())["choice"]).prefill in PREFILL_KERNELS
-    choose_kernels(weight, scale, (2, 4, 64), tmp_path)
+    choose_kernels(weights, (2, 4, 64), tmp_path)
     assert len(list(tmp_path.glob("kernels-*.json"))) == 2
+
+
+@pytest.fixture
+def fresh_kernel_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The compiled kernel looked for again, in an empty agent home; forgotten after."""
+    monkeypatch.setenv("AGENT_HOME", str(tmp_path))
+    load_int8_gemv.cache_clear()
+    yield tmp_path
+    load_int8_gemv.cache_clear()
+
+
+def test_the_decode_kernel_is_built_once_per_machine(fresh_kernel_build: Path) -> None:
+    assert load_int8_gemv() is not None
+    [built] = (fresh_kernel_build / "cache" / "kernels").glob("int8_gemv-*.so")
+    load_int8_gemv.cache_clear()
+    stamp = built.stat().st_mtime_ns
+    assert load_int8_gemv() is not None and built.stat().st_mtime_ns == stamp  # not rebuilt
+
+
+@pytest.mark.parametrize("compiler", ["/nonexistent/cc", "false"])  # none; one that fails
+def test_without_a_working_compiler_decode_keeps_torchs_kernel(
+    fresh_kernel_build: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    compiler: str,
+) -> None:
+    monkeypatch.setenv("CC", compiler)
+    caplog.set_level("INFO", logger="agent")
+    assert list(available_decode_kernels()) == ["int8"]
+    assert "torch's" in caplog.text
+    weights = [int8_weight(256, 64)]
+    assert choose_kernels(weights, (2, 4, 32), fresh_kernel_build).decode == "int8"
 
 
 @pytest.mark.parametrize("choice", CHOICES, ids=KernelChoice.describe)

@@ -1,7 +1,9 @@
 """Which kernels the CPU engine runs on this machine, chosen by a short self-test at load.
 
 CPUs differ in what is fast. Decode reads every weight once per token, so it stays on int8
-weights (`aten._weight_int8pack_mm`: the fewest bytes). Prefill is bound by arithmetic, and
+weights (the fewest bytes), on torch's `aten._weight_int8pack_mm` or on our own kernel compiled
+for this CPU (agent/backends/compiled_gemv.py), whichever reads them faster. Prefill is bound
+by arithmetic, and
 there a weight dequantized to float32 or bf16 tile by tile, then a plain float matmul, can beat
 the int8 kernel: bf16 on CPUs with avx512_bf16 or AMX, float32 on AVX2-only ones. Attention
 over the KV cache is likewise fast in bf16 only where the CPU has bf16 instructions. So at load
@@ -25,11 +27,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from agent.backends.compiled_gemv import compiled_int8, load_int8_gemv
 from agent.paths import write_atomically
 
 log = logging.getLogger("agent")
 
-CHOICE_FORMAT = "agent-cpu-kernels-v1"  # bump when the candidates or what they compute change
+CHOICE_FORMAT = "agent-cpu-kernels-v2"  # bump when the candidates or what they compute change
 PREFILL_ROWS = 128  # calls with this many rows (prompt tokens) or more use the prefill kernel
 SELF_TEST_CONTEXT = 1024  # cached positions in the timed decode attention
 DEQUANT_TILE_ROWS = 512  # output rows dequantized at a time: the tile stays in the CPU's caches
@@ -65,15 +68,28 @@ PREFILL_KERNELS: dict[str, MatmulKernel] = {
     "dequantized bf16": _dequantized(torch.bfloat16),
 }
 CACHE_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
+COMPILED = "int8 compiled"
+DECODE_KERNELS: dict[str, MatmulKernel] = {"int8": int8pack, COMPILED: compiled_int8}
+
+
+def available_decode_kernels() -> dict[str, MatmulKernel]:
+    """The decode kernels this machine can run: torch's, and ours where it builds here."""
+    usable = load_int8_gemv() is not None
+    return {name: kernel for name, kernel in DECODE_KERNELS.items() if usable or name != COMPILED}
 
 
 @dataclass(frozen=True)
 class KernelChoice:
-    """The prefill matmul (for calls of PREFILL_ROWS rows or more: timed at that size, and larger
-    ones favour it further) and the KV cache's dtype; decode matmuls are always int8."""
+    """The decode matmul (calls of fewer than PREFILL_ROWS rows), the prefill matmul (timed at
+    PREFILL_ROWS rows; longer calls favour it further) and the KV cache's dtype."""
 
+    decode: str = "int8"
     prefill: str = "int8"
     cache: str = "float32"
+
+    @property
+    def decode_kernel(self) -> MatmulKernel:
+        return DECODE_KERNELS[self.decode]
 
     @property
     def prefill_kernel(self) -> MatmulKernel:
@@ -85,7 +101,7 @@ class KernelChoice:
 
     def describe(self) -> str:
         """How a user sees it: `decode int8, prefill dequantized float32, float32 KV cache`."""
-        return f"decode int8, prefill {self.prefill}, {self.cache} KV cache"
+        return f"decode {self.decode}, prefill {self.prefill}, {self.cache} KV cache"
 
 
 def _best_seconds(run: Callable[[], object], repeats: int = 3) -> float:
@@ -116,6 +132,30 @@ def fastest_prefill(weight: torch.Tensor, scale: torch.Tensor) -> tuple[str, dic
         if _correct(run(), reference):
             timings[name] = 1000 * _best_seconds(run)
     return min(timings, key=timings.__getitem__, default="int8"), timings
+
+
+def fastest_decode(
+    weights: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[str, dict[str, float]]:
+    """The fastest correct decode kernel over int8 `weights` (weight, scale): read in turn, more
+    than the CPU's caches hold, as a decode step reads them; and each one's milliseconds."""
+    x = torch.randn(1, weights[0][0].shape[1], generator=torch.Generator().manual_seed(0))
+    x = x.to(torch.bfloat16)
+    first, scale = weights[0]
+    reference = x.double() @ (first.double() * scale.double().unsqueeze(1)).t()
+    timings = {}
+    for name, kernel in available_decode_kernels().items():
+        if _correct(kernel(x, first, scale), reference):
+            run = functools.partial(_each, kernel, x, weights)
+            timings[name] = 1000 * _best_seconds(run)
+    return min(timings, key=timings.__getitem__, default="int8"), timings
+
+
+def _each(
+    kernel: MatmulKernel, x: torch.Tensor, weights: list[tuple[torch.Tensor, torch.Tensor]]
+) -> None:
+    for weight, scale in weights:
+        kernel(x, weight, scale)
 
 
 def fastest_cache(kv_heads: int, heads: int, head_dim: int) -> tuple[str, dict[str, float]]:
@@ -161,34 +201,34 @@ def machine_identity() -> str:
 
 
 def choose_kernels(
-    weight: torch.Tensor,
-    scale: torch.Tensor,
+    weights: list[tuple[torch.Tensor, torch.Tensor]],
     attention: tuple[int, int, int],
     cache_dir: Path | None,
 ) -> KernelChoice:
-    """The kernels for a model whose widest matmul is `weight`/`scale` and whose attention has
-    `attention` = (kv_heads, heads, head_dim): measured once per machine, then read from
-    `cache_dir` (None: measure every time)."""
+    """The kernels for a model whose int8 matmuls include `weights` ((weight, scale) pairs, the
+    widest first) and whose attention has `attention` = (kv_heads, heads, head_dim): measured
+    once per machine, then read from `cache_dir` (None: measure every time)."""
+    shapes = [tuple(weight.shape) for weight, _ in weights]
     key = hashlib.sha256(
-        f"{CHOICE_FORMAT}\n{machine_identity()}\n{tuple(weight.shape)}\n{attention}".encode()
+        f"{CHOICE_FORMAT}\n{machine_identity()}\n{shapes}\n{attention}".encode()
     ).hexdigest()[:16]
     path = None if cache_dir is None else cache_dir / f"kernels-{key}.json"
     if path is not None and path.is_file():
         try:
-            return KernelChoice(**json.loads(path.read_text(encoding="utf-8"))["choice"])
+            kept = KernelChoice(**json.loads(path.read_text(encoding="utf-8"))["choice"])
         except (ValueError, KeyError, TypeError):
             log.debug("ignoring a damaged kernel choice in %s", path)
-    prefill, prefill_ms = fastest_prefill(weight, scale)
+        else:
+            if kept.decode in available_decode_kernels() and kept.prefill in PREFILL_KERNELS:
+                return kept
+    decode, decode_ms = fastest_decode(weights)
+    prefill, prefill_ms = fastest_prefill(*weights[0])
     cache, cache_ms = fastest_cache(*attention)
-    choice = KernelChoice(prefill=prefill, cache=cache)
-    log.info(
-        "kernels for this machine: %s (prefill ms %s, attention ms %s)",
-        choice.describe(),
-        prefill_ms,
-        cache_ms,
-    )
+    choice = KernelChoice(decode=decode, prefill=prefill, cache=cache)
+    timings = {"decode_ms": decode_ms, "prefill_ms": prefill_ms, "attention_ms": cache_ms}
+    log.info("kernels for this machine: %s (%s)", choice.describe(), timings)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"choice": asdict(choice), "prefill_ms": prefill_ms, "attention_ms": cache_ms}
+        record = {"choice": asdict(choice), **timings}
         write_atomically(path, json.dumps(record, indent=1) + "\n")
     return choice

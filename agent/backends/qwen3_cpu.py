@@ -77,11 +77,16 @@ class CpuQwen3:
         is kept in `repack_dir`), an unquantized one's are the defaults.
         """
         weights = load_qwen3_weights(path, int8_lm_head, repack_dir)
-        widest = weights.layers[0].gate_up
-        if kernels is None and widest.scale is not None:
+        if kernels is None and weights.layers[0].gate_up.scale is not None:
             shape = weights.shape
             attention = (shape.kv_heads, shape.heads, shape.head_dim)
-            kernels = choose_kernels(widest.weight, widest.scale, attention, repack_dir)
+            # The widest matmul first (prefill is timed on it), then all of one kind in turn.
+            gate_ups = [
+                (layer.gate_up.weight, layer.gate_up.scale)
+                for layer in weights.layers
+                if layer.gate_up.scale is not None
+            ]
+            kernels = choose_kernels(gate_ups, attention, repack_dir)
         return cls(weights, prefix_cache_bytes, prefix_store, kernels)
 
     def new_cache(self, room: int) -> KVCache:
@@ -140,7 +145,7 @@ class CpuQwen3:
             for start in range(0, len(tokens), PREFILL_CHUNK):
                 hidden = self._run(tokens[start : start + PREFILL_CHUNK], cache)
             last = rms_norm(hidden[-1:], self.weights.norm, self.shape.rms_eps)
-            return self.weights.lm_head(last)[0].float()
+            return self._matmul(self.weights.lm_head, last)[0].float()
 
     def forward_batch(self, tokens: list[int], caches: list[KVCache]) -> torch.Tensor:
         """One next token for each of several sequences, in one pass: the weights are read
@@ -158,7 +163,7 @@ class CpuQwen3:
             for cache, token in zip(caches, tokens, strict=True):
                 cache.tokens.append(token)
             last = rms_norm(hidden, self.weights.norm, self.shape.rms_eps)
-            return self.weights.lm_head(last).float()
+            return self._matmul(self.weights.lm_head, last).float()
 
     def _batch_layer(
         self,
@@ -197,10 +202,12 @@ class CpuQwen3:
         return hidden + self._matmul(layer.down, F.silu(gate) * up)
 
     def _matmul(self, linear: Linear, x: torch.Tensor) -> torch.Tensor:
-        """`linear(x)`, on this machine's prefill kernel for calls of PREFILL_ROWS rows or more."""
-        if linear.scale is not None and x.shape[0] >= PREFILL_ROWS:
+        """`linear(x)` on this machine's kernels: prefill's for PREFILL_ROWS rows or more."""
+        if linear.scale is None:
+            return linear(x)
+        if x.shape[0] >= PREFILL_ROWS:
             return self.kernels.prefill_kernel(x, linear.weight, linear.scale)
-        return linear(x)
+        return self.kernels.decode_kernel(x, linear.weight, linear.scale)
 
     def _rope(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         end = start + count
