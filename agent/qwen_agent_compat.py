@@ -11,28 +11,89 @@ Imported by `agent/__init__.py`, so it runs before anything imports `qwen_agent`
   the handlers that were there, so Ctrl-C stays ours.
 - It logs INFO and WARNING lines to stderr (one per tool we register under its own names); we
   keep only errors unless `--debug`.
+- `qwen_agent.llm` imports every model backend it has (OpenAI, Azure, DashScope, OpenVINO...),
+  and with them `openai` and `dashscope`: about a second of every start, for backends a run
+  does not use. They are imported when first used instead (`_defer_llm_backends`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
 import signal
+import sys
+import types
+from collections.abc import Iterator
+from typing import Any
 
 from agent.paths import cache_dir
 
 QWEN_AGENT_LOGGER = "qwen_agent_logger"
+# The backend modules `qwen_agent/llm/__init__.py` imports, and the class it takes from each.
+DEFERRED_LLM_BACKENDS = {
+    "azure": "TextChatAtAzure",
+    "oai": "TextChatAtOAI",
+    "openvino": "OpenVINO",
+    "qwen_dashscope": "QwenChatAtDS",
+    "qwenaudio_dashscope": "QwenAudioChatAtDS",
+    "qwenomni_oai": "QwenOmniChatAtOAI",
+    "qwenvl_dashscope": "QwenVLChatAtDS",
+    "qwenvl_oai": "QwenVLChatAtOAI",
+    "qwenvlo_dashscope": "QwenVLoChatAtDS",
+    "transformers_llm": "Transformers",
+}
 
 
 def _import_qwen_agent_keeping_signal_handlers() -> None:
     handled = (signal.SIGINT, signal.SIGTERM)
     saved = {sig: signal.getsignal(sig) for sig in handled}
-    import qwen_agent.agents  # noqa: F401  (installs handlers as a side effect)
-    import qwen_agent.tools  # noqa: F401
+    with _defer_llm_backends():
+        import qwen_agent.agents  # noqa: F401  (installs handlers as a side effect)
+        import qwen_agent.tools  # noqa: F401
 
     for sig, handler in saved.items():
         if handler is not None:
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _defer_llm_backends() -> Iterator[None]:
+    """While `qwen_agent.llm` first imports, its backend modules are empty stand-ins; after,
+    the stand-ins are gone, and each backend class is imported from its real module when
+    something first asks `qwen_agent.llm` for it (`import qwen_agent.llm.oai` imports the
+    real module as usual, registering its model type then)."""
+    if "qwen_agent.llm" in sys.modules:
+        yield
+        return
+    stand_ins = {}
+    for module, class_name in DEFERRED_LLM_BACKENDS.items():
+        stand_in = types.ModuleType(f"qwen_agent.llm.{module}")
+        setattr(stand_in, class_name, None)
+        stand_ins[stand_in.__name__] = sys.modules[stand_in.__name__] = stand_in
+    try:
+        yield
+    finally:
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+        llm = sys.modules.get("qwen_agent.llm")
+        if llm is not None:
+            for module, class_name in DEFERRED_LLM_BACKENDS.items():
+                if getattr(llm, module, None) is stand_ins[f"qwen_agent.llm.{module}"]:
+                    delattr(llm, module)
+                if module not in llm.__dict__ and getattr(llm, class_name, 0) is None:
+                    delattr(llm, class_name)
+            llm.__dict__["__getattr__"] = _backend_class
+
+
+def _backend_class(name: str) -> Any:
+    """`qwen_agent.llm.<backend class>`, imported from its module on first use."""
+    for module, class_name in DEFERRED_LLM_BACKENDS.items():
+        if name == class_name:
+            return getattr(importlib.import_module(f"qwen_agent.llm.{module}"), class_name)
+    raise AttributeError(f"module 'qwen_agent.llm' has no attribute {name!r}")
 
 
 def apply() -> None:

@@ -88,12 +88,19 @@ def attention_ms(context: int = 1024) -> dict[str, float]:
 
 
 ENGINE_PREFILL_TOKENS, ENGINE_CONTEXT, ENGINE_DECODE_STEPS = 512, 1024, 16
+ENGINE_STEPPED_TOKENS = 32  # prompt tokens fed one at a time to check decode's numerics
 
 
 def engine_choices() -> dict[str, object]:
-    """Per kernel choice: prefill tok/s and logits against the reference on a 512-token prompt,
-    decode tok/s at 1k of context; and the choice this machine's self-test makes."""
-    from agent.backends.cpu_kernels import CACHE_DTYPES, PREFILL_KERNELS, KernelChoice
+    """Per kernel choice: prefill tok/s and logits against the reference on a 512-token prompt;
+    per decode kernel and cache: logits against the reference after 32 tokens fed one at a
+    time, and decode tok/s at 1k of context; and the choice this machine's self-test makes."""
+    from agent.backends.cpu_kernels import (
+        CACHE_DTYPES,
+        PREFILL_KERNELS,
+        KernelChoice,
+        available_decode_kernels,
+    )
     from agent.backends.local_model import load_local_model
     from agent.backends.qwen3_cpu import CpuQwen3
     from bench.random_checkpoint import cached_checkpoint
@@ -117,17 +124,27 @@ def engine_choices() -> dict[str, object]:
                 "reference_max_abs_logit": round(float(expected.abs().max()), 4),
                 "same_argmax_as_reference": int(logits.argmax()) == int(expected.argmax()),
             }
-    for cache in CACHE_DTYPES:
-        choice = KernelChoice(prefill=chosen.engine.kernels.prefill, cache=cache)
-        engine = CpuQwen3(chosen.engine.weights, prefix_cache_bytes=0, kernels=choice)
-        context = [(i * 31) % 150_000 for i in range(ENGINE_CONTEXT)]
-        kv = engine.new_cache(ENGINE_CONTEXT + ENGINE_DECODE_STEPS)
-        token = int(engine.forward(context, kv).argmax())
-        started = time.perf_counter()
-        for _ in range(ENGINE_DECODE_STEPS):
-            token = int(engine.forward([token], kv).argmax())
-        rate = ENGINE_DECODE_STEPS / (time.perf_counter() - started)
-        report[f"decode tok/s at {ENGINE_CONTEXT}, {cache} KV cache"] = round(rate, 2)
+    stepped = prompt[:ENGINE_STEPPED_TOKENS]
+    expected = reference.engine.forward(stepped, reference.engine.checkout(stepped))
+    for decode in available_decode_kernels():
+        for cache in CACHE_DTYPES:
+            choice = KernelChoice(decode=decode, prefill=chosen.engine.kernels.prefill, cache=cache)
+            engine = CpuQwen3(chosen.engine.weights, prefix_cache_bytes=0, kernels=choice)
+            kv = engine.new_cache(len(stepped))
+            for token in stepped:  # one row at a time: every matmul on the decode kernel
+                logits = engine.forward([token], kv)
+            context = [(i * 31) % 150_000 for i in range(ENGINE_CONTEXT)]
+            kv = engine.new_cache(ENGINE_CONTEXT + ENGINE_DECODE_STEPS)
+            token = int(engine.forward(context, kv).argmax())
+            started = time.perf_counter()
+            for _ in range(ENGINE_DECODE_STEPS):
+                token = int(engine.forward([token], kv).argmax())
+            rate = ENGINE_DECODE_STEPS / (time.perf_counter() - started)
+            report[f"decode {decode}, {cache} KV cache"] = {
+                f"decode_tok_s_at_{ENGINE_CONTEXT}": round(rate, 2),
+                "max_abs_logit_diff_vs_reference": round(float((logits - expected).abs().max()), 4),
+                "same_argmax_as_reference": int(logits.argmax()) == int(expected.argmax()),
+            }
     return report
 
 

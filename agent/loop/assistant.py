@@ -98,8 +98,12 @@ def build_llm(settings: Settings) -> BaseChatModel:
     """Load the model (local) or set up the client (remote)."""
     from qwen_agent.llm import get_chat_model
 
-    import agent.backends.local  # noqa: F401  (registers `agent_local`)
-    import agent.backends.remote  # noqa: F401  (registers `agent_remote`)
+    # Each registers its model type; only the one used is imported (the remote one imports
+    # the OpenAI client, which a local run does without).
+    if settings.model_server:
+        import agent.backends.remote  # noqa: F401  (registers `agent_remote`)
+    else:
+        import agent.backends.local  # noqa: F401  (registers `agent_local`)
 
     return get_chat_model(llm_config(settings))
 

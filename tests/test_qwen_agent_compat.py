@@ -1,0 +1,49 @@
+"""The Qwen-Agent workarounds in agent/qwen_agent_compat.py, each in a fresh interpreter."""
+
+import subprocess
+import sys
+import textwrap
+
+
+def run_fresh(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_model_backends_a_run_does_not_use_are_not_imported() -> None:
+    out = run_fresh(
+        """
+        import sys
+        import agent.loop.assistant, agent.backends.local
+        print(sorted(m for m in ("openai", "dashscope", "qwen_agent.llm.oai") if m in sys.modules))
+        """
+    )
+    assert out.strip() == "[]"
+
+
+def test_a_deferred_backend_is_the_real_one_when_asked_for() -> None:
+    out = run_fresh(
+        """
+        import agent, qwen_agent.llm as llm
+        from qwen_agent.llm.oai import TextChatAtOAI
+        assert llm.TextChatAtOAI is TextChatAtOAI
+        assert isinstance(llm.QwenChatAtDS, type)  # imported on first use, DashScope too
+        client = llm.get_chat_model({"model": "m", "model_server": "http://127.0.0.1:9/v1"})
+        print(type(client).__name__)
+        try:
+            llm.NoSuchBackend
+        except AttributeError as exc:
+            print(exc)
+        """
+    )
+    assert out.splitlines() == [
+        "TextChatAtOAI",
+        "module 'qwen_agent.llm' has no attribute 'NoSuchBackend'",
+    ]
