@@ -51,6 +51,16 @@ class CpuQwen3:
     ) -> None:
         self.weights = weights
         self.kernels = kernels or KernelChoice()
+        # Per layer: q_norm for every query head, then k_norm for every kv head.
+        self._qk_norms = [
+            torch.cat(
+                (
+                    layer.q_norm.expand(weights.shape.heads, -1),
+                    layer.k_norm.expand(weights.shape.kv_heads, -1),
+                )
+            )
+            for layer in weights.layers
+        ]
         self.shape = weights.shape
         self.vocab_size = weights.shape.vocab
         self.prefix_cache: PrefixCache[KVCache] = PrefixCache(prefix_cache_bytes)
@@ -177,11 +187,8 @@ class CpuQwen3:
         starts, cos, sin = position
         batch = hidden.shape[0]
         qkv = self._matmul(layer.qkv, rms_norm(hidden, layer.input_norm, eps))
-        q_size, kv_size = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-        q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
-        q = _rotate(rms_norm(q.view(batch, shape.heads, -1), layer.q_norm, eps), cos, sin)
-        k = _rotate(rms_norm(k.view(batch, shape.kv_heads, -1), layer.k_norm, eps), cos, sin)
-        v = v.view(batch, shape.kv_heads, -1)
+        q, k, v = self._heads(qkv, index, cos, sin)
+        q_size = shape.heads * shape.head_dim
         rows = []
         for row, (cache, start) in enumerate(zip(caches, starts, strict=True)):
             cache.keys[index, :, start] = k[row]
@@ -200,6 +207,19 @@ class CpuQwen3:
             2, dim=-1
         )
         return hidden + self._matmul(layer.down, F.silu(gate) * up)
+
+    def _heads(
+        self, qkv: torch.Tensor, index: int, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k and v [rows, heads, head_dim] of a layer's fused projection, q and k normed and
+        rotated together (their heads side by side: half the operations, the same values)."""
+        shape = self.shape
+        rows, heads = qkv.shape[0], shape.heads + shape.kv_heads
+        qk = qkv[:, : heads * shape.head_dim].view(rows, heads, shape.head_dim)
+        qk = _rotate(rms_norm(qk, self._qk_norms[index], shape.rms_eps), cos, sin)
+        q, k = qk.split((shape.heads, shape.kv_heads), dim=1)
+        v = qkv[:, heads * shape.head_dim :].view(rows, shape.kv_heads, shape.head_dim)
+        return q, k, v
 
     def _matmul(self, linear: Linear, x: torch.Tensor) -> torch.Tensor:
         """`linear(x)` on this machine's kernels: prefill's for PREFILL_ROWS rows or more."""
@@ -244,12 +264,10 @@ class CpuQwen3:
         count = hidden.shape[0]
         end = start + count
         qkv = self._matmul(layer.qkv, rms_norm(hidden, layer.input_norm, eps))
-        q_size, kv_size = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-        q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
-        q = _rotate(rms_norm(q.view(count, shape.heads, -1), layer.q_norm, eps), cos, sin)
-        k = _rotate(rms_norm(k.view(count, shape.kv_heads, -1), layer.k_norm, eps), cos, sin)
+        q, k, v = self._heads(qkv, index, cos, sin)
+        q_size = shape.heads * shape.head_dim
         cache.keys[index, :, start:end] = k.transpose(0, 1)
-        cache.values[index, :, start:end] = v.view(count, shape.kv_heads, -1).transpose(0, 1)
+        cache.values[index, :, start:end] = v.transpose(0, 1)
         attended = F.scaled_dot_product_attention(
             q.transpose(0, 1).unsqueeze(0).to(cache.keys.dtype),
             cache.keys[index, :, :end].unsqueeze(0),
