@@ -31,19 +31,41 @@ from typing import Any
 from agent.paths import cache_dir
 
 QWEN_AGENT_LOGGER = "qwen_agent_logger"
-# The backend modules `qwen_agent/llm/__init__.py` imports, and the class it takes from each.
+# The backend modules `qwen_agent/llm/__init__.py` imports: the class it takes from each, and
+# the model type each registers.
 DEFERRED_LLM_BACKENDS = {
-    "azure": "TextChatAtAzure",
-    "oai": "TextChatAtOAI",
-    "openvino": "OpenVINO",
-    "qwen_dashscope": "QwenChatAtDS",
-    "qwenaudio_dashscope": "QwenAudioChatAtDS",
-    "qwenomni_oai": "QwenOmniChatAtOAI",
-    "qwenvl_dashscope": "QwenVLChatAtDS",
-    "qwenvl_oai": "QwenVLChatAtOAI",
-    "qwenvlo_dashscope": "QwenVLoChatAtDS",
-    "transformers_llm": "Transformers",
+    "azure": ("TextChatAtAzure", "azure"),
+    "oai": ("TextChatAtOAI", "oai"),
+    "openvino": ("OpenVINO", "openvino"),
+    "qwen_dashscope": ("QwenChatAtDS", "qwen_dashscope"),
+    "qwenaudio_dashscope": ("QwenAudioChatAtDS", "qwenaudio_dashscope"),
+    "qwenomni_oai": ("QwenOmniChatAtOAI", "qwenomni_oai"),
+    "qwenvl_dashscope": ("QwenVLChatAtDS", "qwenvl_dashscope"),
+    "qwenvl_oai": ("QwenVLChatAtOAI", "qwenvl_oai"),
+    "qwenvlo_dashscope": ("QwenVLoChatAtDS", "qwenvlo_dashscope"),
+    "transformers_llm": ("Transformers", "transformers"),
 }
+
+
+class _DeferredRegistry(dict[str, Any]):
+    """Qwen-Agent's model-type registry (`LLM_REGISTRY`) that imports a deferred backend's
+    module when its model type is first looked up, so `get_chat_model` finds every type."""
+
+    def __missing__(self, model_type: str) -> Any:
+        self._import(model_type)
+        return dict.__getitem__(self, model_type)
+
+    def __contains__(self, model_type: object) -> bool:
+        if isinstance(model_type, str):
+            self._import(model_type)
+        return dict.__contains__(self, model_type)
+
+    def _import(self, model_type: str) -> None:
+        if dict.__contains__(self, model_type):
+            return
+        for module, (_, registered) in DEFERRED_LLM_BACKENDS.items():
+            if registered == model_type:
+                importlib.import_module(f"qwen_agent.llm.{module}")
 
 
 def _import_qwen_agent_keeping_signal_handlers() -> None:
@@ -61,14 +83,14 @@ def _import_qwen_agent_keeping_signal_handlers() -> None:
 @contextlib.contextmanager
 def _defer_llm_backends() -> Iterator[None]:
     """While `qwen_agent.llm` first imports, its backend modules are empty stand-ins; after,
-    the stand-ins are gone, and each backend class is imported from its real module when
-    something first asks `qwen_agent.llm` for it (`import qwen_agent.llm.oai` imports the
-    real module as usual, registering its model type then)."""
+    the stand-ins are gone, and a backend's real module is imported when something first asks
+    `qwen_agent.llm` for its class or the registry for its model type (`import
+    qwen_agent.llm.oai` imports the real module as usual)."""
     if "qwen_agent.llm" in sys.modules:
         yield
         return
     stand_ins = {}
-    for module, class_name in DEFERRED_LLM_BACKENDS.items():
+    for module, (class_name, _) in DEFERRED_LLM_BACKENDS.items():
         stand_in = types.ModuleType(f"qwen_agent.llm.{module}")
         setattr(stand_in, class_name, None)
         stand_ins[stand_in.__name__] = sys.modules[stand_in.__name__] = stand_in
@@ -80,17 +102,21 @@ def _defer_llm_backends() -> Iterator[None]:
                 del sys.modules[name]
         llm = sys.modules.get("qwen_agent.llm")
         if llm is not None:
-            for module, class_name in DEFERRED_LLM_BACKENDS.items():
+            for module, (class_name, _) in DEFERRED_LLM_BACKENDS.items():
                 if getattr(llm, module, None) is stand_ins[f"qwen_agent.llm.{module}"]:
                     delattr(llm, module)
                 if module not in llm.__dict__ and getattr(llm, class_name, 0) is None:
                     delattr(llm, class_name)
             llm.__dict__["__getattr__"] = _backend_class
+            # Both modules look the registry up by name: the same object goes in both.
+            base = sys.modules["qwen_agent.llm.base"]
+            registry = _DeferredRegistry(base.LLM_REGISTRY)
+            base.__dict__["LLM_REGISTRY"] = llm.__dict__["LLM_REGISTRY"] = registry
 
 
 def _backend_class(name: str) -> Any:
     """`qwen_agent.llm.<backend class>`, imported from its module on first use."""
-    for module, class_name in DEFERRED_LLM_BACKENDS.items():
+    for module, (class_name, _) in DEFERRED_LLM_BACKENDS.items():
         if name == class_name:
             return getattr(importlib.import_module(f"qwen_agent.llm.{module}"), class_name)
     raise AttributeError(f"module 'qwen_agent.llm' has no attribute {name!r}")

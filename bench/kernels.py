@@ -99,6 +99,7 @@ def engine_choices() -> dict[str, object]:
         CACHE_DTYPES,
         PREFILL_KERNELS,
         KernelChoice,
+        available_attention,
         available_decode_kernels,
     )
     from agent.backends.local_model import load_local_model
@@ -126,9 +127,10 @@ def engine_choices() -> dict[str, object]:
             }
     stepped = prompt[:ENGINE_STEPPED_TOKENS]
     expected = reference.engine.forward(stepped, reference.engine.checkout(stepped))
+    prefill = chosen.engine.kernels.prefill
     for decode in available_decode_kernels():
-        for cache in CACHE_DTYPES:
-            choice = KernelChoice(decode=decode, prefill=chosen.engine.kernels.prefill, cache=cache)
+        for cache, attention in available_attention():
+            choice = KernelChoice(decode, prefill, cache, attention)
             engine = CpuQwen3(chosen.engine.weights, prefix_cache_bytes=0, kernels=choice)
             kv = engine.new_cache(len(stepped))
             for token in stepped:  # one row at a time: every matmul on the decode kernel
@@ -140,7 +142,7 @@ def engine_choices() -> dict[str, object]:
             for _ in range(ENGINE_DECODE_STEPS):
                 token = int(engine.forward([token], kv).argmax())
             rate = ENGINE_DECODE_STEPS / (time.perf_counter() - started)
-            report[f"decode {decode}, {cache} KV cache"] = {
+            report[f"decode {decode}, {cache} KV cache, {attention} attention"] = {
                 f"decode_tok_s_at_{ENGINE_CONTEXT}": round(rate, 2),
                 "max_abs_logit_diff_vs_reference": round(float((logits - expected).abs().max()), 4),
                 "same_argmax_as_reference": int(logits.argmax()) == int(expected.argmax()),

@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.backends.compiled_gemv import load_int8_gemv
+from agent.backends.compiled_kernels import compiled_attention, load_library
 from agent.backends.cpu_kernels import (
+    ATTENTION_CHOICES,
     CACHE_DTYPES,
     COMPILED,
     DECODE_KERNELS,
     PREFILL_KERNELS,
     PREFILL_ROWS,
     KernelChoice,
+    available_attention,
     available_decode_kernels,
     choose_kernels,
 )
@@ -29,6 +31,8 @@ CHOICES = [
     *(KernelChoice(prefill=p, cache=cache) for p in PREFILL_KERNELS for cache in CACHE_DTYPES),
     KernelChoice(decode=COMPILED),
     KernelChoice(decode=COMPILED, prefill="dequantized float32", cache="bf16"),
+    KernelChoice(cache="bf16", attention="compiled"),
+    KernelChoice(COMPILED, "dequantized float32", "bf16", "compiled"),
 ]
 
 
@@ -60,6 +64,23 @@ def test_every_decode_kernel_computes_the_scaled_int8_product(name: str, rows: i
     assert torch.allclose(output.double(), exact, rtol=2**-7, atol=2**-7 * exact.abs().max())
 
 
+@pytest.mark.parametrize("length", [1, 37, 300])
+def test_compiled_attention_is_torchs_over_the_same_bf16_cache(length: int) -> None:
+    generator = torch.Generator().manual_seed(length)
+    keys = torch.randn(4, 320, 72, generator=generator).to(torch.bfloat16)  # capacity > length
+    values = torch.randn(4, 320, 72, generator=generator).to(torch.bfloat16)
+    query = torch.randn(8, 72, generator=generator) * 3  # two query heads per kv head
+    exact = torch.nn.functional.scaled_dot_product_attention(
+        query.double()[None, :, None],
+        keys[:, :length].double()[None],
+        values[:, :length].double()[None],
+        enable_gqa=True,
+    )[0, :, 0]
+    output = compiled_attention(query, keys, values, length)
+    assert output.dtype == torch.float32 and output.shape == (8, 72)
+    assert torch.allclose(output.double(), exact, atol=1e-5)
+
+
 def test_the_choice_is_measured_once_and_kept_beside_the_weights(tmp_path: Path) -> None:
     weights = [int8_weight(512, 128)] * 3
     measured = choose_kernels(weights, (2, 4, 32), tmp_path)
@@ -69,6 +90,7 @@ def test_the_choice_is_measured_once_and_kept_beside_the_weights(tmp_path: Path)
     # Every candidate passed its check against the float64 product, ours built here included.
     assert set(record["prefill_ms"]) == set(PREFILL_KERNELS)
     assert set(record["decode_ms"]) == set(DECODE_KERNELS)
+    assert len(record["attention_ms"]) == len(ATTENTION_CHOICES)
     # A later load reads the file instead of measuring again: what it says is what is used.
     other = next(choice for choice in CHOICES if choice != measured)
     kept.write_text(json.dumps({"choice": dataclasses.asdict(other)}))
@@ -85,17 +107,17 @@ def test_the_choice_is_measured_once_and_kept_beside_the_weights(tmp_path: Path)
 def fresh_kernel_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The compiled kernel looked for again, in an empty agent home; forgotten after."""
     monkeypatch.setenv("AGENT_HOME", str(tmp_path))
-    load_int8_gemv.cache_clear()
+    load_library.cache_clear()
     yield tmp_path
-    load_int8_gemv.cache_clear()
+    load_library.cache_clear()
 
 
 def test_the_decode_kernel_is_built_once_per_machine(fresh_kernel_build: Path) -> None:
-    assert load_int8_gemv() is not None
-    [built] = (fresh_kernel_build / "cache" / "kernels").glob("int8_gemv-*.so")
-    load_int8_gemv.cache_clear()
+    assert load_library() is not None
+    [built] = (fresh_kernel_build / "cache" / "kernels").glob("compiled_kernels-*.so")
+    load_library.cache_clear()
     stamp = built.stat().st_mtime_ns
-    assert load_int8_gemv() is not None and built.stat().st_mtime_ns == stamp  # not rebuilt
+    assert load_library() is not None and built.stat().st_mtime_ns == stamp  # not rebuilt
 
 
 @pytest.mark.parametrize("compiler", ["/nonexistent/cc", "false"])  # none; one that fails
@@ -108,9 +130,11 @@ def test_without_a_working_compiler_decode_keeps_torchs_kernel(
     monkeypatch.setenv("CC", compiler)
     caplog.set_level("INFO", logger="agent")
     assert list(available_decode_kernels()) == ["int8"]
+    assert ("bf16", "compiled") not in available_attention()
     assert "torch's" in caplog.text
     weights = [int8_weight(256, 64)]
-    assert choose_kernels(weights, (2, 4, 32), fresh_kernel_build).decode == "int8"
+    chosen = choose_kernels(weights, (2, 4, 32), fresh_kernel_build)
+    assert (chosen.decode, chosen.attention) == ("int8", "torch")
 
 
 @pytest.mark.parametrize("choice", CHOICES, ids=KernelChoice.describe)

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from qwen_agent.llm.schema import Message
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from agent.backends.kv_cache import KVCache, PrefixCache
 from agent.backends.local import LocalQwen, Usage, generate_token_ids
 from agent.backends.local_model import load_local_model
 from agent.backends.qwen3_cpu import CpuQwen3
-from agent.backends.qwen3_weights import load_qwen3_weights
+from agent.backends.qwen3_weights import _CheckpointReader, load_qwen3_weights
 from agent.testing.reproduction import GREEDY, held_out_runs
 from agent.testing.transcripts import (
     encode_transcript,
@@ -213,3 +215,21 @@ def test_the_agent_prompt_is_stable_up_to_the_users_question(qwen3_tokenizer) ->
     assert other[:user_turn] == first[:user_turn]  # nothing volatile before the question
     assert other[user_turn:] != first[user_turn:]
     assert second_step.startswith(first.removesuffix("<think>\n\n</think>\n\n"))
+
+
+def test_a_bf16_token_embedding_is_mapped_from_its_file_not_read(tmp_path: Path) -> None:
+    rows = torch.randn(300, 64).to(torch.bfloat16)
+    save_file({"embed": rows, "wide": torch.randn(4, 4)}, str(tmp_path / "model.safetensors"))
+    reader = _CheckpointReader(tmp_path)
+    mapped = reader.mapped_bf16("embed")
+    assert mapped is not None and torch.equal(mapped, rows)
+    assert mapped[torch.tensor([3, 299])].tolist() == rows[[3, 299]].tolist()
+    assert reader.mapped_bf16("wide") is None  # float32 on disk: read and converted instead
+
+
+def test_the_engine_reads_its_embedding_from_the_mapped_checkpoint(tiny_gptq: Path) -> None:
+    weights = load_qwen3_weights(tiny_gptq)
+    with safe_open(str(tiny_gptq / "model.safetensors"), framework="pt") as handle:
+        on_disk = handle.get_tensor("model.embed_tokens.weight")
+    assert torch.equal(weights.embed, on_disk)
+    assert not weights.embed.untyped_storage().resizable()  # numpy's mapping, not torch's copy

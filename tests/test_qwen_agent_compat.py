@@ -28,6 +28,17 @@ def test_model_backends_a_run_does_not_use_are_not_imported() -> None:
     assert out.strip() == "[]"
 
 
+def test_qwen_agents_own_model_types_still_load_by_name() -> None:
+    out = run_fresh(
+        """
+        import agent, sys, qwen_agent.llm as llm
+        cfg = {"model": "m", "model_server": "http://127.0.0.1:9/v1"}  # picks its `oai` type
+        print(type(llm.get_chat_model(cfg)).__name__, "openai" in sys.modules)
+        """
+    )
+    assert out.split() == ["TextChatAtOAI", "True"]
+
+
 def test_a_deferred_backend_is_the_real_one_when_asked_for() -> None:
     out = run_fresh(
         """
@@ -37,6 +48,7 @@ def test_a_deferred_backend_is_the_real_one_when_asked_for() -> None:
         assert isinstance(llm.QwenChatAtDS, type)  # imported on first use, DashScope too
         client = llm.get_chat_model({"model": "m", "model_server": "http://127.0.0.1:9/v1"})
         print(type(client).__name__)
+        assert "openvino" in llm.LLM_REGISTRY and "no_such_type" not in llm.LLM_REGISTRY
         try:
             llm.NoSuchBackend
         except AttributeError as exc:

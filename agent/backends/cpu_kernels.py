@@ -6,7 +6,8 @@ for this CPU (agent/backends/compiled_gemv.py), whichever reads them faster. Pre
 by arithmetic, and
 there a weight dequantized to float32 or bf16 tile by tile, then a plain float matmul, can beat
 the int8 kernel: bf16 on CPUs with avx512_bf16 or AMX, float32 on AVX2-only ones. Attention
-over the KV cache is likewise fast in bf16 only where the CPU has bf16 instructions. So at load
+over a bf16 KV cache (half the bytes of float32) is fast in torch only where the CPU has bf16
+instructions; ours (compiled_kernels.c) computes it in float32 from the bf16 cache. So at load
 each candidate is timed on the model's own weights and shapes, checked against a float64
 reference, and the fastest correct one is kept, in a small file beside the repacked weights
 keyed by the machine, the torch build, the thread count and the model's shape.
@@ -27,12 +28,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from agent.backends.compiled_gemv import compiled_int8, load_int8_gemv
+from agent.backends.compiled_kernels import compiled_attention, compiled_int8, load_library
 from agent.paths import write_atomically
 
 log = logging.getLogger("agent")
 
-CHOICE_FORMAT = "agent-cpu-kernels-v2"  # bump when the candidates or what they compute change
+CHOICE_FORMAT = "agent-cpu-kernels-v3"  # bump when the candidates or what they compute change
 PREFILL_ROWS = 128  # calls with this many rows (prompt tokens) or more use the prefill kernel
 SELF_TEST_CONTEXT = 1024  # cached positions in the timed decode attention
 DEQUANT_TILE_ROWS = 512  # output rows dequantized at a time: the tile stays in the CPU's caches
@@ -70,22 +71,33 @@ PREFILL_KERNELS: dict[str, MatmulKernel] = {
 CACHE_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 COMPILED = "int8 compiled"
 DECODE_KERNELS: dict[str, MatmulKernel] = {"int8": int8pack, COMPILED: compiled_int8}
+# (KV cache dtype, decode attention): torch's SDPA over either, or ours over a bf16 cache.
+ATTENTION_CHOICES = (("float32", "torch"), ("bf16", "torch"), ("bf16", "compiled"))
 
 
 def available_decode_kernels() -> dict[str, MatmulKernel]:
-    """The decode kernels this machine can run: torch's, and ours where it builds here."""
-    usable = load_int8_gemv() is not None
+    """The decode kernels this machine can run: torch's, and ours where they build here."""
+    usable = load_library() is not None
     return {name: kernel for name, kernel in DECODE_KERNELS.items() if usable or name != COMPILED}
+
+
+def available_attention() -> list[tuple[str, str]]:
+    """The (cache dtype, attention) pairs this machine can run."""
+    usable = load_library() is not None
+    return [choice for choice in ATTENTION_CHOICES if usable or choice[1] != "compiled"]
 
 
 @dataclass(frozen=True)
 class KernelChoice:
     """The decode matmul (calls of fewer than PREFILL_ROWS rows), the prefill matmul (timed at
-    PREFILL_ROWS rows; longer calls favour it further) and the KV cache's dtype."""
+    PREFILL_ROWS rows; longer calls favour it further), the KV cache's dtype and the attention
+    of one decoded position (`compiled`: ours, over a bf16 cache; prefill's then runs in
+    float32)."""
 
     decode: str = "int8"
     prefill: str = "int8"
     cache: str = "float32"
+    attention: str = "torch"
 
     @property
     def decode_kernel(self) -> MatmulKernel:
@@ -100,8 +112,12 @@ class KernelChoice:
         return CACHE_DTYPES[self.cache]
 
     def describe(self) -> str:
-        """How a user sees it: `decode int8, prefill dequantized float32, float32 KV cache`."""
-        return f"decode {self.decode}, prefill {self.prefill}, {self.cache} KV cache"
+        """How a user sees it, e.g. `decode int8, prefill int8, float32 KV cache, torch
+        attention`."""
+        return (
+            f"decode {self.decode}, prefill {self.prefill}, {self.cache} KV cache, "
+            f"{self.attention} attention"
+        )
 
 
 def _best_seconds(run: Callable[[], object], repeats: int = 3) -> float:
@@ -158,28 +174,38 @@ def _each(
         kernel(x, weight, scale)
 
 
-def fastest_cache(kv_heads: int, heads: int, head_dim: int) -> tuple[str, dict[str, float]]:
-    """The correct KV cache dtype whose decode attention over SELF_TEST_CONTEXT positions is
-    fastest, and each one's milliseconds."""
+def fastest_attention(
+    kv_heads: int, heads: int, head_dim: int
+) -> tuple[tuple[str, str], dict[str, float]]:
+    """The correct (cache dtype, attention) pair whose decode attention over SELF_TEST_CONTEXT
+    positions is fastest, and each one's milliseconds."""
     generator = torch.Generator().manual_seed(0)
-    keys = torch.randn(1, kv_heads, SELF_TEST_CONTEXT, head_dim, generator=generator)
-    values = torch.randn(1, kv_heads, SELF_TEST_CONTEXT, head_dim, generator=generator)
-    query = torch.randn(1, heads, 1, head_dim, generator=generator)
+    keys = torch.randn(kv_heads, SELF_TEST_CONTEXT, head_dim, generator=generator)
+    values = torch.randn(kv_heads, SELF_TEST_CONTEXT, head_dim, generator=generator)
+    query = torch.randn(heads, head_dim, generator=generator)
     reference = F.scaled_dot_product_attention(
-        query.double(), keys.double(), values.double(), enable_gqa=True
-    )
+        query.double()[None, :, None], keys.double()[None], values.double()[None], enable_gqa=True
+    )[0, :, 0]
     timings = {}
-    for name, dtype in CACHE_DTYPES.items():
-        run = functools.partial(
-            F.scaled_dot_product_attention,
-            query.to(dtype),
-            keys.to(dtype),
-            values.to(dtype),
-            enable_gqa=True,
-        )
+    for cache, attention in available_attention():
+        dtype = CACHE_DTYPES[cache]
+        k, v = keys.to(dtype), values.to(dtype)
+        if attention == "compiled":
+            run = functools.partial(compiled_attention, query, k, v, SELF_TEST_CONTEXT)
+        else:
+            run = functools.partial(_torch_attention, query.to(dtype), k, v)
         if _correct(run(), reference):
-            timings[name] = 1000 * _best_seconds(run)
-    return min(timings, key=timings.__getitem__, default="float32"), timings
+            timings[f"{cache} cache, {attention} attention"] = 1000 * _best_seconds(run)
+    fastest = min(timings, key=timings.__getitem__, default="float32 cache, torch attention")
+    cache, attention = fastest.removesuffix(" attention").split(" cache, ")
+    return (cache, attention), timings
+
+
+def _torch_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    attended = F.scaled_dot_product_attention(
+        query[None, :, None], keys[None], values[None], enable_gqa=True
+    )
+    return attended[0, :, 0]
 
 
 def machine_identity() -> str:
@@ -219,13 +245,14 @@ def choose_kernels(
         except (ValueError, KeyError, TypeError):
             log.debug("ignoring a damaged kernel choice in %s", path)
         else:
-            if kept.decode in available_decode_kernels() and kept.prefill in PREFILL_KERNELS:
+            usable = kept.decode in available_decode_kernels() and kept.prefill in PREFILL_KERNELS
+            if usable and (kept.cache, kept.attention) in available_attention():
                 return kept
     decode, decode_ms = fastest_decode(weights)
     prefill, prefill_ms = fastest_prefill(*weights[0])
-    cache, cache_ms = fastest_cache(*attention)
-    choice = KernelChoice(decode=decode, prefill=prefill, cache=cache)
-    timings = {"decode_ms": decode_ms, "prefill_ms": prefill_ms, "attention_ms": cache_ms}
+    (cache, attend), attention_ms = fastest_attention(*attention)
+    choice = KernelChoice(decode=decode, prefill=prefill, cache=cache, attention=attend)
+    timings = {"decode_ms": decode_ms, "prefill_ms": prefill_ms, "attention_ms": attention_ms}
     log.info("kernels for this machine: %s (%s)", choice.describe(), timings)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from agent.backends.compiled_kernels import compiled_attention
 from agent.backends.cpu_kernels import PREFILL_ROWS, KernelChoice, choose_kernels
 from agent.backends.kv_cache import GROWTH_TOKENS, KVCache, PrefixCache
 from agent.backends.prefix_store import PrefixStore
@@ -183,30 +184,49 @@ class CpuQwen3:
         index: int,
         position: tuple[list[int], torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        shape, eps = self.shape, self.shape.rms_eps
+        eps = self.shape.rms_eps
         starts, cos, sin = position
-        batch = hidden.shape[0]
         qkv = self._matmul(layer.qkv, rms_norm(hidden, layer.input_norm, eps))
         q, k, v = self._heads(qkv, index, cos, sin)
-        q_size = shape.heads * shape.head_dim
         rows = []
         for row, (cache, start) in enumerate(zip(caches, starts, strict=True)):
             cache.keys[index, :, start] = k[row]
             cache.values[index, :, start] = v[row]
-            rows.append(
-                F.scaled_dot_product_attention(
-                    q[row].unsqueeze(1).unsqueeze(0).to(cache.keys.dtype),
-                    cache.keys[index, :, : start + 1].unsqueeze(0),
-                    cache.values[index, :, : start + 1].unsqueeze(0),
-                    enable_gqa=True,
-                )[0, :, 0]
-            )
-        attended = torch.stack(rows).reshape(batch, q_size).to(DTYPE)
+            rows.append(self._attend(q[row : row + 1], cache, index, start + 1, None))
+        attended = torch.cat(rows)
         hidden = hidden + self._matmul(layer.o, attended)
         gate, up = self._matmul(layer.gate_up, rms_norm(hidden, layer.post_norm, eps)).chunk(
             2, dim=-1
         )
         return hidden + self._matmul(layer.down, F.silu(gate) * up)
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        cache: KVCache,
+        index: int,
+        end: int,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Attention of `q` [rows, heads, head_dim] over layer `index`'s first `end` cached
+        positions (causal among the rows, or by `mask`): [rows, heads * head_dim] in DTYPE."""
+        keys, values = cache.keys[index], cache.values[index]
+        rows = q.shape[0]
+        compiled = self.kernels.attention == "compiled"
+        if compiled and rows == 1:
+            return compiled_attention(q[0], keys, values, end).view(1, -1).to(DTYPE)
+        # Prefill next to compiled decode attention (a bf16 cache): in float32, which torch
+        # computes fast on every CPU.
+        dtype = torch.float32 if compiled else keys.dtype
+        attended = F.scaled_dot_product_attention(
+            q.transpose(0, 1).unsqueeze(0).to(dtype),
+            keys[:, :end].unsqueeze(0).to(dtype),
+            values[:, :end].unsqueeze(0).to(dtype),
+            attn_mask=mask,
+            is_causal=mask is None and rows > 1,
+            enable_gqa=True,
+        )
+        return attended[0].transpose(0, 1).reshape(rows, -1).to(DTYPE)
 
     def _heads(
         self, qkv: torch.Tensor, index: int, cos: torch.Tensor, sin: torch.Tensor
@@ -259,24 +279,15 @@ class CpuQwen3:
         index: int,
         position: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None],
     ) -> torch.Tensor:
-        shape, eps = self.shape, self.shape.rms_eps
+        eps = self.shape.rms_eps
         start, cos, sin, mask = position
         count = hidden.shape[0]
         end = start + count
         qkv = self._matmul(layer.qkv, rms_norm(hidden, layer.input_norm, eps))
         q, k, v = self._heads(qkv, index, cos, sin)
-        q_size = shape.heads * shape.head_dim
         cache.keys[index, :, start:end] = k.transpose(0, 1)
         cache.values[index, :, start:end] = v.transpose(0, 1)
-        attended = F.scaled_dot_product_attention(
-            q.transpose(0, 1).unsqueeze(0).to(cache.keys.dtype),
-            cache.keys[index, :, :end].unsqueeze(0),
-            cache.values[index, :, :end].unsqueeze(0),
-            attn_mask=mask,
-            is_causal=mask is None and count > 1,
-            enable_gqa=True,
-        )
-        attended = attended[0].transpose(0, 1).reshape(count, q_size).to(DTYPE)
+        attended = self._attend(q, cache, index, end, mask)
         hidden = hidden + self._matmul(layer.o, attended)
         gate, up = self._matmul(layer.gate_up, rms_norm(hidden, layer.post_norm, eps)).chunk(
             2, dim=-1

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -168,13 +171,34 @@ class _CheckpointReader:
     def has(self, name: str) -> bool:
         return name in self._where
 
-    def get(self, name: str) -> torch.Tensor:
+    def mapped_bf16(self, name: str) -> torch.Tensor | None:
+        """Tensor `name` mapped from its file, not read, when the file stores it in bf16: its
+        pages are read (and count in memory) only where touched, as the rows of the token
+        embedding a prompt uses. None when it is stored in another dtype."""
+        path = self.where(name)
+        with open(path, "rb") as handle:
+            header_size = struct.unpack("<Q", handle.read(8))[0]
+            entry = json.loads(handle.read(header_size))[name]
+        if entry["dtype"] != "BF16":
+            return None
+        begin, end = entry["data_offsets"]
+        if end - begin != 2 * math.prod(entry["shape"]):
+            raise ModelLoadError(f"{path}: tensor {name} does not fill its bytes")
+        # Copy-on-write, so torch gets a writable array (it is never written).
+        rows = np.memmap(path, np.uint16, "c", 8 + header_size + begin, tuple(entry["shape"]))
+        return torch.from_numpy(rows).view(torch.bfloat16)
+
+    def where(self, name: str) -> Path:
+        """The file holding tensor `name`."""
         if name not in self._where:
             raise ModelLoadError(
                 f"the checkpoint in {self._path} has no tensor {name}; is it a Qwen3 checkpoint "
                 "whose config.json matches its weights?"
             )
-        with safe_open(str(self._where[name]), framework="pt") as handle:
+        return self._where[name]
+
+    def get(self, name: str) -> torch.Tensor:
+        with safe_open(str(self.where(name)), framework="pt") as handle:
             return handle.get_tensor(name)
 
 
@@ -236,7 +260,10 @@ def load_qwen3_weights(
     shape = Qwen3Shape.from_config(config)
     quant = config.get("quantization_config")
     reader = _CheckpointReader(path)
-    embed = reader.get("model.embed_tokens.weight").to(torch.bfloat16)
+    embed_name = "model.embed_tokens.weight"
+    embed = reader.mapped_bf16(embed_name)
+    if embed is None:
+        embed = reader.get(embed_name).to(torch.bfloat16)
     quantization = f"gptq int{quant['bits']}" if quant else "none"
     cached = None
     if repack_dir is not None and quant is not None:

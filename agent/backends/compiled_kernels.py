@@ -1,0 +1,150 @@
+"""Decode's compiled kernels (compiled_kernels.c): built once per machine, loaded with ctypes.
+
+torch's `_weight_int8pack_mm` reads int8 weights at about half the memory bandwidth at batch 1
+on our CPUs, and its attention over a bf16 cache is slow where the CPU has no bf16
+instructions; these kernels, compiled here with `-march=native`, do the same arithmetic faster:
+an int8 matmul, and one query's attention over a bf16 cache in float32. Building needs a C
+compiler (`$CC`, else `cc`); where there is none, or it fails, the engine keeps torch's kernels
+and the reason is logged.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+from agent.paths import cache_dir
+
+log = logging.getLogger("agent")
+
+SOURCE = Path(__file__).with_name("compiled_kernels.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+LIBRARIES = ("-lm",)
+BUILD_TIMEOUT_S = 120
+
+
+def _compiler() -> list[str] | None:
+    command = shlex.split(os.environ.get("CC", "")) or ["cc"]
+    return command if shutil.which(command[0]) else None
+
+
+def _build(compiler: list[str], target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        subprocess.run(
+            [*compiler, *FLAGS, str(SOURCE), "-o", str(scratch), *LIBRARIES],
+            check=True,
+            capture_output=True,
+            timeout=BUILD_TIMEOUT_S,
+        )
+        os.replace(scratch, target)  # never a half-written library for another process
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+@functools.cache
+def load_library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (logged) where they cannot be built here."""
+    from agent.backends.cpu_kernels import machine_identity
+
+    compiler = _compiler()
+    if compiler is None:
+        log.info("no C compiler (set CC): decode keeps torch's kernels")
+        return None
+    key = hashlib.sha256(
+        f"{SOURCE.read_text()}\n{compiler}\n{FLAGS}\n{machine_identity()}".encode()
+    ).hexdigest()[:16]
+    target = cache_dir() / "kernels" / f"compiled_kernels-{key}.so"
+    try:
+        if not target.is_file():
+            _build(compiler, target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        reason = detail.decode(errors="replace").strip().splitlines()[:1] or [str(exc)]
+        log.info("cannot build the compiled decode kernels (%s): torch's are used", reason[0])
+        return None
+    library.int8_gemv.restype = ctypes.c_int
+    library.int8_gemv.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    library.attend_one.restype = ctypes.c_int
+    library.attend_one.argtypes = (
+        [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_int]
+    )
+    return library
+
+
+def _library() -> ctypes.CDLL:
+    library = load_library()
+    if library is None:
+        raise RuntimeError("a compiled kernel was asked for where they did not build")
+    return library
+
+
+def compiled_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """bf16 `x` [rows, in] @ int8 `weight` [out, in] scaled per output row: bf16 [rows, out]."""
+    if weight.dtype != torch.int8 or scale.dtype != torch.bfloat16 or not weight.is_contiguous():
+        raise ValueError("the int8 decode kernel takes a contiguous int8 weight, bf16 scales")
+    x, scale = x.to(torch.bfloat16).contiguous(), scale.contiguous()
+    rows, out = x.shape[0], weight.shape[0]
+    y = torch.empty(rows, out, dtype=torch.bfloat16)
+    status = _library().int8_gemv(
+        weight.data_ptr(),
+        scale.data_ptr(),
+        x.data_ptr(),
+        y.data_ptr(),
+        rows,
+        out,
+        weight.shape[1],
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        raise MemoryError("the int8 decode kernel could not allocate its input copy")
+    return y
+
+
+def compiled_attention(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, length: int
+) -> torch.Tensor:
+    """One position's attention: `query` [heads, dim] (any float dtype) over the first `length`
+    positions of one layer's bf16 `keys` and `values` [kv_heads, capacity, dim], kv head i
+    serving query heads i * group ... (i + 1) * group - 1; float32 [heads, dim]."""
+    kv_heads, capacity, dim = keys.shape
+    heads = query.shape[0]
+    if (
+        keys.dtype != torch.bfloat16
+        or values.shape != keys.shape
+        or values.dtype != keys.dtype
+        or not (keys.is_contiguous() and values.is_contiguous())
+        or heads % kv_heads
+        or query.shape[1] != dim
+        or not 0 < length <= capacity
+    ):
+        raise ValueError("compiled_attention: mismatched query, keys or values")
+    query = query.float().contiguous()
+    out = torch.empty(heads, dim)
+    status = _library().attend_one(
+        query.data_ptr(),
+        keys.data_ptr(),
+        values.data_ptr(),
+        out.data_ptr(),
+        kv_heads,
+        heads // kv_heads,
+        capacity,
+        length,
+        dim,
+        dim**-0.5,
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        raise MemoryError("the attention kernel could not allocate its scores")
+    return out
