@@ -33,8 +33,10 @@ from agent.paths import write_atomically
 
 log = logging.getLogger("agent")
 
-CHOICE_FORMAT = "agent-cpu-kernels-v3"  # bump when the candidates or what they compute change
-PREFILL_ROWS = 128  # calls with this many rows (prompt tokens) or more use the prefill kernel
+CHOICE_FORMAT = "agent-cpu-kernels-v4"  # bump when the candidates or what they compute change
+PREFILL_ROWS = 128  # rows (prompt tokens) the prefill kernels are timed at
+SHORTER_PREFILLS = (16, 32, 64)  # where the chosen prefill kernel may start to win, also timed
+DECODE_ROWS = 4  # calls of fewer rows (a decoded token; a few, batched) use the decode kernel
 SELF_TEST_CONTEXT = 1024  # cached positions in the timed decode attention
 DEQUANT_TILE_ROWS = 512  # output rows dequantized at a time: the tile stays in the CPU's caches
 TOLERANCE = 2**-6  # of the output's largest magnitude: bf16 rounding, not a wrong kernel
@@ -89,15 +91,16 @@ def available_attention() -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class KernelChoice:
-    """The decode matmul (calls of fewer than PREFILL_ROWS rows), the prefill matmul (timed at
-    PREFILL_ROWS rows; longer calls favour it further), the KV cache's dtype and the attention
-    of one decoded position (`compiled`: ours, over a bf16 cache; prefill's then runs in
-    float32)."""
+    """The decode matmul (calls of fewer than DECODE_ROWS rows), the prefill matmul (calls of
+    `prefill_rows` rows or more, where it beats torch's int8 kernel, which takes the calls in
+    between), the KV cache's dtype and the attention of one decoded position (`compiled`: ours,
+    over a bf16 cache; prefill's then runs in float32)."""
 
     decode: str = "int8"
     prefill: str = "int8"
     cache: str = "float32"
     attention: str = "torch"
+    prefill_rows: int = PREFILL_ROWS
 
     @property
     def decode_kernel(self) -> MatmulKernel:
@@ -137,17 +140,31 @@ def _correct(output: torch.Tensor, reference: torch.Tensor) -> bool:
     )
 
 
-def fastest_prefill(weight: torch.Tensor, scale: torch.Tensor) -> tuple[str, dict[str, float]]:
-    """The fastest correct prefill kernel for an int8 `weight`, and each one's milliseconds."""
-    x = torch.randn(PREFILL_ROWS, weight.shape[1], generator=torch.Generator().manual_seed(0))
-    x = x.to(torch.bfloat16)
+def fastest_prefill(weight: torch.Tensor, scale: torch.Tensor) -> tuple[str, int, dict[str, float]]:
+    """The fastest correct prefill kernel for an int8 `weight` at PREFILL_ROWS rows, the fewest
+    rows from which it beats the int8 kernel (SHORTER_PREFILLS or PREFILL_ROWS), and each
+    timing in milliseconds."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(PREFILL_ROWS, weight.shape[1], generator=generator).to(torch.bfloat16)
     reference = x.double() @ (weight.double() * scale.double().unsqueeze(1)).t()
     timings = {}
     for name, kernel in PREFILL_KERNELS.items():
         run = functools.partial(kernel, x, weight, scale)
         if _correct(run(), reference):
             timings[name] = 1000 * _best_seconds(run)
-    return min(timings, key=timings.__getitem__, default="int8"), timings
+    fastest = min(timings, key=timings.__getitem__, default="int8")
+    rows = PREFILL_ROWS
+    for shorter in sorted(SHORTER_PREFILLS, reverse=True):
+        part = x[:shorter]
+        chosen = 1000 * _best_seconds(
+            functools.partial(PREFILL_KERNELS[fastest], part, weight, scale)
+        )
+        int8 = 1000 * _best_seconds(functools.partial(int8pack, part, weight, scale))
+        timings[f"{fastest} at {shorter} rows"], timings[f"int8 at {shorter} rows"] = chosen, int8
+        if fastest == "int8" or chosen >= int8:
+            break
+        rows = shorter
+    return fastest, rows, timings
 
 
 def fastest_decode(
@@ -249,9 +266,9 @@ def choose_kernels(
             if usable and (kept.cache, kept.attention) in available_attention():
                 return kept
     decode, decode_ms = fastest_decode(weights)
-    prefill, prefill_ms = fastest_prefill(*weights[0])
+    prefill, prefill_rows, prefill_ms = fastest_prefill(*weights[0])
     (cache, attend), attention_ms = fastest_attention(*attention)
-    choice = KernelChoice(decode=decode, prefill=prefill, cache=cache, attention=attend)
+    choice = KernelChoice(decode, prefill, cache, attend, prefill_rows)
     timings = {"decode_ms": decode_ms, "prefill_ms": prefill_ms, "attention_ms": attention_ms}
     log.info("kernels for this machine: %s (%s)", choice.describe(), timings)
     if path is not None:

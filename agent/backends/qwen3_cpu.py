@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from agent.backends.compiled_kernels import compiled_attention
-from agent.backends.cpu_kernels import PREFILL_ROWS, KernelChoice, choose_kernels
+from agent.backends.cpu_kernels import DECODE_ROWS, KernelChoice, choose_kernels
 from agent.backends.kv_cache import GROWTH_TOKENS, KVCache, PrefixCache
 from agent.backends.prefix_store import PrefixStore
 from agent.backends.qwen3_weights import LayerWeights, Linear, Qwen3Weights, load_qwen3_weights
@@ -242,12 +242,16 @@ class CpuQwen3:
         return q, k, v
 
     def _matmul(self, linear: Linear, x: torch.Tensor) -> torch.Tensor:
-        """`linear(x)` on this machine's kernels: prefill's for PREFILL_ROWS rows or more."""
+        """`linear(x)` on this machine's kernels: decode's for a few rows, prefill's from its
+        measured number of rows, torch's int8 kernel in between."""
+        rows = x.shape[0]
         if linear.scale is None:
             return linear(x)
-        if x.shape[0] >= PREFILL_ROWS:
+        if rows < DECODE_ROWS:
+            return self.kernels.decode_kernel(x, linear.weight, linear.scale)
+        if rows >= self.kernels.prefill_rows:
             return self.kernels.prefill_kernel(x, linear.weight, linear.scale)
-        return self.kernels.decode_kernel(x, linear.weight, linear.scale)
+        return linear(x)
 
     def _rope(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         end = start + count
