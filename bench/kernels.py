@@ -15,23 +15,15 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from agent.backends.cpu_kernels import best_seconds
+
 OUT_FEATURES, IN_FEATURES, MATRICES = 6144, 1024, 40
-
-
-def _seconds(run: Callable[[], object], repeats: int = 5) -> float:
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
+REPEATS = 5  # timed calls per kernel, the fastest kept
 
 
 def matmul_rates() -> dict[str, float]:
@@ -45,7 +37,9 @@ def matmul_rates() -> dict[str, float]:
     int8_bytes = MATRICES * OUT_FEATURES * IN_FEATURES
     rates = {
         "int8pack_mm (weight-only int8, bf16 activations; decode's kernel)": int8_bytes
-        / _seconds(lambda: [torch.ops.aten._weight_int8pack_mm(x, w, scales) for w in weights])
+        / best_seconds(
+            lambda: [torch.ops.aten._weight_int8pack_mm(x, w, scales) for w in weights], REPEATS
+        )
     }
     packed = [torch.ops.onednn.qlinear_prepack(w, [1, IN_FEATURES]) for w in weights]
     activations = torch.randint(0, 255, (1, IN_FEATURES), dtype=torch.uint8)
@@ -59,13 +53,13 @@ def matmul_rates() -> dict[str, float]:
                 torch.float32, "none", [], "",
             )  # fmt: skip
 
-    rates["onednn qlinear (int8 weights and per-tensor int8 activations)"] = int8_bytes / _seconds(
-        onednn
+    rates["onednn qlinear (int8 weights and per-tensor int8 activations)"] = (
+        int8_bytes / best_seconds(onednn, REPEATS)
     )
     bf16 = [w.to(torch.bfloat16) for w in weights[: MATRICES // 2]]
     bf16_bytes = 2 * len(bf16) * OUT_FEATURES * IN_FEATURES
-    rates["bf16 linear (2 bytes a weight)"] = bf16_bytes / _seconds(
-        lambda: [F.linear(x, w) for w in bf16]
+    rates["bf16 linear (2 bytes a weight)"] = bf16_bytes / best_seconds(
+        lambda: [F.linear(x, w) for w in bf16], REPEATS
     )
     return {name: rate / 1e9 for name, rate in rates.items()}
 
@@ -82,7 +76,7 @@ def attention_ms(context: int = 1024) -> dict[str, float]:
         keys = torch.randn(1, 8, context, 128, dtype=dtype)
         values = torch.randn_like(keys)
         query = torch.randn(1, 16, 1, 128, dtype=dtype)
-        seconds = _seconds(functools.partial(_attend_28_layers, query, keys, values))
+        seconds = best_seconds(functools.partial(_attend_28_layers, query, keys, values), REPEATS)
         times[f"{str(dtype).removeprefix('torch.')} cache, 28 layers"] = seconds * 1e3
     return times
 

@@ -141,7 +141,7 @@ def test_without_a_working_compiler_decode_keeps_torchs_kernel(
     assert (chosen.decode, chosen.attention) == ("int8", "torch")
 
 
-@pytest.mark.parametrize("choice", CHOICES, ids=KernelChoice.describe)
+@pytest.mark.parametrize("choice", CHOICES, ids=lambda c: f"{c.describe()}, from {c.prefill_rows}")
 def test_a_long_prompt_prefills_on_each_kernel_like_token_by_token(
     tiny_gptq: Path, choice: KernelChoice
 ) -> None:
@@ -172,7 +172,7 @@ def reference_outputs(tiny_trained_gptq: Path) -> list[tuple[list[int], list[int
     return cases
 
 
-@pytest.mark.parametrize("choice", CHOICES, ids=KernelChoice.describe)
+@pytest.mark.parametrize("choice", CHOICES, ids=lambda c: f"{c.describe()}, from {c.prefill_rows}")
 def test_greedy_output_is_the_references_on_every_kernel(
     tiny_trained_gptq: Path, reference_outputs: list[tuple[list[int], list[int]]], choice
 ) -> None:

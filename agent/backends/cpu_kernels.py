@@ -123,7 +123,8 @@ class KernelChoice:
         )
 
 
-def _best_seconds(run: Callable[[], object], repeats: int = 3) -> float:
+def best_seconds(run: Callable[[], object], repeats: int = 3) -> float:
+    """The fastest of `repeats` timed calls of `run`, after one untimed warm-up call."""
     run()
     best = float("inf")
     for _ in range(repeats):
@@ -151,15 +152,15 @@ def fastest_prefill(weight: torch.Tensor, scale: torch.Tensor) -> tuple[str, int
     for name, kernel in PREFILL_KERNELS.items():
         run = functools.partial(kernel, x, weight, scale)
         if _correct(run(), reference):
-            timings[name] = 1000 * _best_seconds(run)
+            timings[name] = 1000 * best_seconds(run)
     fastest = min(timings, key=timings.__getitem__, default="int8")
     rows = PREFILL_ROWS
     for shorter in sorted(SHORTER_PREFILLS, reverse=True):
         part = x[:shorter]
-        chosen = 1000 * _best_seconds(
+        chosen = 1000 * best_seconds(
             functools.partial(PREFILL_KERNELS[fastest], part, weight, scale)
         )
-        int8 = 1000 * _best_seconds(functools.partial(int8pack, part, weight, scale))
+        int8 = 1000 * best_seconds(functools.partial(int8pack, part, weight, scale))
         timings[f"{fastest} at {shorter} rows"], timings[f"int8 at {shorter} rows"] = chosen, int8
         if fastest == "int8" or chosen >= int8:
             break
@@ -180,7 +181,7 @@ def fastest_decode(
     for name, kernel in available_decode_kernels().items():
         if _correct(kernel(x, first, scale), reference):
             run = functools.partial(_each, kernel, x, weights)
-            timings[name] = 1000 * _best_seconds(run)
+            timings[name] = 1000 * best_seconds(run)
     return min(timings, key=timings.__getitem__, default="int8"), timings
 
 
@@ -212,7 +213,7 @@ def fastest_attention(
         else:
             run = functools.partial(_torch_attention, query.to(dtype), k, v)
         if _correct(run(), reference):
-            timings[f"{cache} cache, {attention} attention"] = 1000 * _best_seconds(run)
+            timings[f"{cache} cache, {attention} attention"] = 1000 * best_seconds(run)
     fastest = min(timings, key=timings.__getitem__, default="float32 cache, torch attention")
     cache, attention = fastest.removesuffix(" attention").split(" cache, ")
     return (cache, attention), timings
