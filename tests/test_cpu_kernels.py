@@ -181,3 +181,32 @@ def test_greedy_output_is_the_references_on_every_kernel(
     loaded = dataclasses.replace(native, engine=engine)
     for prompt, expected in reference_outputs:
         assert greedy(loaded, prompt, len(expected)) == expected
+
+
+def test_the_fused_decode_step_computes_what_the_torch_path_does(tiny_gptq: Path) -> None:
+    choice = KernelChoice(COMPILED, "dequantized float32", "bf16", "compiled")
+    engine = CpuQwen3.load(tiny_gptq, prefix_cache_bytes=0, kernels=choice)
+    fused = engine.fused_decode
+    assert fused is not None
+    tokens = [(i * 7919) % 150_000 for i in range(300)]
+    caches = engine.new_cache(len(tokens)), engine.new_cache(len(tokens))
+    for token in tokens:
+        engine.fused_decode = fused
+        compiled = engine.forward([token], caches[0])
+        engine.fused_decode = None
+        stepped = engine.forward([token], caches[1])
+        assert same_logits(compiled, stepped)
+    filled = len(tokens)
+    for written in (lambda c: c.keys[:, :, :filled], lambda c: c.values[:, :, :filled]):
+        assert torch.allclose(*(written(cache) for cache in caches), atol=0.05)
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [KernelChoice(COMPILED, cache="bf16"), KernelChoice(cache="bf16", attention="compiled")],
+    ids=["torch attention", "torch decode matmul"],
+)
+def test_the_fused_step_runs_only_on_the_kernels_it_fuses(
+    tiny_gptq: Path, choice: KernelChoice
+) -> None:
+    assert CpuQwen3.load(tiny_gptq, prefix_cache_bytes=0, kernels=choice).fused_decode is None

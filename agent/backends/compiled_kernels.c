@@ -9,6 +9,10 @@
  * attend_one: one query position's attention over a bf16 KV cache, computed in float32 (keys
  * and values are bf16 to begin with, so this is the float32 cache's arithmetic on half the
  * bytes).
+ *
+ * decode_step: one decoded position through every decoder layer, in one call: the same
+ * operations as the engine's torch path (agent/backends/qwen3_cpu.py), rounded to bf16 where it
+ * rounds, without ~65 torch operations a layer of per-call overhead.
  */
 #include <math.h>
 #include <stdint.h>
@@ -88,6 +92,14 @@ static float dot(const int8_t *w, const float *x, int64_t in) {
     return total;
 }
 
+static inline void gemv_row(const int8_t *w, const uint16_t *scale, const float *xf,
+                            uint16_t *y, int64_t r, int64_t rows, int64_t out, int64_t in) {
+    float s = bf16_to_float(scale[r]);
+    for (int64_t b = 0; b < rows; b++) {
+        y[b * out + r] = float_to_bf16(dot(w + r * in, xf + b * in, in) * s);
+    }
+}
+
 /* Returns 0, or -1 when the float32 copy of x could not be allocated. */
 int int8_gemv(const int8_t *w, const uint16_t *scale, const uint16_t *x, uint16_t *y,
               int64_t rows, int64_t out, int64_t in, int threads) {
@@ -95,12 +107,7 @@ int int8_gemv(const int8_t *w, const uint16_t *scale, const uint16_t *x, uint16_
     if (xf == NULL) return -1;
     for (int64_t i = 0; i < rows * in; i++) xf[i] = bf16_to_float(x[i]);
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < out; r++) {
-        float s = bf16_to_float(scale[r]);
-        for (int64_t b = 0; b < rows; b++) {
-            y[b * out + r] = float_to_bf16(dot(w + r * in, xf + b * in, in) * s);
-        }
-    }
+    for (int64_t r = 0; r < out; r++) gemv_row(w, scale, xf, y, r, rows, out, in);
     free(xf);
     return 0;
 }
@@ -142,6 +149,34 @@ static void softmax(float *scores, int64_t length) {
     for (t = 0; t < length; t++) scores[t] *= inverse;
 }
 
+/* One kv head's share of attend_one: its `group` query heads qh [group, dim] over positions
+ * [0, length) of k and v [capacity, dim]; s holds group * length scores. */
+static void attend_head(const float *qh, const uint16_t *k, const uint16_t *v, float *oh,
+                        float *s, int64_t group, int64_t length, int64_t dim, float scale) {
+    for (int64_t t = 0; t < length; t++) {
+        for (int64_t g = 0; g < group; g++) {
+            s[g * length + t] = dot_bf16(k + t * dim, qh + g * dim, dim) * scale;
+        }
+    }
+    for (int64_t g = 0; g < group; g++) softmax(s + g * length, length);
+    memset(oh, 0, sizeof(float) * (size_t)(group * dim));
+    for (int64_t t = 0; t < length; t++) {
+        const uint16_t *vt = v + t * dim;
+        for (int64_t g = 0; g < group; g++) {
+            float weight = s[g * length + t], *og = oh + g * dim;
+            int64_t i = 0;
+#ifdef __AVX2__
+            __m256 w8 = _mm256_set1_ps(weight);
+            for (; i + 8 <= dim; i += 8) {
+                __m256 sum = _mm256_fmadd_ps(widen_bf16(vt + i), w8, _mm256_loadu_ps(og + i));
+                _mm256_storeu_ps(og + i, sum);
+            }
+#endif
+            for (; i < dim; i++) og[i] += weight * bf16_to_float(vt[i]);
+        }
+    }
+}
+
 /* out[h * group + g] = softmax(q[h * group + g] . K[h]^T * scale) V[h], over positions
  * [0, length) of one layer's keys and values [kv_heads, capacity, dim] (bf16); q and out are
  * float32 [kv_heads * group, dim]. Each kv head's keys and values are read once for its group
@@ -153,32 +188,161 @@ int attend_one(const float *q, const uint16_t *keys, const uint16_t *values, flo
     if (scores == NULL) return -1;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t h = 0; h < kv_heads; h++) {
-        const uint16_t *k = keys + h * capacity * dim, *v = values + h * capacity * dim;
-        const float *qh = q + h * group * dim;
-        float *s = scores + h * group * length, *oh = out + h * group * dim;
-        for (int64_t t = 0; t < length; t++) {
-            for (int64_t g = 0; g < group; g++) {
-                s[g * length + t] = dot_bf16(k + t * dim, qh + g * dim, dim) * scale;
-            }
-        }
-        for (int64_t g = 0; g < group; g++) softmax(s + g * length, length);
-        memset(oh, 0, sizeof(float) * (size_t)(group * dim));
-        for (int64_t t = 0; t < length; t++) {
-            const uint16_t *vt = v + t * dim;
-            for (int64_t g = 0; g < group; g++) {
-                float weight = s[g * length + t], *og = oh + g * dim;
-                int64_t i = 0;
-#ifdef __AVX2__
-                __m256 w8 = _mm256_set1_ps(weight);
-                for (; i + 8 <= dim; i += 8) {
-                    __m256 sum = _mm256_fmadd_ps(widen_bf16(vt + i), w8, _mm256_loadu_ps(og + i));
-                    _mm256_storeu_ps(og + i, sum);
-                }
-#endif
-                for (; i < dim; i++) og[i] += weight * bf16_to_float(vt[i]);
-            }
-        }
+        attend_head(q + h * group * dim, keys + h * capacity * dim, values + h * capacity * dim,
+                    out + h * group * dim, scores + h * group * length, group, length, dim,
+                    scale);
     }
     free(scores);
     return 0;
+}
+
+/* ---- decode_step ---- */
+
+/* One decoder layer's weights as the engine holds them (all contiguous): int8 matmuls with one
+ * bf16 scale per output row, q/k/v and gate/up fused, bf16 norms; qk_norm is q_norm repeated
+ * for every query head, then k_norm for every kv head. */
+typedef struct {
+    const uint16_t *input_norm, *qk_norm, *post_norm;
+    const int8_t *qkv, *o, *gate_up, *down;
+    const uint16_t *qkv_scale, *o_scale, *gate_up_scale, *down_scale;
+} DecodeLayer;
+
+typedef struct {
+    int64_t layers, hidden, heads, kv_heads, dim, intermediate;
+    float eps;
+} DecodeShape;
+
+static inline uint16_t bf16_mul(uint16_t a, uint16_t b) {
+    return float_to_bf16(bf16_to_float(a) * bf16_to_float(b));
+}
+
+static inline uint16_t bf16_add(uint16_t a, uint16_t b) {
+    return float_to_bf16(bf16_to_float(a) + bf16_to_float(b));
+}
+
+/* Qwen3RMSNorm of each of `rows` vectors of `width`: normed in float32, rounded to bf16, scaled
+ * by the bf16 weight (row r's weight at weight + r * weight_stride). */
+static void rms_norm_rows(const uint16_t *x, const uint16_t *weight, int64_t weight_stride,
+                          uint16_t *out, int64_t rows, int64_t width, float eps) {
+    for (int64_t r = 0; r < rows; r++) {
+        const uint16_t *xr = x + r * width, *wr = weight + r * weight_stride;
+        float squares = 0.0f;
+        for (int64_t i = 0; i < width; i++) squares += bf16_to_float(xr[i]) * bf16_to_float(xr[i]);
+        float inverse = 1.0f / sqrtf(squares / (float)width + eps);
+        for (int64_t i = 0; i < width; i++) {
+            out[r * width + i] = bf16_mul(wr[i], float_to_bf16(bf16_to_float(xr[i]) * inverse));
+        }
+    }
+}
+
+/* x * cos + rotate_half(x) * sin for each head of x [heads, dim], in place, in bf16 steps. */
+static void rotate_heads(uint16_t *x, const uint16_t *cos, const uint16_t *sin, int64_t heads,
+                         int64_t dim, uint16_t *row) {
+    int64_t half = dim / 2;
+    for (int64_t h = 0; h < heads; h++) {
+        uint16_t *xh = x + h * dim;
+        memcpy(row, xh, sizeof(uint16_t) * (size_t)dim);
+        for (int64_t i = 0; i < dim; i++) {
+            uint16_t rotated = i < half ? row[i + half] ^ 0x8000 : row[i - half];
+            xh[i] = bf16_add(bf16_mul(row[i], cos[i]), bf16_mul(rotated, sin[i]));
+        }
+    }
+}
+
+static void widen(const uint16_t *x, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = bf16_to_float(x[i]);
+}
+
+/* y [out] = x [in] @ w.T, split among the threads of the enclosing parallel region. */
+static void gemv_shared(const int8_t *w, const uint16_t *scale, const float *x, uint16_t *y,
+                        int64_t out, int64_t in) {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < out; r++) gemv_row(w, scale, x, y, r, 1, out, in);
+}
+
+/* hidden [shape->hidden] (bf16, in and out) through every layer at `position`, writing its keys
+ * and values into the bf16 caches [layers, kv_heads, capacity, dim] and attending over
+ * [0, position]; cos and sin [dim] are the position's rotation. Returns 0, or -1 when the
+ * scratch memory could not be allocated. */
+int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *hidden,
+                uint16_t *keys, uint16_t *values, int64_t capacity, int64_t position,
+                const uint16_t *cos, const uint16_t *sin, int threads) {
+    const int64_t dim = shape->dim, heads = shape->heads, kv_heads = shape->kv_heads;
+    const int64_t width = shape->hidden, inter = shape->intermediate, length = position + 1;
+    const int64_t q_width = heads * dim, qkv_width = (heads + 2 * kv_heads) * dim;
+    const int64_t group = heads / kv_heads, layer_cache = kv_heads * capacity * dim;
+    int64_t widest = width > q_width ? width : q_width;
+    widest = widest > inter ? widest : inter;
+    float *xf = malloc(sizeof(float) * (size_t)widest);
+    float *attended = malloc(sizeof(float) * (size_t)q_width);
+    float *scores = malloc(sizeof(float) * (size_t)(heads * length));
+    uint16_t *normed = malloc(sizeof(uint16_t) * (size_t)width);
+    uint16_t *qkv = malloc(sizeof(uint16_t) * (size_t)qkv_width);
+    uint16_t *gate_up = malloc(sizeof(uint16_t) * (size_t)(2 * inter));
+    uint16_t *projected = malloc(sizeof(uint16_t) * (size_t)width);
+    uint16_t *row = malloc(sizeof(uint16_t) * (size_t)dim);
+    int status = -1;
+    if (!xf || !attended || !scores || !normed || !qkv || !gate_up || !projected || !row) {
+        goto done;
+    }
+#pragma omp parallel num_threads(threads)
+    for (int64_t l = 0; l < shape->layers; l++) {
+        const DecodeLayer *layer = layers + l;
+        uint16_t *k_cache = keys + l * layer_cache, *v_cache = values + l * layer_cache;
+#pragma omp single
+        {
+            rms_norm_rows(hidden, layer->input_norm, 0, normed, 1, width, shape->eps);
+            widen(normed, xf, width);
+        }
+        gemv_shared(layer->qkv, layer->qkv_scale, xf, qkv, qkv_width, width);
+#pragma omp single
+        {
+            /* q and k heads side by side: normed per head, then rotated. */
+            rms_norm_rows(qkv, layer->qk_norm, dim, qkv, heads + kv_heads, dim, shape->eps);
+            rotate_heads(qkv, cos, sin, heads + kv_heads, dim, row);
+            for (int64_t h = 0; h < kv_heads; h++) {
+                const uint16_t *k = qkv + q_width + h * dim, *v = k + kv_heads * dim;
+                memcpy(k_cache + (h * capacity + position) * dim, k, sizeof(uint16_t) * dim);
+                memcpy(v_cache + (h * capacity + position) * dim, v, sizeof(uint16_t) * dim);
+            }
+            widen(qkv, xf, q_width);
+        }
+#pragma omp for schedule(static)
+        for (int64_t h = 0; h < kv_heads; h++) {
+            attend_head(xf + h * group * dim, k_cache + h * capacity * dim,
+                        v_cache + h * capacity * dim, attended + h * group * dim,
+                        scores + h * group * length, group, length, dim,
+                        (float)(1.0 / sqrt((double)dim)));
+        }
+#pragma omp single
+        for (int64_t i = 0; i < q_width; i++) xf[i] = bf16_to_float(float_to_bf16(attended[i]));
+        gemv_shared(layer->o, layer->o_scale, xf, projected, width, q_width);
+#pragma omp single
+        {
+            for (int64_t i = 0; i < width; i++) hidden[i] = bf16_add(hidden[i], projected[i]);
+            rms_norm_rows(hidden, layer->post_norm, 0, normed, 1, width, shape->eps);
+            widen(normed, xf, width);
+        }
+        gemv_shared(layer->gate_up, layer->gate_up_scale, xf, gate_up, 2 * inter, width);
+#pragma omp single
+        for (int64_t i = 0; i < inter; i++) {
+            float gate = bf16_to_float(gate_up[i]);
+            uint16_t silu = float_to_bf16(gate / (1.0f + expf(-gate)));
+            xf[i] = bf16_to_float(bf16_mul(silu, gate_up[inter + i]));
+        }
+        gemv_shared(layer->down, layer->down_scale, xf, projected, width, inter);
+#pragma omp single
+        for (int64_t i = 0; i < width; i++) hidden[i] = bf16_add(hidden[i], projected[i]);
+    }
+    status = 0;
+done:
+    free(xf);
+    free(attended);
+    free(scores);
+    free(normed);
+    free(qkv);
+    free(gate_up);
+    free(projected);
+    free(row);
+    return status;
 }

@@ -80,6 +80,10 @@ def load_library() -> ctypes.CDLL | None:
     library.attend_one.argtypes = (
         [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_int]
     )
+    library.decode_step.restype = ctypes.c_int
+    library.decode_step.argtypes = (
+        [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
+    )
     return library
 
 

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from agent.backends.compiled_kernels import compiled_attention
-from agent.backends.cpu_kernels import DECODE_ROWS, KernelChoice, choose_kernels
+from agent.backends.cpu_kernels import COMPILED, DECODE_ROWS, KernelChoice, choose_kernels
+from agent.backends.fused_decode import FusedDecoder
 from agent.backends.kv_cache import GROWTH_TOKENS, KVCache, PrefixCache
 from agent.backends.prefix_store import PrefixStore
 from agent.backends.qwen3_weights import LayerWeights, Linear, Qwen3Weights, load_qwen3_weights
@@ -62,6 +63,13 @@ class CpuQwen3:
             )
             for layer in weights.layers
         ]
+        compiled = self.kernels.decode == COMPILED and self.kernels.attention == "compiled"
+        # A decoded token's layers in one compiled call, where its kernels are the chosen ones.
+        self.fused_decode = (
+            FusedDecoder(weights, self._qk_norms)
+            if compiled and FusedDecoder.supports(weights)
+            else None
+        )
         self.shape = weights.shape
         self.vocab_size = weights.shape.vocab
         self.prefix_cache: PrefixCache[KVCache] = PrefixCache(prefix_cache_bytes)
@@ -266,6 +274,10 @@ class CpuQwen3:
         start, count = cache.length, len(tokens)
         hidden = self.weights.embed[torch.tensor(tokens)]
         cos, sin = self._rope(start, count)
+        if count == 1 and self.fused_decode is not None:
+            hidden = self.fused_decode(hidden, cache, cos.flatten(), sin.flatten())
+            cache.tokens.extend(tokens)
+            return hidden
         mask = None
         if count > 1 and start > 0:
             keys = torch.arange(start + count)

@@ -1,0 +1,122 @@
+"""One decoded token through every decoder layer in one compiled call (`decode_step` in
+compiled_kernels.c).
+
+On a CPU a decode step is the weights read plus the per-operation cost of everything between
+the matmuls (norms, rotation, residuals, cache writes, attention): the torch path spends ~65
+operations a layer there, a few microseconds each, about a quarter of a full-size step. The
+compiled step does the same arithmetic, rounding to bf16 where the torch path rounds, on the
+same int8 weights and bf16 cache, with the kernels the self-test chose (compiled decode matmul
+and attention); where those were not chosen, or the model is not int8, the torch path runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import TYPE_CHECKING
+
+import torch
+
+from agent.backends.compiled_kernels import load_library
+
+if TYPE_CHECKING:
+    from agent.backends.kv_cache import KVCache
+    from agent.backends.qwen3_weights import Qwen3Weights
+
+_NORMS = ("input_norm", "qk_norm", "post_norm")
+_MATMULS = ("qkv", "o", "gate_up", "down")
+
+
+class _DecodeLayer(ctypes.Structure):
+    _fields_ = [
+        *[(name, ctypes.c_void_p) for name in _NORMS + _MATMULS],
+        *[(f"{name}_scale", ctypes.c_void_p) for name in _MATMULS],
+    ]
+
+
+class _DecodeShape(ctypes.Structure):
+    _fields_ = [
+        *[
+            (name, ctypes.c_int64)
+            for name in ("layers", "hidden", "heads", "kv_heads", "dim", "intermediate")
+        ],
+        ("eps", ctypes.c_float),
+    ]
+
+
+class FusedDecoder:
+    """Runs decode steps of a loaded int8 model with `decode_step`; holds what it points at."""
+
+    def __init__(self, weights: Qwen3Weights, qk_norms: list[torch.Tensor]) -> None:
+        library = load_library()
+        if library is None:
+            raise RuntimeError("the fused decode step needs the compiled kernels")
+        self._step = library.decode_step
+        self._keep: list[torch.Tensor] = []  # every tensor the structs point into
+        layers = (_DecodeLayer * len(weights.layers))()
+        for layer, source, qk_norm in zip(layers, weights.layers, qk_norms, strict=True):
+            norms = {"input_norm": source.input_norm, "qk_norm": qk_norm}
+            norms["post_norm"] = source.post_norm
+            for name, tensor in norms.items():
+                setattr(layer, name, self._pointer(tensor, torch.bfloat16))
+            for name in _MATMULS:
+                linear = getattr(source, name)
+                setattr(layer, name, self._pointer(linear.weight, torch.int8))
+                setattr(layer, f"{name}_scale", self._pointer(linear.scale, torch.bfloat16))
+        self._layers = layers
+        shape = weights.shape
+        intermediate = weights.layers[0].gate_up.weight.shape[0] // 2
+        self._shape = _DecodeShape(
+            shape.layers,
+            shape.hidden,
+            shape.heads,
+            shape.kv_heads,
+            shape.head_dim,
+            intermediate,
+            shape.rms_eps,
+        )
+
+    @staticmethod
+    def supports(weights: Qwen3Weights) -> bool:
+        """Whether `weights` are what the compiled step reads: int8 matmuls, bf16 scales."""
+        return all(
+            linear.scale is not None
+            and linear.weight.dtype == torch.int8
+            and linear.scale.dtype == torch.bfloat16
+            for layer in weights.layers
+            for linear in (layer.qkv, layer.o, layer.gate_up, layer.down)
+        )
+
+    def _pointer(self, tensor: torch.Tensor | None, dtype: torch.dtype) -> int:
+        if tensor is None or tensor.dtype != dtype:
+            raise ValueError(f"the fused decode step reads {dtype} tensors")
+        tensor = tensor.contiguous()
+        self._keep.append(tensor)
+        return tensor.data_ptr()
+
+    def __call__(
+        self, hidden: torch.Tensor, cache: KVCache, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        """The bf16 hidden state [1, hidden] of the token after `cache`'s positions, written
+        into `cache` at its length (which must have room), after every layer."""
+        keys, values = cache.keys, cache.values
+        if keys.dtype != torch.bfloat16 or not (keys.is_contiguous() and values.is_contiguous()):
+            raise ValueError("the fused decode step writes a contiguous bf16 cache")
+        if cache.length >= cache.capacity:
+            raise ValueError("the cache has no room for the decoded position")
+        hidden = hidden.to(torch.bfloat16).contiguous().clone()
+        cos, sin = cos.to(torch.bfloat16).contiguous(), sin.to(torch.bfloat16).contiguous()
+        status = self._step(
+            self._layers,
+            ctypes.byref(self._shape),
+            hidden.data_ptr(),
+            keys.data_ptr(),
+            values.data_ptr(),
+            cache.capacity,
+            cache.length,
+            cos.data_ptr(),
+            sin.data_ptr(),
+            torch.get_num_threads(),
+        )
+        if status != 0:
+            raise MemoryError("the fused decode step could not allocate its scratch memory")
+        return hidden
