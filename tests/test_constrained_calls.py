@@ -12,6 +12,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from qwen_agent.llm.schema import Message
 
+from agent.backends import constrained
 from agent.backends.constrained import ToolCallConstraint, grammar_tools
 from agent.backends.local import LocalQwen
 from agent.backends.tool_choice import AUTO, NONE, REQUIRED, TOOL_CHOICE_KEY
@@ -161,3 +162,19 @@ def test_required_waits_for_the_end_of_thinking(tiny_gptq: Path) -> None:
     allowed = constraint.allowed()
     assert allowed is not None and allowed[tools.ids.call_open]
     assert not allowed[tools.ids.think_open] and int(allowed.sum()) < 10
+
+
+def test_llguidances_tokenizer_is_built_only_when_a_grammar_needs_it(
+    tiny_gptq: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Building it takes ~1 s: a free-text answer must not wait for it.
+    monkeypatch.setattr(constrained, "_GRAMMAR_TOOLS", {})
+    llm = local_llm(tiny_gptq, max_new_tokens=8)
+    offered = [function("tool_enum", SCHEMAS["enum"])]
+    loaded = llm.loaded
+    tools = grammar_tools(loaded.path, loaded.tokenizer, loaded.engine.vocab_size, loaded.stop_ids)
+    free = ask(llm, "Say something.", offered, NONE)
+    assert free and not [m for m in free if m.function_call]
+    assert tools._tokenizer is None
+    called = ask(llm, "Do it.", offered, REQUIRED)
+    assert [m for m in called if m.function_call] and tools._tokenizer is not None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cache
@@ -118,17 +119,38 @@ def _schema_invalid(schema_text: str) -> bool:
 class GrammarTools:
     """What constraining needs of one model: llguidance's view of its tokenizer and tag ids."""
 
-    tokenizer: Any
+    tokenizer_json: Path
     ids: SpecialIds
     vocab_size: int
     stop_ids: frozenset[int]
+    _tokenizer: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _matchers: OrderedDict[str, Any] = field(default_factory=OrderedDict)
     _endings: list[torch.Tensor] = field(default_factory=list)
     _no_call: torch.Tensor | None = None
 
+    @property
+    def tokenizer(self) -> Any:
+        """llguidance's view of the tokenizer, built when a grammar first needs it: ~1.1 s for
+        Qwen3's 151k tokens, holding the GIL (so a background build stalls start-up as much),
+        that a call whose output is free text until `<tool_call>` does not wait for."""
+        with self._lock:
+            if self._tokenizer is None:
+                import llguidance
+
+                try:
+                    text = self.tokenizer_json.read_text(encoding="utf-8")
+                    eos = sorted(self.stop_ids)
+                    self._tokenizer = llguidance.LLTokenizer(
+                        text, n_vocab=self.vocab_size, eos_token=eos
+                    )
+                except Exception as exc:  # llguidance raises a bare Exception for a bad file
+                    raise ValueError(f"cannot read {self.tokenizer_json}: {exc}") from exc
+            return self._tokenizer
+
     def matcher(self, grammar: str) -> Any:
         """A fresh matcher for `grammar` (the last few grammars are kept compiled), or
-        `ValueError` when llguidance cannot compile it."""
+        `ValueError` when llguidance cannot compile it or read the tokenizer."""
         import llguidance
 
         if grammar not in self._matchers:
@@ -177,19 +199,19 @@ _GRAMMAR_TOOLS: dict[Path, GrammarTools] = {}
 def grammar_tools(
     model_dir: Path, tokenizer: Any, vocab_size: int, stop_ids: frozenset[int]
 ) -> GrammarTools:
-    """llguidance's tokenizer for the checkpoint in `model_dir` (built once: ~1.3 s)."""
+    """The grammar tools for the checkpoint in `model_dir` (one per process); OSError when it
+    has no tokenizer.json."""
     if model_dir not in _GRAMMAR_TOOLS:
-        import llguidance
-
-        text = (model_dir / "tokenizer.json").read_text(encoding="utf-8")
-        ll_tokenizer = llguidance.LLTokenizer(text, n_vocab=vocab_size, eos_token=sorted(stop_ids))
+        tokenizer_json = model_dir / "tokenizer.json"
+        if not tokenizer_json.is_file():
+            raise FileNotFoundError(f"no tokenizer.json in {model_dir}")
         ids = SpecialIds(
             *(
                 int(tokenizer.convert_tokens_to_ids(tag))
                 for tag in (CALL_OPEN_TOKEN, CALL_CLOSE_TOKEN, THINK_OPEN_TOKEN, THINK_CLOSE_TOKEN)
             )
         )
-        _GRAMMAR_TOOLS[model_dir] = GrammarTools(ll_tokenizer, ids, vocab_size, stop_ids)
+        _GRAMMAR_TOOLS[model_dir] = GrammarTools(tokenizer_json, ids, vocab_size, stop_ids)
     return _GRAMMAR_TOOLS[model_dir]
 
 
