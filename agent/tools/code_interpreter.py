@@ -322,11 +322,14 @@ class CodeInterpreter(BaseTool):
         self.options = options or KernelOptions()
         self.log_dir = log_dir  # the kernel's stderr goes to kernel.log there (else ours)
         self._kernel: _Kernel | None = None
+        # Finding the sandbox runs a probe or two (~0.3 s): started now, beside the model's
+        # load, so the run's header (which names the sandbox) does not wait for it.
+        self._sandbox = _KERNEL_STARTER.submit(sb.detect, self.options.sandbox)
 
     @property
     def sandbox(self) -> sb.Sandbox:
         """The isolation the kernel runs in (found once per process)."""
-        return sb.detect(self.options.sandbox)
+        return self._sandbox.result()
 
     def call(self, params: str | dict[str, Any], **kwargs: Any) -> str:
         """Run the code; return its output, or raise `ToolError` if it failed or timed out."""
