@@ -36,9 +36,12 @@ def test_gptq_checkpoint_loads_with_the_native_int8_engine(tiny_gptq: Path) -> N
     assert loaded.dtype == "bfloat16"
     assert re.fullmatch(
         r"native \(decode int8( compiled)?, prefill [a-z0-9 ]+, (float32|bf16) KV cache, "
-        r"(torch|compiled) attention, int8 lm_head\)",
+        r"(torch|compiled) attention, int8 lm_head(, one compiled call a decoded token)?\)",
         loaded.kernel,
     ), loaded.kernel
+    # The decoded token's single compiled call runs exactly where both compiled kernels do.
+    both = "decode int8 compiled" in loaded.kernel and "compiled attention" in loaded.kernel
+    assert ("one compiled call" in loaded.kernel) == both
 
 
 def test_gptq_checkpoint_loads_with_transformers_and_the_int8_kernel(tiny_gptq: Path) -> None:

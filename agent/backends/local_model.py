@@ -291,7 +291,10 @@ def _load_native(
         identity = f"{KV_FORMAT}\n{kernels}\n{checkpoint_key(path, int8_lm_head)}"
         engine.prefix_store = PrefixStore(cache_dir() / "prefixes", identity, store_bytes)
     quantization = engine.weights.quantization
-    kernel = f"native ({engine.kernels.describe()}, int8 lm_head)" if quant else "native bf16"
+    fused = ", one compiled call a decoded token" if engine.fused_decode is not None else ""
+    kernel = (
+        f"native ({engine.kernels.describe()}, int8 lm_head{fused})" if quant else "native bf16"
+    )
     return LoadedModel(
         engine=engine,
         tokenizer=tokenizer,
