@@ -131,9 +131,10 @@ class GrammarTools:
 
     @property
     def tokenizer(self) -> Any:
-        """llguidance's view of the tokenizer, built when a grammar first needs it: ~1.1 s for
-        Qwen3's 151k tokens, holding the GIL (so a background build stalls start-up as much),
-        that a call whose output is free text until `<tool_call>` does not wait for."""
+        """llguidance's view of the tokenizer, built when a grammar first needs it, so output
+        that is free text until `<tool_call>` does not wait for it (~1.1 s for Qwen3's 151k
+        tokens; it holds the GIL, so building it in a background thread stalls start-up as
+        much)."""
         with self._lock:
             if self._tokenizer is None:
                 import llguidance
