@@ -18,12 +18,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from agent.backends.cpu_kernels import best_seconds
+
+if TYPE_CHECKING:
+    from agent.backends.qwen3_cpu import CpuQwen3
 
 OUT_FEATURES, IN_FEATURES, MATRICES = 6144, 1024, 40
 REPEATS = 5  # timed calls per kernel, the fastest kept
@@ -138,7 +141,9 @@ def engine_choices() -> dict[str, object]:
     return report
 
 
-def _decode_figures(engine: Any, stepped: list[int], expected: torch.Tensor) -> dict[str, object]:
+def _decode_figures(
+    engine: CpuQwen3, stepped: list[int], expected: torch.Tensor
+) -> dict[str, object]:
     """Logits against `expected` after `stepped` fed one token at a time, and decode tok/s at
     ENGINE_CONTEXT tokens of context."""
     kv = engine.new_cache(len(stepped))

@@ -2,7 +2,7 @@
 
 CPUs differ in what is fast. Decode reads every weight once per token, so it stays on int8
 weights (the fewest bytes), on torch's `aten._weight_int8pack_mm` or on our own kernel compiled
-for this CPU (agent/backends/compiled_gemv.py), whichever reads them faster. Prefill is bound
+for this CPU (agent/backends/compiled_kernels.py), whichever reads them faster. Prefill is bound
 by arithmetic, and
 there a weight dequantized to float32 or bf16 tile by tile, then a plain float matmul, can beat
 the int8 kernel: bf16 on CPUs with avx512_bf16 or AMX, float32 on AVX2-only ones. Attention
@@ -35,8 +35,8 @@ log = logging.getLogger("agent")
 
 CHOICE_FORMAT = "agent-cpu-kernels-v5"  # bump when the candidates or what they compute change
 # Rows (prompt tokens) the prefill kernels are timed at: a whole prefill chunk (qwen3_cpu's
-# PREFILL_CHUNK), what a long prompt runs at. Timed at 128 rows, int8 won here by 12 % while a
-# 512-row chunk ran twice as fast dequantized to float32.
+# PREFILL_CHUNK), what a long prompt runs at. At 128 rows int8 and dequantized float32 were
+# within noise on an AVX2 machine (either won), at 512 float32 took 49 ms against int8's 83.
 PREFILL_TIMED_ROWS = 512
 PREFILL_ROWS = 128  # from how many rows the prefill kernel runs, unless measured
 SHORTER_PREFILLS = (16, 32, 64, 128, 256)  # where the chosen kernel may start to win, also timed

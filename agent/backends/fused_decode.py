@@ -3,7 +3,7 @@ compiled_kernels.c).
 
 On a CPU a decode step is the weights read plus the per-operation cost of everything between
 the matmuls (norms, rotation, residuals, cache writes, attention): the torch path spends ~65
-operations a layer there, a few microseconds each, about a quarter of a full-size step. The
+operations a layer there, a few microseconds each, a quarter to a third of a full-size step. The
 compiled step does the same arithmetic, rounding to bf16 where the torch path rounds, on the
 same int8 weights and bf16 cache, with the kernels the self-test chose (compiled decode matmul
 and attention); where those were not chosen, or the model is not int8, the torch path runs.
@@ -54,8 +54,11 @@ class FusedDecoder:
         self._keep: list[torch.Tensor] = []  # every tensor the structs point into
         layers = (_DecodeLayer * len(weights.layers))()
         for layer, source, qk_norm in zip(layers, weights.layers, qk_norms, strict=True):
-            norms = {"input_norm": source.input_norm, "qk_norm": qk_norm}
-            norms["post_norm"] = source.post_norm
+            norms = {
+                "input_norm": source.input_norm,
+                "qk_norm": qk_norm,
+                "post_norm": source.post_norm,
+            }
             for name, tensor in norms.items():
                 setattr(layer, name, self._pointer(tensor, torch.bfloat16))
             for name in _MATMULS:
