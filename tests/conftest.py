@@ -10,6 +10,7 @@ from agent.testing.tiny_model import (
     GPTQ_SUBDIR,
     TRAINED_FLOAT_SUBDIR,
     TRAINED_GPTQ_SUBDIR,
+    cached_odd_checkpoint,
     cached_tiny_checkpoint,
 )
 from agent.testing.tokenizer import build_qwen3_tokenizer
@@ -24,11 +25,26 @@ def qwen3_tokenizer() -> PreTrainedTokenizerFast:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def models_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The throwaway AGENT_HOME the session's tiny checkpoints are built in."""
+    return tmp_path_factory.mktemp("agent-home")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(models_home: Path) -> Path:
     """The tiny checkpoint root, built once per session under a throwaway AGENT_HOME."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AGENT_HOME", str(tmp_path_factory.mktemp("agent-home")))
+        patch.setenv("AGENT_HOME", str(models_home))
         return cached_tiny_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def tiny_odd_gptq(models_home: Path) -> Path:
+    """A random GPTQ-Int8 checkpoint whose sizes are multiples of nothing the kernels like
+    (hidden 136, intermediate 392, attention 4 x 34), quantized one group per channel."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AGENT_HOME", str(models_home))
+        return cached_odd_checkpoint() / GPTQ_SUBDIR
 
 
 @pytest.fixture(scope="session")

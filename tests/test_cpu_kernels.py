@@ -3,17 +3,24 @@ is measured once and kept, and greedy output is the reference's on whichever one
 
 import dataclasses
 import json
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from agent.backends import cpu_kernels
 from agent.backends.compiled_kernels import compiled_attention, load_library
 from agent.backends.cpu_kernels import (
     ATTENTION_CHOICES,
     CACHE_DTYPES,
     COMPILED,
     DECODE_KERNELS,
+    DECODE_ROWS,
+    MATMUL_KERNELS,
     PREFILL_KERNELS,
     PREFILL_ROWS,
     PREFILL_TIMED_ROWS,
@@ -22,11 +29,14 @@ from agent.backends.cpu_kernels import (
     available_attention,
     available_decode_kernels,
     choose_kernels,
+    int8pack,
 )
 from agent.backends.local_model import load_local_model
 from agent.backends.qwen3_cpu import CpuQwen3
+from agent.backends.qwen3_weights import _CheckpointReader, _LinearLoader
 from agent.testing.reproduction import held_out_runs
 from agent.testing.transcripts import encode_transcript
+from tests.child_process import ChildCrashed, ChildRunner
 from tests.test_native_engine import greedy, same_logits
 
 CHOICES = [
@@ -47,25 +57,103 @@ def int8_weight(out: int, inputs: int) -> tuple[torch.Tensor, torch.Tensor]:
     return weight, scale
 
 
-@pytest.mark.parametrize("name", PREFILL_KERNELS)
-def test_every_prefill_kernel_computes_the_scaled_int8_product(name: str) -> None:
-    weight, scale = int8_weight(1100, 96)  # outputs not a whole number of dequantized tiles
-    x = torch.randn(PREFILL_ROWS + 3, 96).to(torch.bfloat16)
+# (outputs, inputs): input sizes that are multiples of 16 and of 32-blocks with a tail, and
+# sizes that are multiples of nothing (the odd checkpoint's 136 and 392 among them).
+MATMUL_SHAPES = [(1100, 96), (300, 1064), (392, 136), (136, 392), (257, 100), (33, 1025)]
+MATMUL_ROWS = [1, 3, 4, 15, PREFILL_ROWS + 3]
+
+
+def matmul_case(name: str, rows: int, out: int, inputs: int) -> tuple[str, tuple, bool]:
+    """Kernel `name` on one case (run in a child): its dtype, shape and whether it is exact."""
+    weight, scale = int8_weight(out, inputs)
+    x = torch.randn(rows, inputs, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
     exact = x.double() @ (weight.double() * scale.double().unsqueeze(1)).t()
-    output = PREFILL_KERNELS[name](x, weight, scale)
-    assert output.dtype == torch.bfloat16 and output.shape == exact.shape
+    output = MATMUL_KERNELS[name](x, weight, scale)
+    close = torch.allclose(output.double(), exact, rtol=2**-7, atol=2**-7 * exact.abs().max())
+    return str(output.dtype), tuple(output.shape), close
+
+
+@pytest.fixture(scope="module")
+def child() -> Iterator[ChildRunner]:
+    runner = ChildRunner()
+    yield runner
+    runner.close()
+
+
+@pytest.mark.parametrize("name", MATMUL_KERNELS)
+@pytest.mark.parametrize("rows", MATMUL_ROWS)
+@pytest.mark.parametrize("shape", MATMUL_SHAPES, ids=lambda shape: "x".join(map(str, shape)))
+def test_every_matmul_kernel_computes_the_scaled_int8_product(
+    child: ChildRunner, name: str, rows: int, shape: tuple[int, int]
+) -> None:
+    dtype, output_shape, close = child.run(matmul_case, name, rows, *shape)
+    assert (dtype, output_shape) == (str(torch.bfloat16), (rows, shape[0]))
+    assert close
+
+
+def segfault() -> None:
+    """What torch's int8 kernel did on AVX-512 to an input size that is not a multiple of 16."""
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_a_case_that_kills_its_process_fails_alone(child: ChildRunner) -> None:
+    with pytest.raises(ChildCrashed, match="SIGSEGV"):
+        child.run(segfault)
+    assert child.run(matmul_case, "int8", 1, 16, 32)[2]  # the next case runs in a new child
+
+
+@pytest.mark.parametrize("shape", MATMUL_SHAPES, ids=lambda shape: "x".join(map(str, shape)))
+def test_torchs_int8_kernel_is_handed_only_input_sizes_it_computes_right(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, int]
+) -> None:
+    handed = []
+
+    def recording(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        handed.append((x.shape[1], weight.shape[1]))
+        if weight.shape[1] % 16:  # where torch 2.13 is wrong or crashes on AVX-512
+            raise AssertionError(f"handed an input size of {weight.shape[1]}")
+        return aten_int8pack_mm(x, weight, scale)
+
+    aten_int8pack_mm = cpu_kernels._aten_int8pack_mm
+    monkeypatch.setattr(cpu_kernels, "_aten_int8pack_mm", recording)
+    weight, scale = int8_weight(*shape)
+    x = torch.randn(4, shape[1]).to(torch.bfloat16)
+    exact = x.double() @ (weight.double() * scale.double().unsqueeze(1)).t()
+    output = int8pack(x, weight, scale)
+    assert handed == [(-(-shape[1] // 16) * 16,) * 2]  # padded to the next multiple of 16
     assert torch.allclose(output.double(), exact, rtol=2**-7, atol=2**-7 * exact.abs().max())
 
 
-@pytest.mark.parametrize("name", DECODE_KERNELS)
-@pytest.mark.parametrize("rows", [1, 3])
-def test_every_decode_kernel_computes_the_scaled_int8_product(name: str, rows: int) -> None:
-    weight, scale = int8_weight(300, 1024 + 40)  # a length of 32-blocks and a tail
-    x = torch.randn(rows, weight.shape[1]).to(torch.bfloat16)
-    exact = x.double() @ (weight.double() * scale.double().unsqueeze(1)).t()
-    output = DECODE_KERNELS[name](x, weight, scale)
-    assert output.dtype == torch.bfloat16 and output.shape == exact.shape
-    assert torch.allclose(output.double(), exact, rtol=2**-7, atol=2**-7 * exact.abs().max())
+def wrong_on_tails(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A test double of a broken kernel: torch's int8 kernel where the input size is a multiple
+    of 16, zeros elsewhere (what torch 2.13 gives on AVX-512 at one row)."""
+    if weight.shape[1] % 16:
+        return torch.zeros(x.shape[0], weight.shape[0], dtype=torch.bfloat16)
+    return int8pack(x, weight, scale)
+
+
+def test_a_kernel_wrong_on_one_of_the_models_shapes_is_not_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="agent")
+    for kernels in (PREFILL_KERNELS, DECODE_KERNELS, MATMUL_KERNELS):
+        monkeypatch.setitem(kernels, "int8", wrong_on_tails)
+    timed = [int8_weight(512, 128)]
+    # Checked on the timed shape only, the broken kernel is a candidate like the others.
+    without = choose_kernels(timed, (2, 4, 32), tmp_path / "timed shape")
+    [kept] = (tmp_path / "timed shape").glob("kernels-*.json")
+    assert "int8" in json.loads(kept.read_text())["decode_ms"]
+    assert without.prefill_rows > DECODE_ROWS or without.prefill == "int8"
+    # Checked on the model's shapes, one of which has an input size of 136, it is not.
+    checked = [int8_weight(512, 128), int8_weight(64, 136)]
+    chosen = choose_kernels(timed, (2, 4, 32), tmp_path / "model shapes", checked)
+    [kept] = (tmp_path / "model shapes").glob("kernels-*.json")
+    record = json.loads(kept.read_text())
+    assert record["failed_checks"] == {"int8": "wrong for 1 rows of a [64, 136] weight"}
+    assert "int8" not in record["decode_ms"] and "int8" not in record["prefill_ms"]
+    assert "int8" not in (chosen.decode, chosen.prefill)
+    assert chosen.prefill_rows == DECODE_ROWS  # so it takes no calls in between either
+    assert "kernel int8 is not used on this machine: wrong for 1 rows" in caplog.text
 
 
 @pytest.mark.parametrize("length", [1, 37, 300])
@@ -211,3 +299,49 @@ def test_the_fused_step_runs_only_on_the_kernels_it_fuses(
     tiny_gptq: Path, choice: KernelChoice
 ) -> None:
     assert CpuQwen3.load(tiny_gptq, prefix_cache_bytes=0, kernels=choice).fused_decode is None
+
+
+def dequantized_reference(checkpoint: Path) -> Qwen3ForCausalLM:
+    """transformers' Qwen3 in float32 with the GPTQ checkpoint's weights dequantized."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    quant = config.pop("quantization_config")
+    model = Qwen3ForCausalLM(Qwen3Config(**config)).float().eval()
+    reader = _CheckpointReader(checkpoint)
+    projections = _LinearLoader(reader, quant)
+    state = {}
+    for name in model.state_dict():
+        if name.endswith("_proj.weight"):
+            state[name] = projections.weight_kn(name.removesuffix(".weight")).t()
+        elif reader.has(name):
+            state[name] = reader.get(name).float()
+    assert set(model.state_dict()) - set(state) == {"lm_head.weight"}  # tied to the embedding
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def odd_checkpoint_differences(checkpoint: Path, choice: KernelChoice | None) -> list[bool]:
+    """(Run in a child.) Whether the engine's next-token logits, on `choice` (None: the ones its
+    self-test picks on this machine), are the float reference's: after a 200-token prompt
+    (the prefill kernel), then each of 10 tokens decoded one by one, then 10 more at once."""
+    tokens = [(i * 7919) % 150_000 for i in range(220)]
+    with torch.inference_mode():
+        hidden = dequantized_reference(checkpoint).model(torch.tensor([tokens])).last_hidden_state
+        exact = torch.nn.functional.linear(hidden[0], reference_embedding(checkpoint))
+    engine = CpuQwen3.load(checkpoint, prefix_cache_bytes=0, kernels=choice)
+    cache = engine.new_cache(len(tokens))
+    same = [same_logits(engine.forward(tokens[:200], cache), exact[199])]
+    same += [same_logits(engine.forward([tokens[i]], cache), exact[i]) for i in range(200, 210)]
+    return [*same, same_logits(engine.forward(tokens[210:], cache), exact[219])]
+
+
+def reference_embedding(checkpoint: Path) -> torch.Tensor:
+    return _CheckpointReader(checkpoint).get("model.embed_tokens.weight").float()
+
+
+@pytest.mark.parametrize(
+    "choice", [None, *CHOICES], ids=lambda c: "measured" if c is None else c.describe()
+)
+def test_a_checkpoint_of_odd_sizes_runs_like_its_float_reference(
+    child: ChildRunner, tiny_odd_gptq: Path, choice: KernelChoice | None
+) -> None:
+    assert all(child.run(odd_checkpoint_differences, tiny_odd_gptq, choice))

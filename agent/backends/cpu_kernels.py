@@ -8,9 +8,11 @@ there a weight dequantized to float32 or bf16 tile by tile, then a plain float m
 the int8 kernel: bf16 on CPUs with avx512_bf16 or AMX, float32 on AVX2-only ones. Attention
 over a bf16 KV cache (half the bytes of float32) is fast in torch only where the CPU has bf16
 instructions; ours (compiled_kernels.c) computes it in float32 from the bf16 cache. So at load
-each candidate is timed on the model's own weights and shapes, checked against a float64
+each candidate is timed on the model's own weights and shapes, checked against the exact
 reference, and the fastest correct one is kept, in a small file beside the repacked weights
-keyed by the machine, the torch build, the thread count and the model's shape.
+keyed by the machine, the torch build, the thread count and the model's shape. Every candidate
+is first checked on each of the model's own matmul shapes at the row counts of every band
+(CHECK_ROWS): a kernel wrong on one of them is not used, and the load log says why.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from agent.paths import write_atomically
 
 log = logging.getLogger("agent")
 
-CHOICE_FORMAT = "agent-cpu-kernels-v5"  # bump when the candidates or what they compute change
+CHOICE_FORMAT = "agent-cpu-kernels-v6"  # bump when the candidates or what they compute change
 # Rows (prompt tokens) the prefill kernels are timed at: a whole prefill chunk (qwen3_cpu's
 # PREFILL_CHUNK), what a long prompt runs at. At 128 rows int8 and dequantized float32 were
 # within noise on an AVX2 machine (either won), at 512 float32 took 49 ms against int8's 83.
@@ -44,13 +46,33 @@ DECODE_ROWS = 4  # calls of fewer rows (a decoded token; a few, batched) use the
 SELF_TEST_CONTEXT = 1024  # cached positions in the timed decode attention
 DEQUANT_TILE_ROWS = 512  # output rows dequantized at a time: the tile stays in the CPU's caches
 TOLERANCE = 2**-6  # of the output's largest magnitude: bf16 rounding, not a wrong kernel
+# Rows each candidate is checked at on every shape: the decode band (1-3), the band torch's int8
+# kernel takes (4 up), and a prefill of rows that are not a multiple of anything.
+CHECK_ROWS = (1, 3, 4, 15, 17)
+REFERENCE_CHUNK_ROWS = 8192  # output rows of the float32 reference computed at a time
+# torch 2.13's `_weight_int8pack_mm` is right only when the input size K is a multiple of 16 on
+# AVX-512 and of 8 on AVX2: other sizes give garbage at one row and a segmentation fault from
+# two (measured per case in a child process). So it is never handed another size, on any CPU.
+INT8PACK_INPUT_MULTIPLE = 16
 
 MatmulKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def int8pack(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """bf16 `x` [rows, in] @ int8 `weight` [out, in] scaled per output row: bf16 [rows, out]."""
+def _aten_int8pack_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten._weight_int8pack_mm(x, weight, scale)
+
+
+def int8pack(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """bf16 `x` [rows, in] @ int8 `weight` [out, in] scaled per output row: bf16 [rows, out].
+
+    Workaround for torch's kernel (INT8PACK_INPUT_MULTIPLE): an input size that is not a
+    multiple of 16 is zero-padded to the next one, `x` and a copy of `weight` at each call, which
+    costs a copy of the weight; the self-test times it so, and our compiled kernel needs none.
+    """
+    tail = -weight.shape[1] % INT8PACK_INPUT_MULTIPLE
+    if tail:
+        x, weight = F.pad(x, (0, tail)), F.pad(weight, (0, tail))
+    return _aten_int8pack_mm(x, weight, scale)
 
 
 def _dequantized(dtype: torch.dtype) -> MatmulKernel:
@@ -77,6 +99,10 @@ PREFILL_KERNELS: dict[str, MatmulKernel] = {
 CACHE_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 COMPILED = "int8 compiled"
 DECODE_KERNELS: dict[str, MatmulKernel] = {"int8": int8pack, COMPILED: compiled_int8}
+# Every matmul kernel by name: what a KernelChoice names is looked up here.
+MATMUL_KERNELS: dict[str, MatmulKernel] = {**PREFILL_KERNELS, **DECODE_KERNELS}
+# Where every candidate failed its check: plain torch.mm on the dequantized weight.
+FALLBACK = "dequantized float32"
 # (KV cache dtype, decode attention): torch's SDPA over either, or ours over a bf16 cache.
 ATTENTION_CHOICES = (("float32", "torch"), ("bf16", "torch"), ("bf16", "compiled"))
 
@@ -108,11 +134,11 @@ class KernelChoice:
 
     @property
     def decode_kernel(self) -> MatmulKernel:
-        return DECODE_KERNELS[self.decode]
+        return MATMUL_KERNELS[self.decode]
 
     @property
     def prefill_kernel(self) -> MatmulKernel:
-        return PREFILL_KERNELS[self.prefill]
+        return MATMUL_KERNELS[self.prefill]
 
     @property
     def cache_dtype(self) -> torch.dtype:
@@ -145,19 +171,57 @@ def _correct(output: torch.Tensor, reference: torch.Tensor) -> bool:
     )
 
 
-def fastest_prefill(weight: torch.Tensor, scale: torch.Tensor) -> tuple[str, int, dict[str, float]]:
+def _reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The exact product in float32 (int8 times bf16 is exact there), a chunk of outputs at a
+    time: an lm_head in float64 would take gigabytes."""
+    x32 = x.float()
+    parts = [
+        x32 @ (chunk.float() * part.float().unsqueeze(1)).t()
+        for chunk, part in zip(
+            weight.split(REFERENCE_CHUNK_ROWS), scale.split(REFERENCE_CHUNK_ROWS), strict=True
+        )
+    ]
+    return torch.cat(parts, dim=1).double()
+
+
+class ShapeChecks:
+    """Each kernel's numerics on the model's own matmuls (one (weight, scale) per shape), at
+    every row count of CHECK_ROWS, against the exact product."""
+
+    def __init__(self, weights: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self._cases = []
+        for weight, scale in weights:
+            for rows in CHECK_ROWS:
+                x = torch.randn(rows, weight.shape[1], generator=generator).to(torch.bfloat16)
+                self._cases.append((x, weight, scale, _reference(x, weight, scale)))
+
+    def failure(self, kernel: MatmulKernel) -> str | None:
+        """Why `kernel` must not be used (the first shape it gets wrong), or None."""
+        for x, weight, scale, reference in self._cases:
+            if not _correct(kernel(x, weight, scale), reference):
+                out, inputs = weight.shape
+                return f"wrong for {x.shape[0]} rows of a [{out}, {inputs}] weight"
+        return None
+
+
+def fastest_prefill(
+    weight: torch.Tensor, scale: torch.Tensor, excluded: frozenset[str] = frozenset()
+) -> tuple[str, int, dict[str, float]]:
     """The fastest correct prefill kernel for an int8 `weight` at PREFILL_TIMED_ROWS rows, the
-    fewest rows from which it beats the int8 kernel (SHORTER_PREFILLS or PREFILL_TIMED_ROWS),
-    and each timing in milliseconds."""
+    fewest rows from which it beats the int8 kernel (SHORTER_PREFILLS or PREFILL_TIMED_ROWS;
+    DECODE_ROWS when the int8 kernel is `excluded`), and each timing in milliseconds."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(PREFILL_TIMED_ROWS, weight.shape[1], generator=generator).to(torch.bfloat16)
-    reference = x.double() @ (weight.double() * scale.double().unsqueeze(1)).t()
+    reference = _reference(x, weight, scale)
     timings = {}
     for name, kernel in PREFILL_KERNELS.items():
         run = functools.partial(kernel, x, weight, scale)
-        if _correct(run(), reference):
+        if name not in excluded and _correct(run(), reference):
             timings[name] = 1000 * best_seconds(run)
-    fastest = min(timings, key=timings.__getitem__, default="int8")
+    fastest = min(timings, key=timings.__getitem__, default=FALLBACK)
+    if "int8" in excluded:
+        return fastest, DECODE_ROWS, timings
     rows = PREFILL_TIMED_ROWS
     for shorter in sorted(SHORTER_PREFILLS, reverse=True):
         part = x[:shorter]
@@ -173,20 +237,20 @@ def fastest_prefill(weight: torch.Tensor, scale: torch.Tensor) -> tuple[str, int
 
 
 def fastest_decode(
-    weights: list[tuple[torch.Tensor, torch.Tensor]],
+    weights: list[tuple[torch.Tensor, torch.Tensor]], excluded: frozenset[str] = frozenset()
 ) -> tuple[str, dict[str, float]]:
     """The fastest correct decode kernel over int8 `weights` (weight, scale): read in turn, more
     than the CPU's caches hold, as a decode step reads them; and each one's milliseconds."""
     x = torch.randn(1, weights[0][0].shape[1], generator=torch.Generator().manual_seed(0))
     x = x.to(torch.bfloat16)
     first, scale = weights[0]
-    reference = x.double() @ (first.double() * scale.double().unsqueeze(1)).t()
+    reference = _reference(x, first, scale)
     timings = {}
     for name, kernel in available_decode_kernels().items():
-        if _correct(kernel(x, first, scale), reference):
+        if name not in excluded and _correct(kernel(x, first, scale), reference):
             run = functools.partial(_each, kernel, x, weights)
             timings[name] = 1000 * best_seconds(run)
-    return min(timings, key=timings.__getitem__, default="int8"), timings
+    return min(timings, key=timings.__getitem__, default=FALLBACK), timings
 
 
 def _each(
@@ -248,17 +312,35 @@ def machine_identity() -> str:
     )
 
 
+def failing_kernels(checked: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, str]:
+    """The matmul kernels that get one of the `checked` shapes wrong here, each with why."""
+    checks = ShapeChecks(checked)
+    candidates = {**PREFILL_KERNELS, **available_decode_kernels()}
+    failures = {}
+    for name, kernel in candidates.items():
+        why = checks.failure(kernel)
+        if why is not None:
+            failures[name] = why
+            log.info("kernel %s is not used on this machine: %s", name, why)
+    return failures
+
+
 def choose_kernels(
     weights: list[tuple[torch.Tensor, torch.Tensor]],
     attention: tuple[int, int, int],
     cache_dir: Path | None,
+    checked: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> KernelChoice:
     """The kernels for a model whose int8 matmuls include `weights` ((weight, scale) pairs, the
-    widest first) and whose attention has `attention` = (kv_heads, heads, head_dim): measured
-    once per machine, then read from `cache_dir` (None: measure every time)."""
+    widest first; timed) and `checked` (one pair per shape the model runs: every kernel is
+    checked on each; default the first of `weights`), and whose attention has `attention` =
+    (kv_heads, heads, head_dim): measured once per machine, then read from `cache_dir` (None:
+    measure every time)."""
+    checked = checked or weights[:1]
     shapes = [tuple(weight.shape) for weight, _ in weights]
+    checked_shapes = sorted({tuple(weight.shape) for weight, _ in checked})
     key = hashlib.sha256(
-        f"{CHOICE_FORMAT}\n{machine_identity()}\n{shapes}\n{attention}".encode()
+        f"{CHOICE_FORMAT}\n{machine_identity()}\n{shapes}\n{checked_shapes}\n{attention}".encode()
     ).hexdigest()[:16]
     path = None if cache_dir is None else cache_dir / f"kernels-{key}.json"
     if path is not None and path.is_file():
@@ -267,17 +349,20 @@ def choose_kernels(
         except (ValueError, KeyError, TypeError):
             log.debug("ignoring a damaged kernel choice in %s", path)
         else:
-            usable = kept.decode in available_decode_kernels() and kept.prefill in PREFILL_KERNELS
+            usable = kept.decode in {*available_decode_kernels(), FALLBACK}
+            usable = usable and kept.prefill in PREFILL_KERNELS
             if usable and (kept.cache, kept.attention) in available_attention():
                 return kept
-    decode, decode_ms = fastest_decode(weights)
-    prefill, prefill_rows, prefill_ms = fastest_prefill(*weights[0])
+    failures = failing_kernels(checked)
+    excluded = frozenset(failures)
+    decode, decode_ms = fastest_decode(weights, excluded)
+    prefill, prefill_rows, prefill_ms = fastest_prefill(*weights[0], excluded)
     (cache, attend), attention_ms = fastest_attention(*attention)
     choice = KernelChoice(decode, prefill, cache, attend, prefill_rows)
     timings = {"decode_ms": decode_ms, "prefill_ms": prefill_ms, "attention_ms": attention_ms}
     log.info("kernels for this machine: %s (%s)", choice.describe(), timings)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"choice": asdict(choice), **timings}
+        record = {"choice": asdict(choice), **timings, "failed_checks": failures}
         write_atomically(path, json.dumps(record, indent=1) + "\n")
     return choice

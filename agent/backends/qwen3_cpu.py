@@ -41,6 +41,16 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + rotated * sin
 
 
+def _one_per_shape(weights: Qwen3Weights) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One int8 matmul (weight, scale) of each shape the model runs: what every kernel is
+    checked on before it is chosen."""
+    shapes: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+    for linear in (*weights.linears[:4], weights.lm_head):  # the first layer's, the lm_head
+        if linear.scale is not None:
+            shapes.setdefault(tuple(linear.weight.shape), (linear.weight, linear.scale))
+    return list(shapes.values())
+
+
 class CpuQwen3:
     """Runs a loaded Qwen3 checkpoint token by token, reusing cached prompt prefixes."""
 
@@ -105,7 +115,7 @@ class CpuQwen3:
                 for layer in weights.layers
                 if layer.gate_up.scale is not None
             ]
-            kernels = choose_kernels(gate_ups, attention, repack_dir)
+            kernels = choose_kernels(gate_ups, attention, repack_dir, _one_per_shape(weights))
         return cls(weights, prefix_cache_bytes, prefix_store, kernels)
 
     def new_cache(self, room: int) -> KVCache:

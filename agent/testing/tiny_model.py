@@ -22,7 +22,7 @@ import os
 import random
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -121,6 +121,21 @@ def tiny_config() -> Qwen3Config:
     )
 
 
+def odd_config() -> Qwen3Config:
+    """The tiny architecture with sizes that are multiples of nothing the kernels like: hidden
+    136, intermediate 392, 4 heads of 34 (attention output 136)."""
+    return qwen3_config(
+        hidden=136,
+        intermediate=392,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        head_dim=34,
+        rope_theta=ROPE_THETA,
+        max_positions=32768,
+    )
+
+
 def generation_config() -> GenerationConfig:
     """Qwen3's published generation defaults (the thinking-mode sampling preset)."""
     return GenerationConfig(
@@ -134,11 +149,11 @@ def generation_config() -> GenerationConfig:
     )
 
 
-def random_model(seed: int) -> Qwen3ForCausalLM:
-    """The tiny model with seeded random weights, in bf16."""
+def random_model(seed: int, config: Qwen3Config | None = None) -> Qwen3ForCausalLM:
+    """The tiny model (or one of `config`) with seeded random weights, in bf16."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = Qwen3ForCausalLM(tiny_config())
+        model = Qwen3ForCausalLM(config or tiny_config())
     return model.to(torch.bfloat16).eval()  # type: ignore[arg-type]
 
 
@@ -200,18 +215,22 @@ def quantize_checkpoint(
     out_dir: Path,
     tokenizer: PreTrainedTokenizerFast,
     texts: list[str] | None = None,
+    group_size: int = GPTQ_GROUP_SIZE,
 ) -> Path:
-    """GPTQ-quantize a float checkpoint (8 bits, group 128, sym, no act-order) on the CPU,
-    calibrated on `texts` (default: `calibration_texts`)."""
+    """GPTQ-quantize a float checkpoint (8 bits, `group_size`, sym, no act-order) on the CPU,
+    calibrated on `texts` (default: `calibration_texts`). Group size -1 is one group per output
+    channel: GPTQModel 7.6 supports only group sizes that are multiples of 16, so a model whose
+    sizes are not is quantized so (with its activation-aware grouping off, which needs groups)."""
     # GPTQModel wants two CPU workers for its loader pool; a 2-core machine gives it one.
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
     from gptqmodel import GPTQModel, QuantizeConfig
 
     config = QuantizeConfig(
         bits=GPTQ_BITS,
-        group_size=GPTQ_GROUP_SIZE,
+        group_size=group_size,
         sym=True,
         desc_act=False,
+        act_group_aware=group_size > 0,
         # Pure-torch packing: the default compiles a C++ extension (g++, ~45 s) on first use.
         pack_impl="original",
         # Otherwise a random temporary path lands in the saved config, breaking determinism.
@@ -284,6 +303,17 @@ def build_tiny_checkpoint(
     return out_dir
 
 
+def build_odd_checkpoint(out_dir: Path, *, seed: int = 0) -> Path:
+    """A random GPTQ-Int8 checkpoint of `odd_config`'s sizes (one group per channel) in
+    `out_dir`, and its float original in `out_dir`/float."""
+    tokenizer = build_qwen3_tokenizer()
+    with _torch_threads(1):
+        model = random_model(seed, odd_config())
+        float_dir = save_float_checkpoint(model, tokenizer, out_dir / FLOAT_SUBDIR)
+        quantize_checkpoint(float_dir, out_dir / GPTQ_SUBDIR, tokenizer, group_size=-1)
+    return out_dir
+
+
 def train_weights(out: Path, *, seed: int = 0, threads: int = TRAINING_THREADS) -> Path:
     """Train the tiny model from its random weights and save what `build` loads (`out`)."""
     tokenizer = build_qwen3_tokenizer()
@@ -309,17 +339,27 @@ def checkpoint_version() -> str:
 
 
 def cached_tiny_checkpoint() -> Path:
-    """The quantized tiny checkpoint in the app's cache, built on first use.
+    """The quantized tiny checkpoint in the app's cache, built on first use."""
+    return _cached(f"tiny-model-{checkpoint_version()}", build_tiny_checkpoint)
+
+
+def cached_odd_checkpoint() -> Path:
+    """The odd-sized checkpoint (`build_odd_checkpoint`) in the app's cache, built on first use."""
+    return _cached(f"tiny-odd-model-{checkpoint_version()}", build_odd_checkpoint)
+
+
+def _cached(name: str, build: Callable[[Path], Path]) -> Path:
+    """`build`'s checkpoint in the app's cache under `name`, built on first use.
 
     The build goes to a temporary directory beside the target and is renamed into place, so a
     half-written build is never seen; if a concurrent build wins the rename, its copy is used.
     """
-    target = cache_dir() / f"tiny-model-{checkpoint_version()}"
+    target = cache_dir() / name
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{target.name}-", dir=target.parent) as scratch:
-        built = build_tiny_checkpoint(Path(scratch) / "checkpoint")
+        built = build(Path(scratch) / "checkpoint")
         try:
             built.rename(target)
         except OSError:
