@@ -8,16 +8,20 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 import pytest
 
 from agent.sandbox import detect as sb
+from agent.sandbox import limits as limits_mod
 from agent.tools.code_interpreter import CodeInterpreter, KernelOptions
 from agent.tools.invoke import ToolOutcome, invoke_tool
 
@@ -229,6 +233,112 @@ def test_fork_bomb_is_contained_and_next_call_works(make_tool: MakeTool) -> None
     assert run(tool, threads + "; t.join()").content.strip() == "works"
 
 
+BUSY_THREADS = 200  # a desktop session runs hundreds: browser, editor, language servers
+_BUSY = """
+import os, sys, threading, time
+if os.geteuid() == 0:  # the uid the kernel runs as: nobody
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+stop = threading.Event()
+for _ in range({count}):
+    threading.Thread(target=stop.wait, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def busy_uid() -> Iterator[int]:
+    """BUSY_THREADS threads of the uid the kernel will run as (nobody when the tests run as
+    root), running until the test ends: what made RLIMIT_NPROC refuse to start the kernel."""
+    busy = subprocess.Popen(
+        [sys.executable, "-c", _BUSY.format(count=BUSY_THREADS)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert busy.stdout is not None and busy.stdout.readline().strip() == "ready"
+        yield psutil.Process(busy.pid).uids().real
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_the_kernel_starts_beside_hundreds_of_threads_of_its_uid(
+    make_tool: MakeTool, busy_uid: int
+) -> None:
+    uid = sb.NOBODY if os.geteuid() == 0 else os.getuid()
+    assert busy_uid == uid and limits_mod.tasks_of_uid(uid) > BUSY_THREADS
+    tool = make_tool()
+    outcome = run(tool, "import subprocess; print(6 * 7, subprocess.run(['true']).returncode)")
+    assert outcome.ok, outcome.content
+    assert outcome.content.strip() == "42 0"
+
+
+@pytest.fixture
+def no_cgroup(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A host where no cgroup can be made and there is no systemd user manager (a container
+    with a read-only /sys/fs/cgroup): the mechanisms are found again with those refused."""
+
+    def refused(kind: str, limits: sb.Limits) -> list[Path]:
+        raise OSError(f"{kind}: refused for this test")
+
+    monkeypatch.setattr(limits_mod, "_new_cgroups", refused)
+    monkeypatch.setattr(limits_mod, "_try_systemd_scope", lambda: "no systemd for this test")
+    sb.detect.cache_clear()
+    limits_mod.find_mechanism.cache_clear()
+    yield
+    sb.detect.cache_clear()
+    limits_mod.find_mechanism.cache_clear()
+
+
+def test_without_a_cgroup_the_kernel_still_starts_on_a_busy_host(
+    no_cgroup: None, make_tool: MakeTool, busy_uid: int
+) -> None:
+    tool = make_tool()
+    in_force = tool.sandbox.limits
+    namespaced = tool.sandbox.mechanism == "bubblewrap" and os.geteuid() != 0
+    assert in_force.kind == ("user namespace" if namespaced else "uid count")
+    assert run(tool, "print(6 * 7)").content.strip() == "42"
+    summary = tool.sandbox.summary(network=False, limits=sb.Limits())
+    if not namespaced:
+        assert "processes: 128 beyond the user's own count (no cgroup here)" in summary
+        assert any("share that headroom" in gap for gap in tool.sandbox.missing)
+
+
+def test_a_fork_bomb_in_one_kernel_leaves_another_working(make_tool: MakeTool) -> None:
+    bombed, other = make_tool(timeout_s=5, limits=sb.Limits(processes=64)), make_tool()
+    assert run(bombed, "1").ok and run(other, "state = 'kept'").ok
+    own_count = bombed.sandbox.limits.kind != "uid count"  # else the uid's headroom is shared
+    with ThreadPoolExecutor(1) as pool:
+        bomb = pool.submit(run, bombed, "import os\nwhile True:\n    os.fork()")
+        time.sleep(1)  # the bomb is at its limit
+        forks = "import subprocess; print(subprocess.run(['echo', 'forked']).stdout)"
+        during = run(other, forks if own_count else "print(state)")
+        assert not bomb.result().ok
+    assert during.ok, during.content
+    assert run(other, "print(state)").content.strip() == "kept"
+    for tool in (bombed, other):  # both start processes again at once
+        again = run(tool, "import subprocess; print(subprocess.run(['true']).returncode)")
+        assert again.content.strip() == "0", again.content
+
+
+def test_nothing_of_a_fork_bomb_is_left_after_close(make_tool: MakeTool) -> None:
+    tool = make_tool(timeout_s=5, limits=sb.Limits(processes=64))
+    assert run(tool, "1").ok and tool._kernel is not None and tool._kernel.limits is not None
+    connection_file = tool._kernel.manager.connection_file  # on every copy's command line
+    cgroups = list(tool._kernel.limits.cgroups)
+    assert (cgroups != []) == tool.sandbox.limits.kind.startswith("cgroup")
+    assert not run(tool, "import os\nwhile True:\n    os.fork()").ok
+    tool.close()
+    assert not any(cgroup.exists() for cgroup in cgroups)
+    left = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        if connection_file in (process.info["cmdline"] or []):
+            left.append(process)
+    assert [p for p in left if p.info["status"] != psutil.STATUS_ZOMBIE] == []
+
+
 def test_a_forked_child_ends_with_the_code_and_its_exit_status(make_tool: MakeTool) -> None:
     tool = make_tool(timeout_s=20)
     code = (
@@ -423,11 +533,13 @@ def test_doctor_states_the_landlock_sandbox_and_its_gaps(
     monkeypatch.setenv("AGENT_HOME", str(tmp_path))
     main(["doctor", "--json", "--sandbox", "landlock", "--mcp-config", str(tmp_path / "none")])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    in_force = sb.detect("landlock").limits
     assert rows[0] == {
         "name": "sandbox",
         "ok": True,
-        "detail": "landlock, network off, memory 2048 MB per process (address space)",
+        "detail": "landlock, network off, " + in_force.describe(128, 2048),
     }
+    assert in_force.kind in rows[0]["detail"] or "no cgroup here" in rows[0]["detail"]
     gaps = [row["detail"] for row in rows if row["name"].strip() == "does not"]
     assert any("no PID namespace" in gap for gap in gaps)
     protects = [row["detail"] for row in rows if row["name"].strip() == "protects"]

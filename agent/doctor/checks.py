@@ -28,11 +28,12 @@ def run_checks(settings: Settings) -> list[Check]:
 def sandbox_checks(settings: Settings) -> list[Check]:
     """Which sandbox the code interpreter gets, what it protects and what it does not."""
     from agent.sandbox.detect import detect
+    from agent.sandbox.limits import Limits
 
     sandbox = detect(settings.sandbox)
     if sandbox.isolated:
         note = f" ({sandbox.note})" if sandbox.note else ""
-        summary = sandbox.summary(settings.code_network, settings.code_memory_mb)
+        summary = sandbox.summary(settings.code_network, Limits.from_settings(settings))
         head = Check("sandbox", True, summary + note)
     elif settings.unsafe_code:
         head = Check("sandbox", False, f"none ({sandbox.note}); unsafe code allowed: NO isolation")

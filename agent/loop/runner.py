@@ -61,11 +61,12 @@ def run_info(settings: Settings, toolset: Toolset) -> RunInfo:
 def _sandbox_line(settings: Settings, toolset: Toolset) -> str:
     """The run header's sandbox part, when the code interpreter is one of the tools."""
     from agent.sandbox.detect import detect
+    from agent.sandbox.limits import Limits
 
     if "code_interpreter" not in [tool.name for tool in toolset.tools]:
         return ""
     sandbox = detect(settings.sandbox)
-    return "sandbox: " + sandbox.summary(settings.code_network, settings.code_memory_mb)
+    return "sandbox: " + sandbox.summary(settings.code_network, Limits.from_settings(settings))
 
 
 class _QueueListener:

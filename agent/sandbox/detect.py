@@ -22,6 +22,9 @@ from pathlib import Path
 
 from agent.config import SANDBOXES
 from agent.sandbox import seccomp_filters
+from agent.sandbox.limits import KernelLimits, LimitMechanism, Limits, find_mechanism
+
+__all__ = ["Limits", "Sandbox", "detect", "kernel_command"]
 
 NOBODY = 65534  # the uid and gid the kernel runs as when we are root
 CONFINE_SCRIPT = Path(__file__).with_name("confine.py")
@@ -65,16 +68,6 @@ _MISSING_ALL = (
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Resource limits of the kernel process (rlimits), 0 meaning none."""
-
-    memory_mb: int = 2048
-    cpu_s: int = 600
-    processes: int = 128
-    file_size_mb: int = 1024
-
-
-@dataclass(frozen=True)
 class Sandbox:
     """The isolation in force: its mechanism, what it protects, and what it does not."""
 
@@ -83,18 +76,20 @@ class Sandbox:
     missing: tuple[str, ...]
     note: str = ""  # why this mechanism (e.g. why bubblewrap does not work here)
     as_nobody: bool = False  # started as root, the kernel runs as the user `nobody`
+    limits: LimitMechanism = LimitMechanism("uid count")  # what enforces processes and memory
 
     @property
     def isolated(self) -> bool:
         return self.mechanism != "none"
 
-    def summary(self, network: bool, memory_mb: int | None = None) -> str:
-        """One line for the run header: `bubblewrap, network off, memory 2048 MB ...`."""
+    def summary(self, network: bool, limits: Limits | None = None) -> str:
+        """One line for the run header: `bubblewrap, network off, processes 128 (cgroup v1),
+        memory 2048 MB (cgroup v1)`; without `limits`, the first two parts."""
         net = "on" if network or not self.isolated else "off"
         name = self.mechanism if self.isolated else "NONE (unsafe code allowed)"
-        if not memory_mb:
-            return f"{name}, network {net}" + (", memory unlimited" if memory_mb == 0 else "")
-        return f"{name}, network {net}, memory {memory_mb} MB per process (address space)"
+        if limits is None:
+            return f"{name}, network {net}"
+        return f"{name}, network {net}, " + self.limits.describe(limits.processes, limits.memory_mb)
 
 
 def _running_as_root() -> bool:
@@ -149,14 +144,15 @@ def _inside(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
-def rlimit_prefix(limits: Limits) -> list[str]:
-    """`prlimit` options setting `limits` on the command that follows (empty without prlimit)."""
+def rlimit_prefix(limits: Limits, nproc: int) -> list[str]:
+    """`prlimit` options setting `limits` (and RLIMIT_NPROC `nproc`, 0: none) on the command
+    that follows (empty without prlimit)."""
     prlimit = shutil.which("prlimit")
     if prlimit is None:
         return []
     options = {  # memory: kernel_boot.py limits the address space once the kernel has started
         "--cpu": limits.cpu_s,
-        "--nproc": limits.processes,
+        "--nproc": nproc,
         "--fsize": limits.file_size_mb * 2**20,
     }
     return [prlimit, *(f"{flag}={value}" for flag, value in options.items() if value), "--"]
@@ -183,14 +179,17 @@ def kernel_command(
     writable: list[Path],
     limits: Limits,
     network: bool,
+    enforced: KernelLimits,
 ) -> list[str]:
-    """`argv` wrapped in the sandbox (if any) and rlimits; `writable` are bound read-write."""
-    inner = rlimit_prefix(limits) + _booted(argv, limits)
+    """`argv` wrapped in the kernel's limits (`enforced`: its cgroup, its RLIMIT_NPROC), the
+    sandbox (if any) and rlimits; `writable` are bound read-write."""
+    inner = rlimit_prefix(limits, enforced.nproc) + _booted(argv, limits)
     if sandbox.mechanism == "landlock":
         root = _landlock_identity(sandbox, writable)
-        return root + _confine_command([str(p) for p in writable], network) + ["--", *inner]
+        confined = _confine_command([str(p) for p in writable], network)
+        return enforced.prefix + root + confined + ["--", *inner]
     if not sandbox.isolated:
-        return inner
+        return enforced.prefix + inner
     cmd = _bwrap_base(shutil.which("bwrap") or "bwrap", network)
     for path in [*python_dirs(), str(KERNEL_BOOT.parent)]:
         cmd += [*_parents(path), "--ro-bind", path, path]
@@ -198,7 +197,7 @@ def kernel_command(
         cmd += [*_parents(str(place)), "--bind", str(place), str(place)]
     # / and /tmp read-only once their mount points exist: only `writable` can be written
     cmd += ["--remount-ro", "/tmp", "--remount-ro", "/", "--chdir", str(writable[0]), "--"]
-    return cmd + (_drop_root() if _running_as_root() else []) + inner
+    return enforced.prefix + cmd + (_drop_root() if _running_as_root() else []) + inner
 
 
 def _booted(argv: list[str], limits: Limits) -> list[str]:
@@ -262,11 +261,21 @@ def prepare_writable(path: Path, as_nobody: bool) -> None:
         os.chown(path, NOBODY, NOBODY)
 
 
-def _limit_notes(mechanism: str) -> tuple[str, ...]:
-    counted = mechanism != "none" or not _running_as_root()
-    nproc = "process count" if counted else "(not process count)"
-    memory = "memory: an address-space limit per process, counted from the kernel's own size"
-    return (memory, f"resources: rlimits on CPU time, file size, {nproc}")
+def kernel_uid(sandbox: Sandbox, writable: list[Path]) -> int:
+    """The real uid the kernel runs as: `nobody` when we are root and a sandbox is in force."""
+    if _running_as_root() and sandbox.isolated:
+        return NOBODY  # as nobody, or with the real uid nobody (_drop_capabilities)
+    return os.getuid()
+
+
+def _with_limits(sandbox: Sandbox) -> Sandbox:
+    """`sandbox` with what enforces its process and memory limits here, and notes on them."""
+    user_namespace = sandbox.mechanism == "bubblewrap" and not _running_as_root()
+    mechanism = find_mechanism(user_namespace)
+    resources = "resources: rlimits on CPU time and file size, per process"
+    protections = (*sandbox.protections, *mechanism.protections(), resources)
+    missing = (*sandbox.missing, *mechanism.gaps())
+    return replace(sandbox, limits=mechanism, protections=protections, missing=missing)
 
 
 def _unix_socket_note() -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -286,14 +295,14 @@ def detect(choice: str = "auto") -> Sandbox:
     if choice in ("auto", "bubblewrap"):
         found = _try_bubblewrap()
         if isinstance(found, Sandbox):
-            return found
+            return _with_limits(found)
         reasons.append(found)
     if choice in ("auto", "landlock"):
         landlock = _try_landlock()
         if isinstance(landlock, Sandbox):
-            return replace(landlock, note="; ".join(reasons))
+            return _with_limits(replace(landlock, note="; ".join(reasons)))
         reasons.append(landlock)
-    return _none("; ".join(reasons))
+    return _with_limits(_none("; ".join(reasons)))
 
 
 def _try_bubblewrap() -> Sandbox | str:
@@ -313,7 +322,7 @@ def _try_bubblewrap() -> Sandbox | str:
         return f"bubblewrap does not work here (no user namespaces?): {reason}"
     sockets, missing = _unix_socket_note()
     protections = (*BWRAP_PROTECTIONS, "network: none unless --code-network", *sockets)
-    return Sandbox("bubblewrap", (*protections, *_limit_notes("bubblewrap")), missing=missing)
+    return Sandbox("bubblewrap", protections, missing=missing)
 
 
 def _try_landlock() -> Sandbox | str:
@@ -364,11 +373,11 @@ def _try_landlock() -> Sandbox | str:
         )
     return Sandbox(
         "landlock",
-        (*protections, *_limit_notes("landlock")),
+        tuple(protections),
         missing=tuple(missing),
         as_nobody=as_nobody,
     )
 
 
 def _none(note: str) -> Sandbox:
-    return Sandbox("none", _limit_notes("none"), missing=_MISSING_ALL, note=note)
+    return Sandbox("none", (), missing=_MISSING_ALL, note=note)

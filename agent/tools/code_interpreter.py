@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import json5
 import psutil
@@ -33,6 +33,7 @@ from qwen_agent.tools.base import BaseTool, register_tool
 from agent.config import Settings
 from agent.errors import ToolError
 from agent.sandbox import detect as sb
+from agent.sandbox.limits import KernelLimits, kernel_limits
 
 _START_TIMEOUT_S = 60.0  # a cold kernel start takes 1-3 s; a loaded machine may need more
 _INTERRUPT_GRACE_S = 1.0  # how long an interrupted kernel has to become idle before it is killed
@@ -94,14 +95,8 @@ class KernelOptions:
 
 def kernel_options(settings: Settings) -> KernelOptions:
     """The kernel options the settings ask for."""
-    limits = sb.Limits(
-        memory_mb=settings.code_memory_mb,
-        cpu_s=settings.code_cpu_s,
-        processes=settings.code_processes,
-        file_size_mb=settings.code_file_size_mb,
-    )
     return KernelOptions(
-        limits,
+        sb.Limits.from_settings(settings),
         network=settings.code_network,
         allow_unsafe=settings.unsafe_code,
         sandbox=settings.sandbox,
@@ -146,6 +141,8 @@ class _Kernel:
         self, cwd: Path, options: KernelOptions, sandbox: sb.Sandbox, log_dir: Path | None
     ) -> None:
         self.runtime = Path(tempfile.mkdtemp(prefix="agent-kernel-"))  # short: socket paths
+        self.log: BinaryIO | None = None
+        self.limits: KernelLimits | None = None
         as_nobody = sb.kernel_runs_as_nobody(sandbox, [cwd, self.runtime])
         sb.prepare_writable(self.runtime, as_nobody)
         sb.prepare_writable(cwd, as_nobody)
@@ -160,11 +157,18 @@ class _Kernel:
         assert self.manager.kernel_spec is not None
         self.manager.kernel_spec.interrupt_mode = "message"  # a signal would reach bwrap only
         self.manager.as_nobody = as_nobody
+        try:
+            uid = sb.kernel_uid(sandbox, [cwd, self.runtime])
+            enforced = self.limits = kernel_limits(sandbox.limits, options.limits, uid)
+        except OSError as exc:
+            self._remove_files()
+            raise ToolError(f"the Python kernel's limits could not be set up: {exc}") from exc
         self.manager.wrap = lambda argv: sb.kernel_command(
-            argv, sandbox, [cwd, self.runtime], options.limits, options.network
+            argv, sandbox, [cwd, self.runtime], options.limits, options.network, enforced
         )
         # keep our stdout clean for `--json`; the kernel's warnings go to the run's logs
-        self.log = open(log_dir / "kernel.log", "ab") if log_dir else None  # noqa: SIM115
+        if log_dir is not None:
+            self.log = open(log_dir / "kernel.log", "ab")  # noqa: SIM115
         try:
             self.manager.start_kernel(
                 cwd=str(cwd),
@@ -233,6 +237,9 @@ class _Kernel:
         self._remove_files()
 
     def _remove_files(self) -> None:
+        """Remove the kernel's files and its cgroup, killing whatever is still in it."""
+        if self.limits is not None:
+            self.limits.close()
         shutil.rmtree(self.runtime, ignore_errors=True)
         if self.log is not None:
             self.log.close()
