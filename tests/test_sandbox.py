@@ -323,6 +323,27 @@ def test_a_fork_bomb_in_one_kernel_leaves_another_working(make_tool: MakeTool) -
         assert again.content.strip() == "0", again.content
 
 
+def test_the_kernel_runs_in_a_cgroup_of_its_own_with_its_limits(make_tool: MakeTool) -> None:
+    tool = make_tool(limits=sb.Limits(processes=64, memory_mb=512))
+    assert run(tool, "1").ok and tool._kernel is not None and tool._kernel.limits is not None
+    in_force, cgroups = tool.sandbox.limits, tool._kernel.limits.cgroups
+    if not in_force.kind.startswith("cgroup"):  # a systemd scope, a namespace, the uid count
+        assert cgroups == []
+        return
+    written = {
+        file.name: file.read_text().strip()
+        for cgroup in cgroups
+        for file in (cgroup / "pids.max", cgroup / "memory.max", cgroup / "memory.limit_in_bytes")
+        if file.exists()
+    }
+    assert written["pids.max"] == "64"
+    if in_force.memory_cgroup:
+        memory = written.get("memory.max") or written.get("memory.limit_in_bytes")
+        assert memory == str(512 * 2**20)
+    kernel = str(tool._kernel.process.pid)
+    assert all(kernel in (cgroup / "cgroup.procs").read_text().split() for cgroup in cgroups)
+
+
 def test_nothing_of_a_fork_bomb_is_left_after_close(make_tool: MakeTool) -> None:
     tool = make_tool(timeout_s=5, limits=sb.Limits(processes=64))
     assert run(tool, "1").ok and tool._kernel is not None and tool._kernel.limits is not None
