@@ -24,7 +24,7 @@ except ModuleNotFoundError:  # Python 3.10 has no tomllib; tomli is the same par
     import tomli as tomllib  # type: ignore[no-redef]
 
 from agent.errors import ConfigError
-from agent.paths import config_file, history_file, project_root
+from agent.paths import config_file, history_file, mcp_config_in_force
 
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B-GPTQ-Int8"
 DEFAULT_KV_CACHE_MB = 1024
@@ -115,10 +115,6 @@ def setting(
     if factory is not None:
         return field(default_factory=factory, metadata=entry)
     return field(default=default, metadata=entry)
-
-
-def _default_mcp_config() -> Path:
-    return project_root() / "mcp_config.json"
 
 
 @dataclass(frozen=True)
@@ -251,7 +247,7 @@ class Settings:
         bounds=Bounds(low=1),
     )
     mcp_config: Path = setting(
-        factory=_default_mcp_config,
+        factory=mcp_config_in_force,
         help="MCP servers file",
         flag=True,
         group="tools",
@@ -476,7 +472,7 @@ def settings_table() -> str:
 
 def _shown_default(item: Field[Any]) -> str:
     if item.name == "mcp_config":
-        return "`mcp_config.json` in the project"
+        return "`mcp_config.json` in the data directory, else the packaged `time` and `fetch`"
     if item.name == "history":
         return "`history.sqlite3` in the data directory"
     value = item.default

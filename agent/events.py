@@ -38,6 +38,7 @@ class RunStarted(Event):
     tools: list[str]
     sandbox: str = ""  # the code interpreter's isolation, e.g. "sandbox: bubblewrap, network off"
     started_at: float = field(default_factory=time.time)
+    version: str = ""  # of the agent that ran it ("" in records from before it was kept)
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,28 @@ def cache_dir() -> Path:
     return agent_home() / "cache"
 
 
-def project_root() -> Path:
-    """The source checkout (holds `mcp_config.json` and `tools/`)."""
-    return Path(__file__).resolve().parent.parent
+DEFAULTS = Path(__file__).resolve().parent / "defaults"  # package data: travels with the app
+
+
+def packaged_mcp_config() -> Path:
+    """The default MCP servers (`time`, `fetch`), inside the installed package."""
+    return DEFAULTS / "mcp_config.json"
+
+
+def shipped_tools_dir() -> Path:
+    """The plugin tools that ship with the app (calculator, files, sqlite_query)."""
+    return DEFAULTS / "tools"
+
+
+def user_mcp_config() -> Path:
+    """The user's own MCP servers file, beside `config.toml`: it replaces the defaults."""
+    return agent_home() / "mcp_config.json"
+
+
+def mcp_config_in_force() -> Path:
+    """The user's `mcp_config.json` where there is one, else the packaged defaults."""
+    user = user_mcp_config()
+    return user if user.is_file() else packaged_mcp_config()
 
 
 def user_tools_dirs() -> list[Path]:

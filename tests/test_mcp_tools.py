@@ -21,6 +21,7 @@ import pytest
 from qwen_agent.tools.base import BaseTool, is_tool_schema
 
 from agent.errors import MCPConfigError, MCPServerError, ToolError
+from agent.paths import packaged_mcp_config
 from agent.tools.invoke import invoke_tool
 from agent.tools.mcp_tools import (
     MCPConnections,
@@ -32,7 +33,7 @@ from agent.tools.mcp_tools import (
     server_environment,
 )
 
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "mcp_config.json"
+REPO_CONFIG = packaged_mcp_config()  # the default servers, as the installed package has them
 
 # A server of our own: a tool whose schema has $defs/$ref, and a slow tool.
 LOCAL_SERVER = '''

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import Settings
+from agent.paths import shipped_tools_dir
 from agent.tools.invoke import ToolOutcome, invoke_tool
 from agent.tools.toolset import Toolset, open_toolset
 from tests.clirun import empty_mcp_config
@@ -32,8 +33,8 @@ def call(toolset: Toolset, name: str, arguments: dict[str, object]) -> ToolOutco
     return invoke_tool(toolset.get(name), json.dumps(arguments))
 
 
-def test_shipped_tools_come_from_the_project_tools_directory(shipped: Toolset) -> None:
-    root = Path(__file__).resolve().parent.parent / "tools"
+def test_shipped_tools_come_from_the_packages_own_directory(shipped: Toolset) -> None:
+    root = shipped_tools_dir()  # inside the package, installed or checked out
     sources = {entry.tool.name: entry.source for entry in shipped.entries}
     assert sources == {
         "calculator": str(root / "calculator.py"),

@@ -20,13 +20,14 @@ from typing import Any
 import psutil
 import pytest
 
+from agent.paths import packaged_mcp_config
 from agent.testing.reproduction import HELD_OUT_SEED, held_out_runs, reproduction_counts, total
 from agent.testing.transcripts import GREETINGS, page_sentence
 from tests.clirun import agent_argv, agent_cli, agent_env, json_events
 
 pytestmark = pytest.mark.slow
 
-REPO_MCP_CONFIG = Path(__file__).parent.parent / "mcp_config.json"
+REPO_MCP_CONFIG = packaged_mcp_config()
 
 
 def run_json(model: Path, home: Path, prompt: str, *extra: str) -> list[dict[str, Any]]:

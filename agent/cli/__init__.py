@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from agent import __version__
 from agent.cli.chat import chat
 from agent.cli.common import EXIT_CANCELLED, EXIT_FAILED
 from agent.cli.doctor import doctor
@@ -32,6 +33,7 @@ EXIT_USAGE = 2
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", message="%(prog)s %(version)s")
 def cli() -> None:
     """A local, tool-calling Qwen3 agent."""
 
@@ -44,11 +46,17 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds `with` blocks, so child processes are stopped
 
 
+def _program_name(argv: Sequence[str] | None) -> str:
+    """`agent`, or `qagent` when called by that name (both commands are installed)."""
+    called = os.path.basename(sys.argv[0]) if argv is None else ""
+    return called if called in ("agent", "qagent") else "agent"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `agent` console script."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        code = cli.main(args=argv, prog_name="agent", standalone_mode=False)
+        code = cli.main(args=argv, prog_name=_program_name(argv), standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
         print(exc.format_message(), file=sys.stderr)
         return EXIT_USAGE

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import platform
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import __version__
 from agent.config import Settings
 from agent.errors import AgentError
+from agent.paths import (
+    agent_home,
+    config_file,
+    packaged_mcp_config,
+    shipped_tools_dir,
+    user_mcp_config,
+    user_tools_dirs,
+)
 
 
 @dataclass(frozen=True)
@@ -22,7 +32,35 @@ class Check:
 
 def run_checks(settings: Settings) -> list[Check]:
     """Every check, in the order the user should read them."""
-    return [*sandbox_checks(settings), model_check(settings), *mcp_checks(settings), gpu_check()]
+    return [
+        *file_checks(settings),
+        *sandbox_checks(settings),
+        model_check(settings),
+        *mcp_checks(settings),
+        gpu_check(),
+    ]
+
+
+def file_checks(settings: Settings) -> list[Check]:
+    """The version, and which files are in force: config, MCP servers, tool directories."""
+    config = config_file()
+    if settings.mcp_config == packaged_mcp_config():
+        servers = (
+            f"{settings.mcp_config} (the packaged defaults; {user_mcp_config()} replaces them)"
+        )
+    elif settings.mcp_config == user_mcp_config():
+        servers = f"{settings.mcp_config} (yours: it replaces the packaged defaults)"
+    else:
+        servers = f"{settings.mcp_config} (given: --mcp-config or AGENT_MCP_CONFIG)"
+    tools = [f"{shipped_tools_dir()} (shipped)"]
+    tools += [f"{d}{'' if d.is_dir() else ' (none yet)'}" for d in user_tools_dirs()]
+    return [
+        Check("agent", None, f"{__version__} (Python {platform.python_version()})"),
+        Check("data", None, str(agent_home())),
+        Check("config", None, f"{config}{'' if config.is_file() else ' (none: the defaults)'}"),
+        Check("mcp servers", None, servers),
+        Check("tools from", None, "; ".join(tools)),
+    ]
 
 
 def sandbox_checks(settings: Settings) -> list[Check]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
+from agent import __version__
 from agent.config import Settings
 from agent.errors import AgentError, GenerationError, ModelServerError
 from agent.events import (
@@ -144,6 +145,7 @@ def run_events(
         thinking=info.thinking,
         tools=info.tools,
         sandbox=info.sandbox,
+        version=__version__,
     )
     worker = threading.Thread(target=_work, args=(assistant, messages, inbox, cancel), daemon=True)
     worker.start()

@@ -27,7 +27,7 @@ import jsonschema
 from qwen_agent.tools.base import TOOL_REGISTRY, BaseTool, is_tool_schema
 
 from agent.errors import ConfigError, PluginError, ToolError
-from agent.paths import project_root, user_tools_dirs
+from agent.paths import shipped_tools_dir, user_tools_dirs
 from agent.plugins import ENTRY_POINT_GROUP, TOOL_MARK
 from agent.tools.invoke import parse_arguments
 from agent.tools.schema import FunctionSchema, function_schema
@@ -87,8 +87,8 @@ class PluginTools:
 
 
 def tool_dirs() -> list[Path]:
-    """The directories searched for tool files: the project's `tools/`, then the user's."""
-    return [project_root() / "tools", *user_tools_dirs()]
+    """The directories searched for tool files: the shipped tools', then the user's."""
+    return [shipped_tools_dir(), *user_tools_dirs()]
 
 
 def load_plugin_tools(extra_files: Sequence[Path] = ()) -> PluginTools:
