@@ -38,17 +38,21 @@ OPTION_GROUPS = ("model", "tools", "selection", "history", "chat")
 
 
 @dataclass(frozen=True)
-class SamplingPreset:
-    """Qwen3's recommended sampling for one mode."""
+class SamplingParams:
+    """How the next token is drawn: from the settings to the sampler (agent/engine/sampling.py)
+    as this one type. Temperature 0 means greedy (for tests, not for real use)."""
 
     temperature: float
     top_p: float
     top_k: int
     min_p: float
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
 
-THINKING_PRESET = SamplingPreset(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0)
-NON_THINKING_PRESET = SamplingPreset(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0)
+# Qwen3's recommended sampling for each mode.
+THINKING_PRESET = SamplingParams(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0)
+NON_THINKING_PRESET = SamplingParams(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0)
 
 
 @dataclass(frozen=True)
@@ -336,14 +340,15 @@ class Settings:
         group="tools",
     )
 
-    def sampling(self) -> SamplingPreset:
+    def sampling(self) -> SamplingParams:
         """The effective sampling: the mode's preset with any explicit overrides."""
         preset = THINKING_PRESET if self.thinking else NON_THINKING_PRESET
-        return SamplingPreset(
+        return SamplingParams(
             temperature=preset.temperature if self.temperature is None else self.temperature,
             top_p=preset.top_p if self.top_p is None else self.top_p,
             top_k=preset.top_k if self.top_k is None else self.top_k,
             min_p=preset.min_p if self.min_p is None else self.min_p,
+            presence_penalty=self.presence_penalty,
         )
 
 

@@ -15,7 +15,7 @@ def main() -> int:
     from qwen_agent.llm.schema import Message
 
     from agent.backends.local import Usage, generate_token_ids, render_prompt
-    from agent.backends.local_model import load_local_model
+    from agent.engine.loading import load_local_model
     from agent.testing.reproduction import GREEDY
 
     loaded = load_local_model(model_dir, device="auto", threads=threads)

@@ -24,10 +24,10 @@ FINISH_AFTER = 40
 
 def measure(threads: int) -> dict[str, float | int]:
     """Milliseconds per constrained token for the grammar and for sampling."""
-    from agent.backends.constrained import ToolCallConstraint, grammar_tools
-    from agent.backends.fast_tokenizer import FastTokenizer
-    from agent.backends.sampling import SamplingParams, sample_next_token
     from agent.backends.tool_choice import REQUIRED
+    from agent.engine.constrained import ToolCallConstraint, grammar_tools
+    from agent.engine.sampling import SamplingParams, sample_next_token
+    from agent.engine.tokenizer import FastTokenizer
     from agent.eval.bfcl_data import load_entries, tool_schema
 
     torch.set_num_threads(threads)

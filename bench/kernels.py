@@ -1,8 +1,8 @@
 """The measurements behind the native engine's kernels: matmul kernels for one decode step's
 weights, attention over a bf16 or a float32 cache, and the whole engine on every kernel choice
-of agent/backends/cpu_kernels.py (full-size architecture, random weights): prefill and decode
+of agent/engine/kernels/choice.py (full-size architecture, random weights): prefill and decode
 rates, and its logits against transformers + GPTQModel's on the same prompt; where a decoded
-token runs as one compiled call (agent/backends/fused_decode.py), also the same kernels called
+token runs as one compiled call (agent/engine/fused_decode.py), also the same kernels called
 one by one from torch.
 
 `python -m bench.kernels --out bench/kernels.json`. Weights rotate through 40 matrices of
@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from agent.backends.cpu_kernels import best_seconds
+from agent.engine.kernels.choice import best_seconds
 
 if TYPE_CHECKING:
-    from agent.backends.qwen3_cpu import CpuQwen3
+    from agent.engine.model import CpuQwen3
 
 OUT_FEATURES, IN_FEATURES, MATRICES = 6144, 1024, 40
 REPEATS = 5  # timed calls per kernel, the fastest kept
@@ -95,15 +95,15 @@ def engine_choices() -> dict[str, object]:
     """Per kernel choice: prefill tok/s and logits against the reference on a 512-token prompt;
     per decode kernel and cache: logits against the reference after 32 tokens fed one at a
     time, and decode tok/s at 1k of context; and the choice this machine's self-test makes."""
-    from agent.backends.cpu_kernels import (
+    from agent.engine.kernels.choice import (
         CACHE_DTYPES,
         PREFILL_KERNELS,
         KernelChoice,
         available_attention,
         available_decode_kernels,
     )
-    from agent.backends.local_model import load_local_model
-    from agent.backends.qwen3_cpu import CpuQwen3
+    from agent.engine.loading import load_local_model
+    from agent.engine.model import CpuQwen3
     from bench.random_checkpoint import cached_checkpoint
 
     model = cached_checkpoint("full")

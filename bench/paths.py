@@ -74,7 +74,7 @@ class OurBackend:
 
     def __init__(self, model_dir: Path, gguf: Path | None, threads: int) -> None:
         del gguf
-        from agent.backends.local_model import load_local_model
+        from agent.engine.loading import load_local_model
 
         self.loaded = load_local_model(str(model_dir), device="auto", threads=threads)
         self.engine: Any = self.loaded.engine
@@ -96,8 +96,8 @@ class OurBackend:
         return time.perf_counter() - started
 
     def second_step_first_token(self, first: list[int], second: list[int]) -> float:
-        from agent.backends.local import Usage, generate_token_ids
-        from agent.backends.sampling import SamplingParams
+        from agent.engine.generate import Usage, generate_token_ids
+        from agent.engine.sampling import SamplingParams
 
         greedy = SamplingParams(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0)
         self.engine.prefix_cache.clear()

@@ -70,9 +70,9 @@ def stream_ms_per_token(model_dir: Path) -> dict[str, float]:
 def decode_ms_per_token(model_dir: Path, count: int = 4000, window: int = 200) -> dict[str, float]:
     """Streaming decoder plus sampling (0.7/0.8/20/0, presence 1.5), first and last `window`
     tokens of a `count`-token answer, on Qwen3's full vocabulary."""
-    from agent.backends.local import IncrementalDecoder
-    from agent.backends.local_model import load_local_model
-    from agent.backends.sampling import SamplingParams, sample_next_token
+    from agent.engine.generate import IncrementalDecoder
+    from agent.engine.loading import load_local_model
+    from agent.engine.sampling import SamplingParams, sample_next_token
 
     loaded = load_local_model(str(model_dir), device="cpu")
     decoder = IncrementalDecoder(loaded.tokenizer)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.backends.sampling import SamplingParams
+from agent.engine.sampling import SamplingParams
 from agent.server.generation import Finish, Generation, ModelService
 from bench.random_checkpoint import cached_checkpoint
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         assert service.ready, service.load_error
         aggregate_rate(service, 1, 8)  # warm up
         report[label] = [aggregate_rate(service, n, args.tokens) for n in STREAMS]
-        from agent.backends import local_model
+        from agent.engine import loading as local_model
 
         local_model._LOADED.clear()  # the next service loads its own engine
     single = report["batched"][0]["tokens_per_s"]

@@ -121,7 +121,7 @@ def copy_bandwidth_gb_s(threads: int, megabytes: int = 512) -> float:
 
 def decode_bytes_per_token(model_dir: Path) -> int:
     """Weight bytes one decode step reads in our engine (every matmul, int8 lm_head)."""
-    from agent.backends.qwen3_weights import load_qwen3_weights
+    from agent.engine.weights import load_qwen3_weights
 
     return load_qwen3_weights(model_dir).nbytes
 

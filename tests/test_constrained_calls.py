@@ -12,10 +12,10 @@ import pytest
 from jsonschema import Draft202012Validator
 from qwen_agent.llm.schema import Message
 
-from agent.backends import constrained
-from agent.backends.constrained import ToolCallConstraint, grammar_tools
 from agent.backends.local import LocalQwen
 from agent.backends.tool_choice import AUTO, NONE, REQUIRED, TOOL_CHOICE_KEY
+from agent.engine import constrained
+from agent.engine.constrained import ToolCallConstraint, grammar_tools
 from agent.loop.call_parser import RepairingFnCallPrompt
 from agent.testing.transcripts import load_tool_schemas, time_task
 

@@ -12,9 +12,8 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from agent.backends import cpu_kernels
-from agent.backends.compiled_kernels import compiled_attention, load_library
-from agent.backends.cpu_kernels import (
+from agent.engine.kernels import choice as cpu_kernels
+from agent.engine.kernels.choice import (
     ATTENTION_CHOICES,
     CACHE_DTYPES,
     COMPILED,
@@ -31,9 +30,10 @@ from agent.backends.cpu_kernels import (
     choose_kernels,
     int8pack,
 )
-from agent.backends.local_model import load_local_model
-from agent.backends.qwen3_cpu import CpuQwen3
-from agent.backends.qwen3_weights import _CheckpointReader, _LinearLoader
+from agent.engine.kernels.compiled import compiled_attention, load_library
+from agent.engine.loading import load_local_model
+from agent.engine.model import CpuQwen3
+from agent.engine.weights import _CheckpointReader, _LinearLoader
 from agent.testing.reproduction import held_out_runs
 from agent.testing.transcripts import encode_transcript
 from tests.child_process import ChildCrashed, ChildRunner

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from agent.backends.fast_tokenizer import FastTokenizer
+from agent.engine.tokenizer import FastTokenizer
 
 CALL = {"name": "get_time", "arguments": {"timezone": "Asia/Tokyo"}}
 CONVERSATIONS = [

@@ -68,3 +68,57 @@ def test_no_import_cycle_between_rooms() -> None:
 
 def test_only_the_cli_imports_the_cli() -> None:
     assert [room for room, targets in _graph().items() if "cli" in targets] == []
+
+
+def test_the_engine_imports_no_room_but_the_spine() -> None:
+    assert _graph()["engine"] <= SPINE, f"agent/engine imports {_graph()['engine'] - SPINE}"
+
+
+def _module_file(module: str) -> Path | None:
+    path = AGENT.parent.joinpath(*module.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """Every module a file imports, less what it imports only for type checking."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+        for inner in ast.walk(node)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("room", ["engine", "server"])
+def test_the_engine_and_the_server_reach_no_qwen_agent(room: str) -> None:
+    """Through every agent module they import, at any depth (the package's own __init__, which
+    contains Qwen-Agent's side effects for everyone, aside)."""
+    todo = [p for p in (AGENT / room).rglob("*.py")]
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in _runtime_imports(path):
+            assert not module.startswith("qwen_agent"), (
+                f"{path.relative_to(AGENT)} imports {module}"
+            )
+            if module.startswith("agent.") and module != "agent.qwen_agent_compat":
+                target = _module_file(module)
+                if target is not None:
+                    todo.append(target)

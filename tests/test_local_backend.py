@@ -12,7 +12,7 @@ import pytest
 from qwen_agent.llm.schema import Message
 
 from agent.backends.local import LocalQwen
-from agent.backends.local_model import load_local_model
+from agent.engine.loading import load_local_model
 from agent.errors import GenerationError
 from tests.clirun import agent_argv, agent_cli, agent_env, empty_mcp_config, json_events
 
@@ -178,7 +178,7 @@ class _CountingTokenizer:
 
 
 def test_streamed_text_is_decoded_in_constant_work_per_token(qwen3_tokenizer: Any) -> None:
-    from agent.backends.local import IncrementalDecoder
+    from agent.engine.generate import IncrementalDecoder
 
     text = "Tokyo 東京 🚀 <think>\nhmm\n</think>\n\n" + "The time is 12:00, as ever. " * 200
     ids = qwen3_tokenizer(text, add_special_tokens=False)["input_ids"]

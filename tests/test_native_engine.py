@@ -12,11 +12,12 @@ from qwen_agent.llm.schema import Message
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from agent.backends.kv_cache import KVCache, PrefixCache
-from agent.backends.local import LocalQwen, Usage, generate_token_ids
-from agent.backends.local_model import load_local_model
-from agent.backends.qwen3_cpu import CpuQwen3
-from agent.backends.qwen3_weights import _CheckpointReader, load_qwen3_weights
+from agent.backends.local import LocalQwen
+from agent.engine.generate import Usage, generate_token_ids
+from agent.engine.kv_cache import KVCache, PrefixCache
+from agent.engine.loading import load_local_model
+from agent.engine.model import CpuQwen3
+from agent.engine.weights import _CheckpointReader, load_qwen3_weights
 from agent.testing.reproduction import GREEDY, held_out_runs
 from agent.testing.transcripts import (
     encode_transcript,

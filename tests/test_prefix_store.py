@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from agent.backends.local import Usage, generate_token_ids
-from agent.backends.local_model import LoadedModel, load_local_model
-from agent.backends.prefix_store import PrefixStore
-from agent.backends.qwen3_cpu import CpuQwen3
+from agent.engine.generate import Usage, generate_token_ids
+from agent.engine.loading import LoadedModel, load_local_model
+from agent.engine.model import CpuQwen3
+from agent.engine.prefix_store import PrefixStore
 from agent.testing.reproduction import GREEDY
 from agent.testing.transcripts import encode_transcript, time_task
 from tests.clirun import agent_cli, empty_mcp_config, json_events

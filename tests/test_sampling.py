@@ -2,8 +2,8 @@
 
 import torch
 
-from agent.backends.sampling import SamplingParams, sample_next_token
 from agent.config import Settings
+from agent.engine.sampling import SamplingParams, sample_next_token
 
 NO_SEEN = torch.zeros(8, dtype=torch.bool)
 
@@ -67,3 +67,11 @@ def test_frequency_penalty_grows_with_each_repeat() -> None:
     assert pick(logits, greedy, counts) == 2
     presence = SamplingParams(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, presence_penalty=1.0)
     assert pick(logits, presence, counts) == 1  # presence counts a token once, however often
+
+
+def test_the_settings_sampling_reaches_the_local_backend_as_one_typed_value() -> None:
+    from agent.loop.assistant import llm_config
+
+    config = llm_config(Settings(thinking=True, temperature=0.3, presence_penalty=1.5))
+    assert config["sampling"] == SamplingParams(0.3, 0.95, 20, 0.0, presence_penalty=1.5)
+    assert not {"temperature", "top_p", "presence_penalty"} & set(config["generate_cfg"])

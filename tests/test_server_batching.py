@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.backends.local import Usage, generate_token_ids
-from agent.backends.local_model import load_local_model
-from agent.backends.sampling import SamplingParams
+from agent.engine.generate import Usage, generate_token_ids
+from agent.engine.loading import load_local_model
+from agent.engine.sampling import SamplingParams
 from agent.server.batching import DecodeBatcher
 
 pytestmark = pytest.mark.slow

@@ -15,6 +15,7 @@ from qwen_agent.llm.oai import TextChatAtOAI
 from qwen_agent.llm.schema import Message
 
 from agent.backends.tool_choice import TOOL_CHOICE_KEY
+from agent.config import SamplingParams
 from agent.errors import ModelServerError
 
 
@@ -73,24 +74,19 @@ def _without_tool_choice(generate_cfg: dict) -> dict:
 
 
 def remote_generate_cfg(
-    *,
-    thinking: bool,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    min_p: float,
-    presence_penalty: float,
-    max_new_tokens: int,
-    seed: int | None,
+    *, thinking: bool, sampling: SamplingParams, max_new_tokens: int, seed: int | None
 ) -> dict[str, Any]:
     """Generation settings in the OpenAI API's terms (vLLM/SGLang extras in `extra_body`)."""
     cfg: dict[str, Any] = {
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": top_k,
-        "presence_penalty": presence_penalty,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
+        "presence_penalty": sampling.presence_penalty,
         "max_tokens": max_new_tokens,
-        "extra_body": {"min_p": min_p, "chat_template_kwargs": {"enable_thinking": thinking}},
+        "extra_body": {
+            "min_p": sampling.min_p,
+            "chat_template_kwargs": {"enable_thinking": thinking},
+        },
     }
     if seed is not None:
         cfg["seed"] = seed

@@ -21,7 +21,8 @@ from qwen_agent.llm.schema import Message
 from agent.backends.tool_choice import AUTO, REQUIRED, TOOL_CHOICE_KEY
 from agent.eval.bfcl_checker import check_entry
 from agent.eval.bfcl_data import BfclEntry, tool_schema
-from agent.loop.call_parser import CALL_CLOSE, CALL_OPEN, RepairingFnCallPrompt
+from agent.loop.call_parser import RepairingFnCallPrompt
+from agent.loop.call_text import CALL_CLOSE, CALL_OPEN
 
 
 @dataclass(frozen=True)

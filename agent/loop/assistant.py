@@ -53,11 +53,7 @@ def llm_config(settings: Settings) -> dict[str, Any]:
 
         generate_cfg = remote_generate_cfg(
             thinking=settings.thinking,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            presence_penalty=settings.presence_penalty,
+            sampling=sampling,
             max_new_tokens=settings.max_new_tokens,
             seed=settings.seed,
         )
@@ -70,11 +66,6 @@ def llm_config(settings: Settings) -> dict[str, Any]:
             "generate_cfg": generate_cfg,
         }
     generate_cfg = {
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        "top_k": sampling.top_k,
-        "min_p": sampling.min_p,
-        "presence_penalty": settings.presence_penalty,
         "max_new_tokens": settings.max_new_tokens,
         "max_input_tokens": max_input,
     }
@@ -90,6 +81,7 @@ def llm_config(settings: Settings) -> dict[str, Any]:
         "disk_cache_mb": settings.disk_cache_mb,
         "thinking": settings.thinking,
         "constrain": settings.constrain,
+        "sampling": sampling,
         "generate_cfg": generate_cfg,
     }
 

@@ -8,13 +8,15 @@ import difflib
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
-from qwen_agent.tools.base import BaseTool
 
-from agent.loop.call_parser import loads_lenient
+from agent.loop.call_text import loads_lenient
+
+if TYPE_CHECKING:  # the server checks calls too, and imports no Qwen-Agent
+    from qwen_agent.tools.base import BaseTool
 
 MAX_ERRORS_SHOWN = 3
 

@@ -28,7 +28,7 @@ from agent.events import (
     Thinking,
 )
 from agent.loop.assistant import AgentAssistant
-from agent.loop.call_parser import THINK_CLOSE
+from agent.loop.call_text import THINK_CLOSE
 from agent.loop.snapshots import SnapshotConverter
 from agent.tools.invoke import ToolOutcome
 from agent.tools.toolset import Toolset

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.events import Answer, Event, Text, Thinking, ToolCall, ToolResult
-from agent.loop.call_parser import CALL_OPEN, THINK_CLOSE, THINK_OPEN, loads_lenient
+from agent.loop.call_text import CALL_OPEN, THINK_CLOSE, THINK_OPEN, loads_lenient
 from agent.tools.invoke import ToolOutcome
 
 

@@ -127,7 +127,7 @@ async def _items(
 
 def _problem(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, PromptTooLong):
-        return 400, f"the prompt is {exc.args[0]} tokens, over the model's context"
+        return 400, f"the prompt is {exc.tokens} tokens, over the model's context"
     if isinstance(exc, QueueFull):
         return 503, "the server is busy: too many requests wait"
     return 500, f"generation failed: {type(exc).__name__}: {exc}"

@@ -14,22 +14,23 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from itertools import chain
 from typing import Any
 
-from agent.backends.constrained import JsonOutputConstraint, ToolCallConstraint, grammar_tools
-from agent.backends.local import (
-    THINK_PROMPT_SUFFIX,
-    IncrementalDecoder,
+from agent.engine.constrained import OutputConstraint
+from agent.engine.generate import (
+    PromptTooLong,
     Usage,
-    generate_token_ids,
+    generate_text,
+    output_constraint,
+    prepare_prompt,
 )
-from agent.backends.local_model import LoadedModel, load_local_model
-from agent.backends.sampling import SamplingParams
-from agent.config import CONTEXT_TOKENS
+from agent.engine.loading import LoadedModel, load_local_model
+from agent.engine.sampling import SamplingParams
 from agent.loop.call_checks import check_call
 from agent.server.batching import DecodeBatcher
 from agent.server.stream import Delta, OutputSplitter
+
+__all__ = ["Finish", "Generation", "ModelService", "PromptTooLong", "QueueFull"]
 
 log = logging.getLogger("agent")
 MAX_BATCH = 8
@@ -37,10 +38,6 @@ MAX_BATCH = 8
 
 class QueueFull(Exception):
     """More requests wait than the server takes."""
-
-
-class PromptTooLong(Exception):
-    """The prompt leaves no room in the context window."""
 
 
 @dataclass(frozen=True)
@@ -158,11 +155,10 @@ class ModelService:
             self.stats.running -= 1
             self._turn.notify_all()
 
-    def _prompt_ids(self, generation: Generation) -> tuple[list[int], str]:
+    def _prompt(self, generation: Generation) -> str:
         assert self.loaded is not None
-        tokenizer = self.loaded.tokenizer
-        prompt = str(
-            tokenizer.apply_chat_template(
+        return str(
+            self.loaded.tokenizer.apply_chat_template(
                 generation.messages,
                 tools=generation.tools or None,
                 tokenize=False,
@@ -170,41 +166,32 @@ class ModelService:
                 enable_thinking=generation.thinking,
             )
         )
-        return tokenizer(prompt, add_special_tokens=False)["input_ids"], prompt
 
     def _generate(
         self, generation: Generation, cancel: threading.Event
     ) -> Iterator[Delta | Finish]:
         assert self.loaded is not None
         started = time.monotonic()
-        prompt_ids, prompt = self._prompt_ids(generation)
-        room = CONTEXT_TOKENS - len(prompt_ids)
-        if room <= 0:
-            raise PromptTooLong(len(prompt_ids))
-        limit = min(generation.max_tokens, room)
+        prompt = prepare_prompt(self.loaded, self._prompt(generation), generation.max_tokens)
         usage = Usage()
         splitter = OutputSplitter(calls=bool(generation.tools))
-        decoder = IncrementalDecoder(self.loaded.tokenizer)
-        opened_think = prompt.endswith(THINK_PROMPT_SUFFIX)
-        tokens = generate_token_ids(
+        pieces = generate_text(
             self.loaded,
-            prompt_ids,
+            prompt,
             generation.sampling,
-            limit,
             generation.seed,
             usage,
-            self._constraint(generation, opened_think),
+            self._constraint(generation, prompt.opened_think),
         )
         stops = StopWatch(generation.stop)
         reason, first_delta = "stop", True
         calls: dict[int, list[str]] = {}  # index: [name, arguments so far]
-        pieces = iter([THINK_PROMPT_SUFFIX] if opened_think else [])
         try:
-            for piece in chain(pieces, (decoder.push(token) for token in tokens)):
+            for piece in pieces:
                 if cancel.is_set():
                     reason = "cancelled"
                     break
-                shown = stops.feed(piece) if piece else ""
+                shown = stops.feed(piece)
                 for delta in splitter.feed(shown) if shown else []:
                     if first_delta:
                         self.stats.first_token_s.append(time.monotonic() - started)
@@ -214,19 +201,19 @@ class ModelService:
                 if stops.hit:
                     break
             else:
-                reason = "length" if usage.completion_tokens >= limit else "stop"
+                reason = "length" if usage.completion_tokens >= prompt.limit else "stop"
         finally:
-            tokens.close()
+            pieces.close()
         for delta in [*splitter.feed(stops.flush()), *splitter.finish()]:
             _collect(calls, delta)
             yield delta
         refused = _refused(calls, generation.tools or [])
         with self._turn:  # several requests finish at once when batched
-            self._add_counts(splitter, len(prompt_ids), usage)
+            self._add_counts(splitter, len(prompt.ids), usage)
             self.stats.refused_arguments += refused
         yield Finish(
             reason="tool_calls" if calls and reason == "stop" else reason,
-            prompt_tokens=len(prompt_ids),
+            prompt_tokens=len(prompt.ids),
             cached_tokens=usage.reused_prompt_tokens,
             completion_tokens=usage.completion_tokens,
         )
@@ -240,25 +227,18 @@ class ModelService:
         self.stats.unparsed_calls += splitter.unparsed_calls
         self.stats.held_tag_text += splitter.held_tag_text
 
-    def _constraint(
-        self, generation: Generation, thinking: bool
-    ) -> ToolCallConstraint | JsonOutputConstraint | None:
+    def _constraint(self, generation: Generation, thinking: bool) -> OutputConstraint | None:
         if not generation.tools and generation.json_schema is None:
             return None
-        loaded = self.loaded
-        assert loaded is not None
-        tools = grammar_tools(
-            loaded.path, loaded.tokenizer, loaded.engine.vocab_size, loaded.stop_ids
-        )
-        if generation.json_schema is not None:
-            return JsonOutputConstraint(tools, generation.json_schema, thinking)
-        assert generation.tools is not None
-        functions = [tool["function"] for tool in generation.tools]
+        assert self.loaded is not None
+        functions = [tool["function"] for tool in generation.tools or []]
         choice = generation.tool_choice
         if choice not in ("auto", "none", "required"):  # a named tool: only it, and required
             functions = [f for f in functions if f.get("name") == choice]
             choice = "required"
-        return ToolCallConstraint(tools, functions, choice, thinking)
+        return output_constraint(
+            self.loaded, functions, choice, thinking, json_schema=generation.json_schema
+        )
 
 
 def _collect(calls: dict[int, list[str]], delta: Delta) -> None:

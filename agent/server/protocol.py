@@ -11,8 +11,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from agent.backends.sampling import SamplingParams
 from agent.config import CONTEXT_TOKENS, NON_THINKING_PRESET, THINKING_PRESET
+from agent.engine.sampling import SamplingParams
 from agent.server.generation import Finish, Generation
 from agent.server.stream import Delta
 

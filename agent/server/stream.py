@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent.loop.call_parser import CALL_CLOSE, CALL_OPEN, THINK_CLOSE, THINK_OPEN, parse_call_body
+from agent.loop.call_text import CALL_CLOSE, CALL_OPEN, THINK_CLOSE, THINK_OPEN, parse_call_body
 
 REASONING = "reasoning"
 CONTENT = "content"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from agent.backends.local import Usage, generate_token_ids
-from agent.backends.local_model import LoadedModel, load_local_model
-from agent.backends.sampling import SamplingParams
+from agent.engine.generate import Usage, generate_token_ids
+from agent.engine.loading import LoadedModel, load_local_model
+from agent.engine.sampling import SamplingParams
 from agent.testing.transcripts import (
     LOCAL_TIMEZONES,
     TASKS,

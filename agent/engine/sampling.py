@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from agent.config import SamplingParams
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """Per-call sampling; temperature 0 means greedy (for tests, not for real use)."""
-
-    temperature: float
-    top_p: float
-    top_k: int
-    min_p: float
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+__all__ = ["SamplingParams", "sample_next_token"]
 
 
 def sample_next_token(

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from agent.backends.kv_cache import PrefixCache
+from agent.engine.kv_cache import PrefixCache
 
 
 class TransformersCache:

@@ -28,9 +28,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from agent.backends.tool_choice import AUTO, NONE, REQUIRED
-
 log = logging.getLogger("agent")
+
+# Whether a model call may, must or must not call a tool (`ToolCallConstraint`'s `choice`).
+AUTO, REQUIRED, NONE = "auto", "required", "none"
 
 CALL_OPEN_TOKEN = "<tool_call>"
 CALL_CLOSE_TOKEN = "</tool_call>"

@@ -2,7 +2,7 @@
 
 CPUs differ in what is fast. Decode reads every weight once per token, so it stays on int8
 weights (the fewest bytes), on torch's `aten._weight_int8pack_mm` or on our own kernel compiled
-for this CPU (agent/backends/compiled_kernels.py), whichever reads them faster. Prefill is bound
+for this CPU (agent/engine/kernels/compiled.py), whichever reads them faster. Prefill is bound
 by arithmetic, and
 there a weight dequantized to float32 or bf16 tile by tile, then a plain float matmul, can beat
 the int8 kernel: bf16 on CPUs with avx512_bf16 or AMX, float32 on AVX2-only ones. Attention
@@ -21,7 +21,6 @@ import functools
 import hashlib
 import json
 import logging
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,7 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from agent.backends.compiled_kernels import compiled_attention, compiled_int8, load_library
+from agent.engine.kernels.compiled import compiled_attention, compiled_int8, load_library
+from agent.engine.kernels.machine import machine_identity
 from agent.paths import write_atomically
 
 log = logging.getLogger("agent")
@@ -292,24 +292,6 @@ def _torch_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
         query[None, :, None], keys[None], values[None], enable_gqa=True
     )
     return attended[0, :, 0]
-
-
-def machine_identity() -> str:
-    """What a measured choice depends on besides the model: CPU, torch build, threads."""
-    flags = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith(("model name", "flags", "Features")):
-                    flags += line
-                if line.strip() == "":  # the first processor's block is enough
-                    break
-    except OSError:
-        flags = platform.processor()
-    capability = torch.backends.cpu.get_cpu_capability()
-    return (
-        f"{platform.machine()}\n{flags}{capability}\n{torch.__version__}\n{torch.get_num_threads()}"
-    )
 
 
 def failing_kernels(checked: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, str]:

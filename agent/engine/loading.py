@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.backends.checkpoint import check_model_dir, quantization_config, read_config
 from agent.config import DEFAULT_DISK_CACHE_MB, DEFAULT_KV_CACHE_MB, ENGINES
+from agent.engine.checkpoint import check_model_dir, quantization_config, read_config
 from agent.errors import ModelLoadError
 from agent.paths import cache_dir
 
@@ -225,7 +225,7 @@ def load_local_model(
 
 def _load_tokenizer(path: Path, fast: bool = False) -> Any:
     """transformers' tokenizer, or with `fast` our lighter one over the same files (the native
-    engine's cold start: see agent/backends/fast_tokenizer.py)."""
+    engine's cold start: see agent/engine/tokenizer.py)."""
     try:
         tokenizer = _fast_tokenizer(path) if fast else _transformers_tokenizer(path)
     except (OSError, ValueError) as exc:
@@ -243,7 +243,7 @@ def _transformers_tokenizer(path: Path) -> Any:
 
 
 def _fast_tokenizer(path: Path) -> Any:
-    from agent.backends.fast_tokenizer import FastTokenizer
+    from agent.engine.tokenizer import FastTokenizer
 
     try:
         return FastTokenizer.from_dir(path)
@@ -273,9 +273,9 @@ def _load_native(
 ) -> LoadedModel:
     from safetensors import SafetensorError
 
-    from agent.backends.prefix_store import PrefixStore
-    from agent.backends.qwen3_cpu import KV_FORMAT, CpuQwen3
-    from agent.backends.qwen3_weights import checkpoint_key
+    from agent.engine.model import KV_FORMAT, CpuQwen3
+    from agent.engine.prefix_store import PrefixStore
+    from agent.engine.weights import checkpoint_key
 
     tokenizer = _load_tokenizer(path, fast=True)
     int8_lm_head = quant is not None
@@ -324,7 +324,7 @@ def _load_transformers(
 ) -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
-    from agent.backends.transformers_engine import TransformersEngine
+    from agent.engine.transformers_engine import TransformersEngine
 
     kwargs = _load_kwargs(quant, device)
     tokenizer = _load_tokenizer(path)

@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from agent.backends.cpu_kernels import int8pack
+from agent.engine.kernels.choice import int8pack
 from agent.errors import ModelLoadError
 
 GPTQ_PACK_BITS = 32

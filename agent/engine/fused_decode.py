@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from agent.backends.compiled_kernels import load_library
+from agent.engine.kernels.compiled import load_library
 
 if TYPE_CHECKING:
-    from agent.backends.kv_cache import KVCache
-    from agent.backends.qwen3_weights import Qwen3Weights
+    from agent.engine.kv_cache import KVCache
+    from agent.engine.weights import Qwen3Weights
 
 _NORMS = ("input_norm", "qk_norm", "post_norm")
 _MATMULS = ("qkv", "o", "gate_up", "down")

@@ -5,7 +5,7 @@ on a CPU decode time is weight bytes read plus per-operation overhead: fused q/k
 matmuls over `aten._weight_int8pack_mm`, the lm_head in int8 too, a preallocated cache, and
 RMSNorm and RoPE computed exactly as transformers computes them (float32 norm, bf16 rotation).
 Prefill's matmul kernel and the cache's dtype are the ones measured fastest on this machine
-(agent/backends/cpu_kernels.py).
+(agent/engine/kernels/choice.py).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from agent.backends.compiled_kernels import compiled_attention
-from agent.backends.cpu_kernels import COMPILED, DECODE_ROWS, KernelChoice, choose_kernels
-from agent.backends.fused_decode import FusedDecoder
-from agent.backends.kv_cache import GROWTH_TOKENS, KVCache, PrefixCache
-from agent.backends.prefix_store import PrefixStore
-from agent.backends.qwen3_weights import LayerWeights, Linear, Qwen3Weights, load_qwen3_weights
+from agent.engine.fused_decode import FusedDecoder
+from agent.engine.kernels.choice import COMPILED, DECODE_ROWS, KernelChoice, choose_kernels
+from agent.engine.kernels.compiled import compiled_attention
+from agent.engine.kv_cache import GROWTH_TOKENS, KVCache, PrefixCache
+from agent.engine.prefix_store import PrefixStore
+from agent.engine.weights import LayerWeights, Linear, Qwen3Weights, load_qwen3_weights
 
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds the attention mask and activations
 DTYPE = torch.bfloat16

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from agent.engine.kernels.machine import machine_identity
 from agent.paths import cache_dir
 
 log = logging.getLogger("agent")
@@ -55,8 +56,6 @@ def _build(compiler: list[str], target: Path) -> None:
 @functools.cache
 def load_library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (logged) where they cannot be built here."""
-    from agent.backends.cpu_kernels import machine_identity
-
     compiler = _compiler()
     if compiler is None:
         log.info("no C compiler (set CC): decode keeps torch's kernels")

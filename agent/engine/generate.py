@@ -1,0 +1,251 @@
+"""One model call, from prompt text to text pieces: the one path the local LLM class
+(agent/backends/local.py) and the server (agent/server/generation.py) both take.
+
+`prepare_prompt` tokenizes the prompt and checks it leaves room in the context window;
+`generate_text` streams the text (the think tag the template opened first, then each token's
+text as soon as it is whole), over `generate_token_ids`, which samples token by token with the
+prefix caches, an optional grammar (`output_constraint`) and the usage counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from agent.config import CONTEXT_TOKENS
+from agent.engine.constrained import (
+    JsonOutputConstraint,
+    OutputConstraint,
+    ToolCallConstraint,
+    grammar_tools,
+)
+from agent.engine.loading import LoadedModel
+from agent.engine.sampling import SamplingParams, sample_next_token
+from agent.errors import GenerationError
+
+THINK_PROMPT_SUFFIX = "<think>\n"
+FINISH_MARGIN = 64  # tokens before the limit at which an open tool call is steered to its end
+
+
+class PromptTooLong(GenerationError):
+    """The prompt leaves no room in the context window."""
+
+    def __init__(self, tokens: int) -> None:
+        super().__init__(
+            f"the prompt is {tokens} tokens, over the model's {CONTEXT_TOKENS}-token context; "
+            "shorten the conversation or the tool results"
+        )
+        self.tokens = tokens
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt ready to generate from: its token ids, how many new tokens it has room for,
+    and whether the chat template opened a think block at its end."""
+
+    ids: list[int]
+    limit: int
+    opened_think: bool
+
+
+def prepare_prompt(loaded: LoadedModel, text: str, max_new_tokens: int) -> Prompt:
+    """`text` tokenized; `PromptTooLong` when it leaves no room in the context window."""
+    ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+    room = CONTEXT_TOKENS - len(ids)
+    if room <= 0:
+        raise PromptTooLong(len(ids))
+    return Prompt(ids, min(max_new_tokens, room), text.endswith(THINK_PROMPT_SUFFIX))
+
+
+def generate_text(
+    loaded: LoadedModel,
+    prompt: Prompt,
+    params: SamplingParams,
+    seed: int,
+    usage: Usage,
+    constraint: OutputConstraint | None = None,
+) -> Generator[str, None, None]:
+    """The model's text as it is written: the think tag the template opened (so the output is
+    self-contained), then each token's text once whole. Closing the iterator stops generation."""
+    usage.calls += 1
+    usage.prompt_tokens += len(prompt.ids)
+    if prompt.opened_think:
+        yield THINK_PROMPT_SUFFIX
+    decoder = IncrementalDecoder(loaded.tokenizer)
+    tokens = generate_token_ids(loaded, prompt.ids, params, prompt.limit, seed, usage, constraint)
+    try:
+        for token in tokens:
+            if piece := decoder.push(token):
+                yield piece
+    finally:
+        tokens.close()
+
+
+def output_constraint(
+    loaded: LoadedModel,
+    functions: list[dict[str, Any]],
+    choice: str,
+    thinking: bool,
+    json_schema: dict[str, Any] | None = None,
+) -> OutputConstraint:
+    """The grammar of one call: tool calls that fit `functions` under `choice`, or (with
+    `json_schema`) an answer that is that JSON. OSError or ValueError where the checkpoint's
+    tokenizer cannot be read for it."""
+    tools = grammar_tools(loaded.path, loaded.tokenizer, loaded.engine.vocab_size, loaded.stop_ids)
+    if json_schema is not None:
+        return JsonOutputConstraint(tools, json_schema, thinking)
+    return ToolCallConstraint(tools, functions, choice, thinking)
+
+
+@dataclass
+class Usage:
+    """Token counts and timings summed over the model calls of a run."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    reused_prompt_tokens: int = 0  # prompt tokens whose keys and values came from an earlier call
+    completion_tokens: int = 0
+    constrained_tokens: int = 0  # generated under the tool-call grammar (forced ones included)
+    forced_tokens: int = 0  # the grammar's only possible continuation, fed without sampling
+    constrain_s: float = 0.0  # time spent computing and applying grammar masks
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    first_token_s: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts, for the `run_finished` event."""
+        return {
+            "llm_calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "reused_prompt_tokens": self.reused_prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "constrained_tokens": self.constrained_tokens,
+        }
+
+
+TAGS = ("<tool_call>", "</tool_call>", "<think>", "</think>")
+
+
+class IncrementalDecoder:
+    """Turns token ids into text pieces, holding back incomplete UTF-8 sequences.
+
+    Each token costs the same: only a short window of the latest tokens is decoded (the text
+    before them is final), not the whole answer again. Special tokens are dropped, except the
+    tool-call and think tags: the official Qwen3 tokenizer does not mark them special, but
+    some re-exports do, and the tool loop needs them.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._tags = {tokenizer.convert_tokens_to_ids(tag): tag for tag in TAGS}
+        self._ids: list[int] = []  # the tokens since the last tag
+        self._prefix = 0  # self._ids[_prefix:_read] were decoded into text already shown
+        self._read = 0
+
+    def push(self, token_id: int) -> str:
+        """The text `token_id` adds ("" while a character is incomplete)."""
+        if token_id in self._tags:
+            rest = self._decoded(self._ids[self._prefix :])[len(self._shown_window()) :]
+            self._ids, self._prefix, self._read = [], 0, 0
+            return rest + self._tags[token_id]
+        self._ids.append(token_id)
+        shown = self._shown_window()
+        text = self._decoded(self._ids[self._prefix :])
+        if text.endswith("\ufffd"):
+            return ""
+        self._prefix, self._read = self._read, len(self._ids)
+        return text[len(shown) :]
+
+    def _shown_window(self) -> str:
+        return self._decoded(self._ids[self._prefix : self._read])
+
+    def _decoded(self, ids: list[int]) -> str:
+        return str(self._tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def generate_token_ids(
+    loaded: LoadedModel,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    max_new_tokens: int,
+    seed: int,
+    usage: Usage,
+    constraint: OutputConstraint | None = None,
+) -> Generator[int, None, None]:
+    """Sample token ids one by one until an end-of-turn token or `max_new_tokens`.
+
+    The prompt's longest prefix already computed by an earlier call is reused, not recomputed
+    (its part before the first user turn also from an earlier process, where the engine can).
+    With a `constraint`, tool calls follow their grammar; tokens it forces are fed in one
+    forward pass, and a call still open near `max_new_tokens` is steered to its end.
+    """
+    engine = loaded.engine
+    generator = torch.Generator().manual_seed(seed)
+    seen = torch.zeros(engine.vocab_size, dtype=torch.float32)  # times each token came
+    started = time.monotonic()
+    cache = engine.checkout(prompt_ids, loaded.stable_prefix(prompt_ids))
+    finish_window = min(FINISH_MARGIN, max_new_tokens // 3)
+    try:
+        usage.reused_prompt_tokens += cache.length
+        logits = engine.forward(prompt_ids[cache.length :], cache)
+        usage.prefill_s += time.monotonic() - started
+        usage.first_token_s.append(time.monotonic() - started)
+        decode_started = time.monotonic()
+        produced = 0
+        try:
+            while produced < max_new_tokens:
+                left = max_new_tokens - produced
+                step, constrained = _next_tokens(
+                    logits, params, seen, generator, constraint, (left, finish_window), usage
+                )
+                if step[0] in loaded.stop_ids:
+                    return
+                step = step[: max_new_tokens - produced]
+                if constrained:
+                    usage.constrained_tokens += len(step)
+                    usage.forced_tokens += len(step) - 1
+                for token in step:
+                    seen[token] += 1
+                    yield token
+                produced += len(step)
+                usage.completion_tokens += len(step)
+                logits = engine.forward(step, cache)
+        finally:
+            usage.decode_s += time.monotonic() - decode_started
+    finally:
+        engine.checkin(cache)
+
+
+def _next_tokens(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    seen: torch.Tensor,
+    generator: torch.Generator,
+    constraint: OutputConstraint | None,
+    budget: tuple[int, int],
+    usage: Usage,
+) -> tuple[list[int], bool]:
+    """The sampled token plus any tokens the grammar then forces, and whether the grammar had
+    a say in them. `budget` is (tokens left, how many left at which an open call is steered
+    to its end)."""
+    if constraint is None:
+        return [sample_next_token(logits, params, seen, generator)], False
+    timer = time.monotonic()
+    constrained = constraint.active
+    left, finish_window = budget
+    allowed = constraint.allowed(finishing=left <= finish_window, wrap_up=left <= FINISH_MARGIN)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    usage.constrain_s += time.monotonic() - timer
+    token = sample_next_token(logits, params, seen, generator)
+    timer = time.monotonic()
+    constraint.advance(token)
+    forced = constraint.forced()
+    for extra in forced:
+        constraint.advance(extra)
+    usage.constrain_s += time.monotonic() - timer
+    return [token, *forced], constrained or bool(forced) or constraint.active
