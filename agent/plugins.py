@@ -10,11 +10,12 @@ Raise `ToolError` in either for an error result the model should read; any other
 becomes an error result too, and the run goes on.
 
 Where tools are found (`agent tools list` shows each one's source):
-- `*.py` files (not starting with `_`) in the project's `tools/`, then in the user's tool
+- `*.py` files (not starting with `_`) among the shipped tools, then in the user's tool
   directories (`$AGENT_TOOLS_PATH`, else `$AGENT_HOME/tools`, else `~/.config/agent/tools`),
   then files given with `--tool FILE` (`tool_files` in config.toml);
 - installed packages, through an entry point in the group `ENTRY_POINT_GROUP` naming a
-  module, one tool, or a list of them.
+  module, one tool, or a list of them. `AGENT_LOAD_PLUGINS` (distribution names, comma
+  separated; empty for none) limits which installed packages are loaded, tools and hooks alike.
 
 `agent tools new NAME` writes a template to start from; `agent tools call NAME JSON` calls a
 tool exactly as the model would.
@@ -30,7 +31,9 @@ the specs in `Hooks`; register it through an entry point in the group `HOOKS_ENT
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar, overload
 
 import pluggy
@@ -41,6 +44,7 @@ from agent.errors import ToolError
 __all__ = [
     "ENTRY_POINT_GROUP",
     "HOOKS_ENTRY_POINT_GROUP",
+    "LOAD_PLUGINS_VARIABLE",
     "BaseTool",
     "Hooks",
     "ToolError",
@@ -51,6 +55,7 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "agent.tools"
 HOOKS_ENTRY_POINT_GROUP = "agent.plugins"
+LOAD_PLUGINS_VARIABLE = "AGENT_LOAD_PLUGINS"  # as llm's LLM_LOAD_PLUGINS
 hookspec = pluggy.HookspecMarker("agent")
 hookimpl = pluggy.HookimplMarker("agent")
 TOOL_MARK = "__agent_tool__"  # the attribute `@tool` sets: the tool's name
@@ -83,11 +88,23 @@ class Hooks:
         """Before a tool call runs: a reason to refuse it, or None to let it run."""
 
 
+def installed_entry_points(group: str) -> list[EntryPoint]:
+    """The installed packages' entry points in `group`: all of them, or, where
+    `AGENT_LOAD_PLUGINS` is set, those of the distributions it names (empty: none)."""
+    points = list(entry_points(group=group))
+    allowed = os.environ.get(LOAD_PLUGINS_VARIABLE)
+    if allowed is None:
+        return points
+    names = {name.strip().lower() for name in allowed.split(",") if name.strip()}
+    return [p for p in points if p.dist is not None and p.dist.name.lower() in names]
+
+
 def plugin_manager(*plugins: object) -> pluggy.PluginManager:
     """The hooks in force: installed plugins' (entry points) and `plugins`."""
     manager = pluggy.PluginManager("agent")
     manager.add_hookspecs(Hooks)
-    manager.load_setuptools_entrypoints(HOOKS_ENTRY_POINT_GROUP)
+    for point in installed_entry_points(HOOKS_ENTRY_POINT_GROUP):
+        manager.register(point.load(), name=point.name)
     for plugin in plugins:
         manager.register(plugin)
     return manager

@@ -1,8 +1,12 @@
 """Shared fixtures. Keep each group under its own heading."""
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
+import platformdirs
 import pytest
+from filelock import FileLock
 from transformers import PreTrainedTokenizerFast
 
 from agent.testing.tiny_model import (
@@ -15,6 +19,12 @@ from agent.testing.tiny_model import (
 )
 from agent.testing.tokenizer import build_qwen3_tokenizer
 
+# --- The environment every test (and every `agent` it starts) sees ----------------------------
+
+# No installed package's plugins (tools, hooks): a stray one must not change results. A test
+# that wants a package's sets AGENT_LOAD_PLUGINS to its name.
+os.environ["AGENT_LOAD_PLUGINS"] = ""
+
 # --- Tiny Qwen3 model and tokenizer (agent.testing) -------------------------------------------
 
 
@@ -25,26 +35,34 @@ def qwen3_tokenizer() -> PreTrainedTokenizerFast:
 
 
 @pytest.fixture(scope="session")
-def models_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The throwaway AGENT_HOME the session's tiny checkpoints are built in."""
-    return tmp_path_factory.mktemp("agent-home")
+def models_home() -> Path:
+    """Where the tiny checkpoints are kept between test runs: `AGENT_TEST_MODELS`, else the
+    user's cache directory. Each build is named by the hash of everything it depends on (the
+    builder's sources, the library versions), so a change builds anew; a lock keeps
+    concurrent sessions from building the same one twice."""
+    where = os.environ.get("AGENT_TEST_MODELS") or platformdirs.user_cache_dir("agent-tests")
+    home = Path(where)
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def _cached(models_home: Path, build: Callable[[], Path]) -> Path:
+    with FileLock(models_home / "build.lock"), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AGENT_HOME", str(models_home))
+        return build()
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(models_home: Path) -> Path:
-    """The tiny checkpoint root, built once per session under a throwaway AGENT_HOME."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AGENT_HOME", str(models_home))
-        return cached_tiny_checkpoint()
+    """The tiny checkpoint root (`agent.testing.tiny_model`), built once and kept."""
+    return _cached(models_home, cached_tiny_checkpoint)
 
 
 @pytest.fixture(scope="session")
 def tiny_odd_gptq(models_home: Path) -> Path:
     """A random GPTQ-Int8 checkpoint whose sizes are multiples of nothing the kernels like
     (hidden 136, intermediate 392, attention 4 x 34), quantized one group per channel."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AGENT_HOME", str(models_home))
-        return cached_odd_checkpoint() / GPTQ_SUBDIR
+    return _cached(models_home, cached_odd_checkpoint) / GPTQ_SUBDIR
 
 
 @pytest.fixture(scope="session")

@@ -355,7 +355,7 @@ def demo_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_an_entry_point_plugin_in_an_installed_package_is_found(
     tmp_path: Path, demo_package: Path
 ) -> None:
-    env = {"PYTHONPATH": str(demo_package)}
+    env = {"PYTHONPATH": str(demo_package), "AGENT_LOAD_PLUGINS": "agent-demo-tools"}
     mcp = str(empty_mcp_config(tmp_path))
     listed = agent_cli("tools", "list", "--json", "--mcp-config", mcp, home=tmp_path, env=env)
     assert listed.returncode == 0, listed.stderr
@@ -367,6 +367,9 @@ def test_an_entry_point_plugin_in_an_installed_package_is_found(
     ]
     warnings = [line for line in listed.stderr.splitlines() if "agent-demo-tools" in line]
     assert len(warnings) == 2, listed.stderr  # the broken entry point, the repeated `reverse`
+    kept_out = {**env, "AGENT_LOAD_PLUGINS": ""}  # installed, but no package's plugins loaded
+    alone = agent_cli("tools", "list", "--json", "--mcp-config", mcp, home=tmp_path, env=kept_out)
+    assert alone.returncode == 0 and "agent-demo-tools" not in alone.stdout + alone.stderr
     assert "entry point broken = agent_demo_broken" in warnings[0]
     assert "No module named 'no_such_module_for_agent_tests'" in warnings[0]
     assert "pip uninstall agent-demo-tools" in warnings[0]

@@ -1,7 +1,7 @@
 """Finding, downloading and loading a Qwen3 checkpoint (GPTQ or unquantized) in-process.
 
-Two engines run it: on CPU our own (`native`: int8 weight-only matmuls, agent/backends/
-qwen3_cpu.py), on CUDA transformers with GPTQModel's GPU kernels (`transformers`, also
+Two engines run it: on CPU our own (`native`: int8 weight-only matmuls, agent/engine/
+model.py), on CUDA transformers with GPTQModel's GPU kernels (`transformers`, also
 available on CPU as the reference the native engine is checked against).
 """
 

@@ -18,7 +18,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,7 +28,7 @@ from qwen_agent.tools.base import TOOL_REGISTRY, BaseTool, is_tool_schema
 
 from agent.errors import ConfigError, PluginError, ToolError
 from agent.paths import shipped_tools_dir, user_tools_dirs
-from agent.plugins import ENTRY_POINT_GROUP, TOOL_MARK
+from agent.plugins import ENTRY_POINT_GROUP, TOOL_MARK, installed_entry_points
 from agent.tools.invoke import parse_arguments
 from agent.tools.schema import FunctionSchema, function_schema
 from agent.tools.toolset import ToolEntry
@@ -97,7 +97,7 @@ def load_plugin_tools(extra_files: Sequence[Path] = ()) -> PluginTools:
     files = [f for d in tool_dirs() if d.is_dir() for f in sorted(d.glob("[!_]*.py"))]
     for path in [*files, *extra_files]:
         _load_file(Path(path), found)
-    for point in entry_points(group=ENTRY_POINT_GROUP):
+    for point in installed_entry_points(ENTRY_POINT_GROUP):
         _load_entry_point(point, found)
     return found
 

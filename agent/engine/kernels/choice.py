@@ -36,7 +36,7 @@ from agent.paths import write_atomically
 log = logging.getLogger("agent")
 
 CHOICE_FORMAT = "agent-cpu-kernels-v6"  # bump when the candidates or what they compute change
-# Rows (prompt tokens) the prefill kernels are timed at: a whole prefill chunk (qwen3_cpu's
+# Rows (prompt tokens) the prefill kernels are timed at: a whole prefill chunk (model.py's
 # PREFILL_CHUNK), what a long prompt runs at. At 128 rows int8 and dequantized float32 were
 # within noise on an AVX2 machine (either won), at 512 float32 took 49 ms against int8's 83.
 PREFILL_TIMED_ROWS = 512
