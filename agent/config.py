@@ -48,6 +48,7 @@ class SamplingParams:
     min_p: float
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
 
 
 # Qwen3's recommended sampling for each mode.

@@ -14,7 +14,8 @@ def main() -> int:
     model_dir, threads = sys.argv[1], int(sys.argv[2])
     from qwen_agent.llm.schema import Message
 
-    from agent.backends.local import Usage, generate_token_ids, render_prompt
+    from agent.backends.local import render_prompt
+    from agent.engine.generate import Usage, generate_token_ids
     from agent.engine.loading import load_local_model
     from agent.testing.reproduction import GREEDY
 

@@ -39,7 +39,8 @@ def aggregate_rate(service: ModelService, streams: int, tokens: int) -> dict[str
             max_tokens=tokens,
             seed=seed,
         )
-        for item in service.generate(generation, threading.Event()):
+        (job,) = service.admit([generation])
+        for item in service.generate(job, threading.Event()):
             if isinstance(item, Finish):
                 done.append(item)
 

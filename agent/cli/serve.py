@@ -22,16 +22,21 @@ log = logging.getLogger("agent")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model")
 @click.option("--queue-limit", type=click.IntRange(min=1), default=16, show_default=True,
               help="requests that may wait; more are answered 503")  # fmt: skip
+@click.option("--allowed-origins", metavar="ORIGIN,...", default="",
+              help="browser origins that may call the server (CORS), e.g. http://localhost:3000; "
+                   "none by default")  # fmt: skip
 @click.option("--debug", is_flag=True, help="verbose logs on stderr")
 def serve(host: str, port: int, model: str | None, served_model_name: str | None,
-          api_key: str | None, threads: int | None, queue_limit: int,
+          api_key: str | None, threads: int | None, queue_limit: int, allowed_origins: str,
           debug: bool) -> int:  # fmt: skip
-    """Serve the model at http://HOST:PORT/v1 (chat completions, models, /health, /metrics);
-    the model loads in the background (/health says 503 until it is ready)."""
+    """Serve the model at http://HOST:PORT/v1 (chat and text completions, models, /tokenize,
+    /detokenize, /health, /metrics); the model loads in the background (/health says 503
+    until it is ready)."""
     import uvicorn
 
     from agent.server.app import create_app
     from agent.server.generation import ModelService
+    from agent.server.guard import Access
 
     setup_logging(debug)
     settings = load_settings({"model": model} if model else {})
@@ -43,6 +48,7 @@ def serve(host: str, port: int, model: str | None, served_model_name: str | None
     )
     threading.Thread(target=service.load, daemon=True, name="model-load").start()
     log.info("serving %s on http://%s:%d/v1 (loading the model)", settings.model, host, port)
-    app = create_app(service, api_key=api_key)
+    origins = tuple(origin.strip() for origin in allowed_origins.split(",") if origin.strip())
+    app = create_app(service, api_key=api_key, access=Access(host, port, origins))
     uvicorn.run(app, host=host, port=port, log_level="debug" if debug else "warning")
     return EXIT_OK

@@ -256,7 +256,8 @@ class OutputConstraint(Protocol):
 
 
 class ToolCallConstraint:
-    """Follows one model call token by token and says which tokens may come next."""
+    """Follows one model call token by token and says which tokens may come next; with
+    `parallel` off, the turn ends after its first call."""
 
     def __init__(
         self,
@@ -264,9 +265,11 @@ class ToolCallConstraint:
         functions: list[dict[str, Any]],
         choice: str = AUTO,
         thinking: bool = False,
+        parallel: bool = True,
     ) -> None:
         self.tools = tools
         self.choice = choice
+        self.parallel = parallel
         self.in_think = thinking
         self._body = call_grammar(functions, tools.ids, required=False) if functions else ""
         self._required = call_grammar(functions, tools.ids, required=True) if functions else ""
@@ -295,8 +298,11 @@ class ToolCallConstraint:
         With `finishing`, the call must end soon: closing tokens are preferred where allowed.
         With `wrap_up`, too few tokens are left for another whole call: after a call has been
         made, none is started (the turn ends instead), so no call is ever cut off half-way.
+        Without `parallel`, only the end of the turn may follow a call.
         """
         stop_here = wrap_up and self.calls_done > 0 and not self.in_think
+        if self.calls_done and not self.parallel:
+            return self.tools.endings(False)[0]
         if self.matcher is None:
             banned = stop_here or (self.choice == NONE and not self.in_think)
             return self.tools.no_call() if banned else None
@@ -344,16 +350,15 @@ class ToolCallConstraint:
 class JsonOutputConstraint:
     """`response_format` json_object / json_schema: the answer (after any thinking) is one JSON
     value matching `schema`, written compactly (no free whitespace for a small model to loop
-    in), then the turn ends."""
+    in), then the turn ends. A schema llguidance cannot compile is a ValueError at once."""
 
     def __init__(self, tools: GrammarTools, schema: dict[str, Any], thinking: bool) -> None:
         self.tools = tools
         self.in_think = thinking
         body = json.dumps({**schema, "x-guidance": JSON_STYLE}, ensure_ascii=False)
         self._grammar = f"start: /[ \\n]*/ answer\nanswer: %json {body}"
-        self.matcher: Any = None
-        if not thinking:
-            self.matcher = tools.matcher(self._grammar)
+        matcher = tools.matcher(self._grammar)
+        self.matcher: Any = None if thinking else matcher
 
     @property
     def active(self) -> bool:

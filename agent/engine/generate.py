@@ -24,7 +24,7 @@ from agent.engine.constrained import (
     grammar_tools,
 )
 from agent.engine.loading import LoadedModel
-from agent.engine.sampling import SamplingParams, sample_next_token
+from agent.engine.sampling import SamplingParams, sample_next_token, token_logprobs
 from agent.errors import GenerationError
 
 THINK_PROMPT_SUFFIX = "<think>\n"
@@ -68,15 +68,19 @@ def generate_text(
     seed: int,
     usage: Usage,
     constraint: OutputConstraint | None = None,
+    scores: LogprobLog | None = None,
 ) -> Generator[str, None, None]:
     """The model's text as it is written: the think tag the template opened (so the output is
-    self-contained), then each token's text once whole. Closing the iterator stops generation."""
+    self-contained), then each token's text once whole. Closing the iterator stops generation.
+    `scores` records each token's log-probability as it comes."""
     usage.calls += 1
     usage.prompt_tokens += len(prompt.ids)
     if prompt.opened_think:
         yield THINK_PROMPT_SUFFIX
     decoder = IncrementalDecoder(loaded.tokenizer)
-    tokens = generate_token_ids(loaded, prompt.ids, params, prompt.limit, seed, usage, constraint)
+    tokens = generate_token_ids(
+        loaded, prompt.ids, params, prompt.limit, seed, usage, constraint, scores
+    )
     try:
         for token in tokens:
             if piece := decoder.push(token):
@@ -91,14 +95,15 @@ def output_constraint(
     choice: str,
     thinking: bool,
     json_schema: dict[str, Any] | None = None,
+    parallel: bool = True,
 ) -> OutputConstraint:
-    """The grammar of one call: tool calls that fit `functions` under `choice`, or (with
-    `json_schema`) an answer that is that JSON. OSError or ValueError where the checkpoint's
-    tokenizer cannot be read for it."""
+    """The grammar of one call: tool calls that fit `functions` under `choice` (one at most
+    without `parallel`), or (with `json_schema`) an answer that is that JSON. OSError or
+    ValueError where the checkpoint's tokenizer cannot be read for it or the schema compiled."""
     tools = grammar_tools(loaded.path, loaded.tokenizer, loaded.engine.vocab_size, loaded.stop_ids)
     if json_schema is not None:
         return JsonOutputConstraint(tools, json_schema, thinking)
-    return ToolCallConstraint(tools, functions, choice, thinking)
+    return ToolCallConstraint(tools, functions, choice, thinking, parallel)
 
 
 @dataclass
@@ -125,6 +130,37 @@ class Usage:
             "completion_tokens": self.completion_tokens,
             "constrained_tokens": self.constrained_tokens,
         }
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability, and the likeliest tokens at its place."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
+@dataclass
+class LogprobLog:
+    """The log-probabilities of the tokens generated, in order, each with its `top` likeliest
+    alternatives; tokens the grammar forces had no alternative (log-probability 0)."""
+
+    top: int = 0
+    tokens: list[TokenLogprob] = field(default_factory=list)
+
+    def add(self, token: int, logprobs: torch.Tensor | None) -> None:
+        """Record `token`, drawn from `logprobs` (None: forced, the only token allowed)."""
+        if logprobs is None:
+            self.tokens.append(TokenLogprob(token, 0.0, ((token, 0.0),)[: self.top]))
+            return
+        values, ids = torch.topk(logprobs, self.top)
+        top = tuple(
+            (int(i), float(v))
+            for i, v in zip(ids.tolist(), values.tolist(), strict=True)
+            if v > float("-inf")
+        )
+        self.tokens.append(TokenLogprob(token, float(logprobs[token]), top))
 
 
 TAGS = ("<tool_call>", "</tool_call>", "<think>", "</think>")
@@ -175,6 +211,7 @@ def generate_token_ids(
     seed: int,
     usage: Usage,
     constraint: OutputConstraint | None = None,
+    scores: LogprobLog | None = None,
 ) -> Generator[int, None, None]:
     """Sample token ids one by one until an end-of-turn token or `max_new_tokens`.
 
@@ -182,6 +219,7 @@ def generate_token_ids(
     (its part before the first user turn also from an earlier process, where the engine can).
     With a `constraint`, tool calls follow their grammar; tokens it forces are fed in one
     forward pass, and a call still open near `max_new_tokens` is steered to its end.
+    `scores` records the log-probability of each token yielded.
     """
     engine = loaded.engine
     generator = torch.Generator().manual_seed(seed)
@@ -199,17 +237,20 @@ def generate_token_ids(
         try:
             while produced < max_new_tokens:
                 left = max_new_tokens - produced
-                step, constrained = _next_tokens(
-                    logits, params, seen, generator, constraint, (left, finish_window), usage
-                )
+                step, constrained, logprobs = _next_tokens(
+                    logits, params, seen, generator, constraint, (left, finish_window), usage,
+                    scores is not None,
+                )  # fmt: skip
                 if step[0] in loaded.stop_ids:
                     return
                 step = step[: max_new_tokens - produced]
                 if constrained:
                     usage.constrained_tokens += len(step)
                     usage.forced_tokens += len(step) - 1
-                for token in step:
+                for position, token in enumerate(step):
                     seen[token] += 1
+                    if scores is not None:
+                        scores.add(token, None if position else logprobs)
                     yield token
                 produced += len(step)
                 usage.completion_tokens += len(step)
@@ -228,12 +269,14 @@ def _next_tokens(
     constraint: OutputConstraint | None,
     budget: tuple[int, int],
     usage: Usage,
-) -> tuple[list[int], bool]:
-    """The sampled token plus any tokens the grammar then forces, and whether the grammar had
-    a say in them. `budget` is (tokens left, how many left at which an open call is steered
-    to its end)."""
+    scored: bool = False,
+) -> tuple[list[int], bool, torch.Tensor | None]:
+    """The sampled token plus any tokens the grammar then forces, whether the grammar had
+    a say in them, and (when `scored`) the log-probabilities the first was drawn from.
+    `budget` is (tokens left, how many left at which an open call is steered to its end)."""
     if constraint is None:
-        return [sample_next_token(logits, params, seen, generator)], False
+        logprobs = token_logprobs(logits, params, seen) if scored else None
+        return [sample_next_token(logits, params, seen, generator)], False, logprobs
     timer = time.monotonic()
     constrained = constraint.active
     left, finish_window = budget
@@ -241,6 +284,7 @@ def _next_tokens(
     if allowed is not None:
         logits = logits.masked_fill(~allowed, float("-inf"))
     usage.constrain_s += time.monotonic() - timer
+    logprobs = token_logprobs(logits, params, seen) if scored else None
     token = sample_next_token(logits, params, seen, generator)
     timer = time.monotonic()
     constraint.advance(token)
@@ -248,4 +292,4 @@ def _next_tokens(
     for extra in forced:
         constraint.advance(extra)
     usage.constrain_s += time.monotonic() - timer
-    return [token, *forced], constrained or bool(forced) or constraint.active
+    return [token, *forced], constrained or bool(forced) or constraint.active, logprobs

@@ -1,4 +1,5 @@
-"""Choosing the next token with Qwen3's sampling: temperature, top-k, top-p, min-p, presence."""
+"""Choosing the next token with Qwen3's sampling: penalties, logit bias, temperature, top-k,
+top-p, min-p; and the log-probabilities of the distribution drawn from."""
 
 from __future__ import annotations
 
@@ -6,7 +7,33 @@ import torch
 
 from agent.config import SamplingParams
 
-__all__ = ["SamplingParams", "sample_next_token"]
+__all__ = ["SamplingParams", "adjusted_logits", "sample_next_token", "token_logprobs"]
+
+
+def adjusted_logits(
+    logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor
+) -> torch.Tensor:
+    """`logits` as float with the presence and frequency penalties and the logit bias applied;
+    `seen` counts how often each token was generated already (a boolean mask counts once)."""
+    logits = logits.float()
+    if params.presence_penalty:
+        logits = logits - params.presence_penalty * (seen > 0).float()
+    if params.frequency_penalty:
+        logits = logits - params.frequency_penalty * seen.float()
+    if params.logit_bias:
+        ids = torch.tensor([token for token, _ in params.logit_bias])
+        bias = torch.tensor([value for _, value in params.logit_bias])
+        logits = logits.index_add(0, ids, bias)
+    return logits
+
+
+def token_logprobs(
+    logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor
+) -> torch.Tensor:
+    """Log-probabilities over the vocabulary of the distribution the sampler draws from, before
+    its top-k / top-p / min-p cut: the adjusted logits over the temperature (1 when greedy)."""
+    temperature = params.temperature if params.temperature > 0 else 1.0
+    return torch.log_softmax(adjusted_logits(logits, params, seen) / temperature, dim=-1)
 
 
 def sample_next_token(
@@ -17,11 +44,7 @@ def sample_next_token(
 ) -> int:
     """Pick the next token id from 1-D `logits` (-inf for tokens that may not come); `seen`
     counts how often each token was generated already (a boolean mask counts once)."""
-    logits = logits.float()
-    if params.presence_penalty:
-        logits = logits - params.presence_penalty * (seen > 0).float()
-    if params.frequency_penalty:
-        logits = logits - params.frequency_penalty * seen.float()
+    logits = adjusted_logits(logits, params, seen)
     if params.temperature <= 0:
         return int(torch.argmax(logits))
     candidates = torch.arange(logits.numel())

@@ -79,6 +79,10 @@ class FastTokenizer:
     def convert_tokens_to_ids(self, token: str) -> int | None:
         return self._tokenizer.token_to_id(token)
 
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str | None]:
+        """The vocabulary entries of `ids` (byte-level text for ordinary tokens)."""
+        return [self._tokenizer.id_to_token(token) for token in ids]
+
     def apply_chat_template(
         self,
         messages: list[dict[str, Any]],

@@ -1,188 +1,191 @@
-"""The Starlette app: `/v1/chat/completions` (streamed as server-sent events, or whole),
-`/v1/models`, `/health` (503 until the model is loaded) and `/metrics` (Prometheus text)."""
+"""The Starlette app: `/v1/chat/completions` and `/v1/completions` (streamed as server-sent
+events, or whole), `/v1/models`, `/tokenize`, `/detokenize`, `/health` (503 until the model is
+loaded) and `/metrics` (Prometheus text).
+
+A request is decided before its status line: access (agent/server/guard.py), key, body,
+fields, the prompt against the context, the grammar, and a place in the queue; any refusal is
+OpenAI's error object with its status (agent/server/errors.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
-import threading
-from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.server.generation import Finish, Generation, ModelService, PromptTooLong, QueueFull
-from agent.server.metrics import metrics_text
-from agent.server.protocol import (
-    CompletionBuilder,
-    Limits,
-    RequestError,
+from agent.engine.loading import LoadedModel
+from agent.server.errors import (
+    RETRY_AFTER_S,
+    ApiError,
+    api_error,
+    busy,
     error_body,
-    parse_request,
+    http_error,
+    unexpected_error,
 )
-from agent.server.stream import Delta
+from agent.server.generation import (
+    BadGeneration,
+    Generation,
+    Job,
+    ModelService,
+    PromptTooLong,
+    QueueFull,
+)
+from agent.server.guard import Access, AccessGuard
+from agent.server.logprobs import TokenTexts
+from agent.server.metrics import metrics_text
+from agent.server.protocol import Limits, parse_request
+from agent.server.replies import Feed, stream, whole
+from agent.server.responses import ChatBuilder, TextBuilder
+from agent.server.text_protocol import parse_text_request
+from agent.server.tokens import detokenize, tokenize
 
-RETRY_AFTER_S = 2
 NO_KEY = "a valid API key is required (Authorization: Bearer KEY)"
-_END = object()
-
-
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse(error_body(message, kind), status_code=status, headers=headers)
 
 
 def create_app(
-    service: ModelService, api_key: str | None = None, limits: Limits | None = None
+    service: ModelService,
+    api_key: str | None = None,
+    limits: Limits | None = None,
+    access: Access | None = None,
 ) -> Starlette:
-    """The server's app over `service` (which loads its model in the background)."""
+    """The server's app over `service` (which loads its model in the background); `access`
+    says the address it is reached at and the browser origins allowed."""
     limits = limits or Limits()
+    access = replace(access or Access(), api_key=api_key is not None)
 
-    def refusal(request: Request) -> Response | None:
+    def authorize(request: Request) -> None:
         """401 unless the request carries the API key (when there is one)."""
-        given = request.headers.get("authorization", "")
-        if api_key is None or hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        if api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), api_key.encode()
+        ):
+            raise ApiError(401, NO_KEY, code="invalid_api_key")
+
+    def loaded() -> LoadedModel:
+        """The model, or 503 while it loads (or after it failed to)."""
+        if service.loaded is None:
+            reason = service.load_error or "the model is still loading"
+            raise ApiError(503, reason, headers={"Retry-After": str(RETRY_AFTER_S)})
+        return service.loaded
+
+    async def body(request: Request) -> Any:
+        """The request's JSON body, after the key and size checks."""
+        authorize(request)
+        kept, size = bytearray(), 0
+        async for chunk in request.stream():  # read to the end, so the client sees the answer
+            size += len(chunk)
+            if size <= limits.body_bytes:
+                kept += chunk
+        if size > limits.body_bytes:
+            raise ApiError(413, f"the body is over {limits.body_bytes} bytes")
+        try:
+            return json.loads(kept)
+        except ValueError as exc:
+            raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+
+    async def admit(generations: list[Generation], param: str) -> list[Job]:
+        """The request's place in the queue, or the error that refuses it."""
+        loaded()
+        try:
+            jobs = await run_in_threadpool(service.prepare, generations)
+        except PromptTooLong as exc:
+            raise ApiError(400, str(exc), param, "context_length_exceeded") from None
+        except BadGeneration as exc:
+            raise ApiError(400, str(exc), exc.param) from None
+        try:  # no await from here until the generation threads own the places
+            return service.enqueue(jobs)
+        except QueueFull:
+            raise busy() from None
+
+    def texts(generations: list[Generation]) -> TokenTexts | None:
+        if generations[0].logprobs is None:
             return None
-        return _error(401, NO_KEY, "authentication_error")
+        return TokenTexts(loaded().tokenizer)
 
     async def health(request: Request) -> Response:
         if service.load_error:
-            return JSONResponse({"status": "error", "error": service.load_error}, status_code=503)
+            error = error_body(service.load_error, "server_error")
+            return JSONResponse({"status": "error", **error}, status_code=503)
         if not service.ready:
-            return JSONResponse({"status": "loading"}, status_code=503)
+            error = error_body("the model is still loading", "server_error")
+            return JSONResponse({"status": "loading", **error}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    def card() -> dict[str, Any]:
+        return {"id": service.model_name, "object": "model", "created": service.created,
+                "owned_by": "agent"}  # fmt: skip
+
     async def models(request: Request) -> Response:
-        if refused := refusal(request):
-            return refused
-        card = {"id": service.model_name, "object": "model", "created": 0, "owned_by": "agent"}
-        return JSONResponse({"object": "list", "data": [card]})
+        authorize(request)
+        return JSONResponse({"object": "list", "data": [card()]})
+
+    async def model(request: Request) -> Response:
+        authorize(request)
+        name = request.path_params["model"]
+        if name != service.model_name:
+            message = (
+                f"the model {name!r} does not exist; this server serves {service.model_name!r}"
+            )
+            raise ApiError(404, message, "model", "model_not_found")
+        return JSONResponse(card())
 
     async def metrics(request: Request) -> Response:
         return Response(metrics_text(service.stats), media_type="text/plain; version=0.0.4")
 
+    async def chat(request: Request) -> Response:
+        raw = await body(request)
+        loaded()
+        asked = parse_request(raw, service.model_name, limits)
+        jobs = await admit(asked.choices, "messages")
+        builder = ChatBuilder(service.model_name, len(jobs), len(jobs), texts(asked.choices))
+        feed = Feed(service, jobs)
+        if asked.stream:
+            return stream(feed, builder, asked.include_usage)
+        return await whole(request, feed, builder)
+
     async def completions(request: Request) -> Response:
-        if refused := refusal(request):
-            return refused
-        if not service.ready:
-            reason = service.load_error or "the model is still loading"
-            return _error(503, reason, "server_error", {"Retry-After": str(RETRY_AFTER_S)})
-        try:
-            raw = await request.body()
-            if len(raw) > limits.body_bytes:
-                raise RequestError(413, f"the body is over {limits.body_bytes} bytes")
-            try:
-                body = json.loads(raw)
-            except ValueError as exc:
-                raise RequestError(400, f"the body is not valid JSON: {exc}") from None
-            generation, stream, include_usage = parse_request(body, service.model_name, limits)
-            if service.waiting_full():
-                raise QueueFull
-        except RequestError as exc:
-            return JSONResponse(exc.body(), status_code=exc.status)
-        except QueueFull:
-            return _error(503, "the server is busy: too many requests wait", "server_error",
-                          {"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
-        builder = CompletionBuilder(service.model_name)
-        if stream:
-            events = _sse(service, generation, builder, include_usage)
-            return StreamingResponse(events, media_type="text/event-stream")
-        return await _whole(request, service, generation, builder)
+        raw = await body(request)
+        loaded()
+        asked = parse_text_request(raw, service.model_name, limits)
+        jobs = await admit(asked.choices, "prompt")
+        text = TextBuilder(service.model_name, len(jobs), asked.n, texts(asked.choices))
+        feed = Feed(service, jobs)
+        if asked.stream:
+            return stream(feed, text, asked.include_usage)
+        return await whole(request, feed, text)
+
+    async def tokenize_route(request: Request) -> Response:
+        raw = await body(request)
+        return JSONResponse(tokenize(raw, loaded(), service.model_name, limits))
+
+    async def detokenize_route(request: Request) -> Response:
+        raw = await body(request)
+        return JSONResponse(detokenize(raw, loaded(), service.model_name))
 
     routes = [
-        Route("/v1/chat/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model, methods=["GET"]),
+        Route("/tokenize", tokenize_route, methods=["POST"]),
+        Route("/detokenize", detokenize_route, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes)
-
-
-async def _items(
-    service: ModelService, generation: Generation, cancel: threading.Event
-) -> AsyncIterator[Any]:
-    """What the generation thread produces, as it comes; `cancel` stops it within a token."""
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[Any] = asyncio.Queue()
-
-    def work() -> None:
-        try:
-            for item in service.generate(generation, cancel):
-                loop.call_soon_threadsafe(inbox.put_nowait, item)
-        except BaseException as exc:  # handed to the request, which answers with it
-            loop.call_soon_threadsafe(inbox.put_nowait, exc)
-        finally:
-            loop.call_soon_threadsafe(inbox.put_nowait, _END)
-
-    threading.Thread(target=work, daemon=True, name="generation").start()
-    try:
-        while (item := await inbox.get()) is not _END:
-            yield item
-    finally:
-        cancel.set()
-
-
-def _problem(exc: BaseException) -> tuple[int, str]:
-    if isinstance(exc, PromptTooLong):
-        return 400, f"the prompt is {exc.tokens} tokens, over the model's context"
-    if isinstance(exc, QueueFull):
-        return 503, "the server is busy: too many requests wait"
-    return 500, f"generation failed: {type(exc).__name__}: {exc}"
-
-
-async def _sse(service: ModelService, generation: Generation, builder: CompletionBuilder,
-               include_usage: bool) -> AsyncIterator[str]:  # fmt: skip
-    cancel = threading.Event()
-    yield _event(builder.first_chunk())
-    async for item in _items(service, generation, cancel):
-        if isinstance(item, BaseException):
-            status, message = _problem(item)
-            yield _event(
-                error_body(message, "server_error" if status >= 500 else "invalid_request_error")
-            )
-            break
-        if isinstance(item, Delta):
-            yield _event(builder.add(item))
-        elif isinstance(item, Finish):
-            yield _event(builder.last_chunk(item))
-            if include_usage:
-                yield _event(builder.usage_chunk(item))
-    yield "data: [DONE]\n\n"
-
-
-def _event(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-async def _whole(request: Request, service: ModelService, generation: Generation,
-                 builder: CompletionBuilder) -> Response:  # fmt: skip
-    cancel = threading.Event()
-    finish: Finish | None = None
-    items = _items(service, generation, cancel)
-    watcher = asyncio.create_task(_watch_disconnect(request, cancel))
-    try:
-        async for item in items:
-            if isinstance(item, BaseException):
-                status, message = _problem(item)
-                kind = "server_error" if status >= 500 else "invalid_request_error"
-                return _error(status, message, kind)
-            if isinstance(item, Delta):
-                builder.add(item)
-            elif isinstance(item, Finish):
-                finish = item
-    finally:
-        watcher.cancel()
-    if finish is None or finish.reason == "cancelled":
-        return _error(499, "the client went away", "server_error")
-    return JSONResponse(builder.whole(finish))
-
-
-async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
-    while not cancel.is_set():
-        if await request.is_disconnected():
-            cancel.set()
-            return
-        await asyncio.sleep(0.2)
+    handlers = {HTTPException: http_error, ApiError: api_error, Exception: unexpected_error}
+    return Starlette(
+        routes=routes,
+        exception_handlers=handlers,
+        middleware=[Middleware(AccessGuard, access=access)],
+    )

@@ -46,8 +46,8 @@ class _StatsCollector(Collector):
         yield SummaryMetricFamily(
             "agent_time_to_first_token_seconds",
             "from a request's turn to its first delta",
-            count_value=len(s.first_token_s),
-            sum_value=sum(s.first_token_s),
+            count_value=s.first_token.count,
+            sum_value=s.first_token.total,
         )
 
 
