@@ -25,6 +25,7 @@ def kernels() -> set[int]:
     return found
 
 
+@pytest.mark.slow
 def test_turns_ctrl_c_and_ctrl_d_against_a_model_server(tmp_path: Path) -> None:
     # The server is a TEST DOUBLE of vLLM: scripted, slow replies a user can stop.
     long_answer = "Counting: " + " ".join(str(n) for n in range(400))
@@ -61,6 +62,7 @@ def test_turns_ctrl_c_and_ctrl_d_against_a_model_server(tmp_path: Path) -> None:
     assert kernels() <= before  # Ctrl-D left no kernel behind
 
 
+@pytest.mark.slow
 def test_commands_and_approval(tmp_path: Path) -> None:
     replies = [("", call("code_interpreter", {"code": "print('ran')"})), ("", "Refused, fine.")]
     with StubOpenAIServer(replies) as server:
@@ -85,6 +87,7 @@ def test_commands_and_approval(tmp_path: Path) -> None:
     assert chat.screen.index("→ code_interpreter") < chat.screen.index("allow code_interpreter")
 
 
+@pytest.mark.slow
 def test_chat_is_kept_in_the_history_and_resumes(tmp_path: Path) -> None:
     replies = [("", "First answer."), ("", "Second answer.")]
     with StubOpenAIServer(replies) as server:

@@ -76,6 +76,7 @@ def test_tools_list_names_every_tool_and_its_source(tmp_path: Path) -> None:
     assert all(row["description"] for row in rows.values())
 
 
+@pytest.mark.slow
 def test_tools_call_prints_the_result_and_exit_code_follows_errors(tmp_path: Path) -> None:
     done = agent_cli(
         "tools", "call", "code_interpreter", '{"code": "print(2**100)"}', home=tmp_path
@@ -115,6 +116,7 @@ def test_tools_call_time_server(tmp_path: Path) -> None:
         ),
     ],
 )
+@pytest.mark.slow
 def test_user_mistakes_give_one_line_and_exit_2(
     tmp_path: Path, args: list[str], expected: str
 ) -> None:
@@ -140,6 +142,7 @@ def test_bad_mcp_config_is_one_clear_line(tmp_path: Path, content: str, expected
     assert str(config) in line and expected in line
 
 
+@pytest.mark.slow
 def test_unavailable_server_is_reported_and_others_go_on(tmp_path: Path) -> None:
     config = tmp_path / "mcp.json"
     servers = {
@@ -157,6 +160,7 @@ def test_unavailable_server_is_reported_and_others_go_on(tmp_path: Path) -> None
     assert "no-such-mcp-server-cmd" in one_error_line(strict.stderr)
 
 
+@pytest.mark.slow
 def test_offline_without_weights_says_how_to_pass_a_directory(tmp_path: Path) -> None:
     # The hub is pointed at a closed port on 127.0.0.1: nothing leaves the machine.
     env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}

@@ -230,6 +230,7 @@ def test_without_a_working_compiler_decode_keeps_torchs_kernel(
     assert (chosen.decode, chosen.attention) == ("int8", "torch")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("choice", CHOICES, ids=lambda c: f"{c.describe()}, from {c.prefill_rows}")
 def test_a_long_prompt_prefills_on_each_kernel_like_token_by_token(
     tiny_gptq: Path, choice: KernelChoice
@@ -261,6 +262,7 @@ def reference_outputs(tiny_trained_gptq: Path) -> list[tuple[list[int], list[int
     return cases
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("choice", CHOICES, ids=lambda c: f"{c.describe()}, from {c.prefill_rows}")
 def test_greedy_output_is_the_references_on_every_kernel(
     tiny_trained_gptq: Path, reference_outputs: list[tuple[list[int], list[int]]], choice
@@ -341,6 +343,7 @@ def reference_embedding(checkpoint: Path) -> torch.Tensor:
 @pytest.mark.parametrize(
     "choice", [None, *CHOICES], ids=lambda c: "measured" if c is None else c.describe()
 )
+@pytest.mark.slow
 def test_a_checkpoint_of_odd_sizes_runs_like_its_float_reference(
     child: ChildRunner, tiny_odd_gptq: Path, choice: KernelChoice | None
 ) -> None:

@@ -8,6 +8,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from agent.history.schema import VERSION, migrate
 from tests.clirun import agent_argv, agent_cli, agent_env, empty_mcp_config, json_events
 from tests.stub_openai_server import StubOpenAIServer
@@ -30,6 +32,7 @@ def listed(home: Path, *args: str) -> list[dict]:
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
+@pytest.mark.slow
 def test_runs_show_is_the_live_output_byte_for_byte(tmp_path: Path) -> None:
     with StubOpenAIServer([("", CALL), ("", "It printed walrus.")]) as server:
         live = agent_cli("run", "Print it.", *run_args(server, tmp_path), home=tmp_path)
@@ -44,6 +47,7 @@ def test_runs_show_is_the_live_output_byte_for_byte(tmp_path: Path) -> None:
     assert kinds[0] == "run_started" and "tool_result" in kinds and kinds[-1] == "run_finished"
 
 
+@pytest.mark.slow
 def test_search_looks_inside_tool_results_and_takes_any_text(tmp_path: Path) -> None:
     with StubOpenAIServer([("", CALL), ("", "Done."), ("", "Other.")]) as server:
         assert (
@@ -67,6 +71,7 @@ def test_search_looks_inside_tool_results_and_takes_any_text(tmp_path: Path) -> 
     assert listed(tmp_path, "--status", "error") == []
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_kept_and_marked_interrupted(tmp_path: Path) -> None:
     slow = "word " * 400
     with StubOpenAIServer([("", slow)], delay_s=0.02) as server:
@@ -96,6 +101,7 @@ def _events(database: Path) -> int:
             return 0
 
 
+@pytest.mark.slow
 def test_four_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
     replies = [("", "Answer number one, with several words in it.")] * 4
     with StubOpenAIServer(replies, delay_s=0.005) as server:
@@ -142,6 +148,7 @@ def test_an_older_database_is_migrated_without_loss(tmp_path: Path) -> None:
         assert check.execute("PRAGMA user_version").fetchone()[0] == VERSION
 
 
+@pytest.mark.slow
 def test_piped_input_joins_the_prompt_and_huge_input_is_refused(tmp_path: Path) -> None:
     with StubOpenAIServer([("", "Summary."), ("", "Dash.")]) as server:
         args = run_args(server, tmp_path, "--no-tools")
@@ -162,6 +169,7 @@ def test_piped_input_joins_the_prompt_and_huge_input_is_refused(tmp_path: Path) 
     assert empty.returncode == 2 and "no task" in empty.stderr
 
 
+@pytest.mark.slow
 def test_delete_export_and_no_log(tmp_path: Path) -> None:
     with StubOpenAIServer([("", CALL), ("", "Done."), ("", "Unlogged.")]) as server:
         agent_cli("run", "Print it.", *run_args(server, tmp_path), home=tmp_path)

@@ -55,6 +55,7 @@ def test_unquantized_checkpoint_loads(tiny_float: Path) -> None:
     assert (loaded.quantization, loaded.kernel) == ("none", "native bf16")
 
 
+@pytest.mark.slow
 def test_streams_token_by_token_and_is_reproducible(tiny_gptq: Path) -> None:
     llm = local_llm(tiny_gptq)
     pieces = stream(llm, "Hello")
@@ -118,6 +119,7 @@ def tiny_run_args(model: Path, home: Path, *extra: str) -> list[str]:
     return ["run", "Hello", "--json", "--model", str(model), "--mcp-config", str(no_mcp), *extra]
 
 
+@pytest.mark.slow
 def test_agent_run_json_on_the_tiny_checkpoint(tiny_gptq: Path, tmp_path: Path) -> None:
     args = tiny_run_args(tiny_gptq, tmp_path, "--seed", "1", "--max-new-tokens", "16")
     done = agent_cli(*args, home=tmp_path)
@@ -139,6 +141,7 @@ def test_agent_run_json_on_the_tiny_checkpoint(tiny_gptq: Path, tmp_path: Path) 
     assert "loaded" in done.stderr  # load time is reported on stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_generation_and_exits_130(tiny_gptq: Path, tmp_path: Path) -> None:
     args = tiny_run_args(tiny_gptq, tmp_path, "--max-new-tokens", "30000", "--seed", "1")
     with subprocess.Popen(

@@ -51,6 +51,7 @@ def test_int8_weights_equal_gptqmodels_int8_kernel(tiny_trained_gptq: Path) -> N
         assert torch.equal(hf.mlp.down_proj.int8_weight_nk, mine.down.weight)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixture", ["tiny_trained_gptq", "tiny_trained_float"])
 def test_greedy_output_is_token_for_token_the_references(fixture: str, request) -> None:
     model_dir = request.getfixturevalue(fixture)
@@ -75,6 +76,7 @@ def test_unquantized_logits_match_transformers(tiny_trained_float: Path) -> None
     assert int(ours.argmax()) == int(theirs.argmax())
 
 
+@pytest.mark.slow
 def test_a_long_prompt_prefills_in_chunks_like_one_pass(tiny_gptq: Path) -> None:
     engine = CpuQwen3.load(tiny_gptq, prefix_cache_bytes=0)
     tokens = [(i * 7919) % 150_000 for i in range(1_100)]  # over two 512-token chunks

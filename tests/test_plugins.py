@@ -251,6 +251,7 @@ def test_a_tool_file_in_a_tools_directory_is_found_and_called(
         assert (refused.ok, refused.content) == (False, "Error: a name is needed")
 
 
+@pytest.mark.slow
 def test_cli_lists_shows_and_calls_a_tool_file(tmp_path: Path) -> None:
     path = write(tmp_path / "elsewhere", "greetings.py", GREET)
     common = ["--mcp-config", str(empty_mcp_config(tmp_path)), "--tool", str(path)]
@@ -352,6 +353,7 @@ def demo_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_an_entry_point_plugin_in_an_installed_package_is_found(
     tmp_path: Path, demo_package: Path
 ) -> None:
@@ -497,6 +499,7 @@ def test_selection_by_name_and_group_and_none(tmp_path: Path, tools_dir: Path) -
     assert "groups: calculator, files, greetings, sqlite_query" in message
 
 
+@pytest.mark.slow
 def test_cli_selection_flags_config_and_mcp_servers(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text('tools = ["calculator", "time"]\n')
 
@@ -516,6 +519,7 @@ def test_cli_selection_flags_config_and_mcp_servers(tmp_path: Path) -> None:
 # --- agent tools new ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tools_new_writes_a_template_that_works(tmp_path: Path) -> None:
     tools_dir = tmp_path / "my tools"
     env = {"AGENT_TOOLS_PATH": str(tools_dir)}

@@ -8,6 +8,7 @@ import random
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from agent.engine.generate import Usage, generate_token_ids
@@ -38,6 +39,7 @@ def greedy(loaded: LoadedModel, prompt: list[int], usage: Usage) -> list[int]:
     return list(generate_token_ids(loaded, prompt, GREEDY, 12, 0, usage))
 
 
+@pytest.mark.slow
 def test_a_new_engine_continues_from_the_stored_prefix_exactly(
     tiny_trained_gptq: Path, tmp_path: Path
 ) -> None:
@@ -97,6 +99,7 @@ def _save_many(directory: str, worker: int) -> None:
         assert stored is None or bool((stored.keys == round_ % 8).all())
 
 
+@pytest.mark.slow
 def test_processes_sharing_the_store_leave_whole_entries_within_budget(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_save_many, args=(str(tmp_path), n)) for n in range(4)]
@@ -115,6 +118,7 @@ def test_processes_sharing_the_store_leave_whole_entries_within_budget(tmp_path:
         assert stored is None or bool((stored.keys == first).all())
 
 
+@pytest.mark.slow
 def test_fresh_agent_runs_reuse_the_first_runs_system_prompt(
     tiny_trained_gptq: Path, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ def no_mcp(tmp_path: Path) -> Path:
     return empty_mcp_config(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reasoning_field", ["reasoning_content", "reasoning"])
 def test_thinking_switch_sampling_and_reasoning_reach_the_user(
     tmp_path: Path, no_mcp: Path, reasoning_field: str
@@ -51,6 +52,7 @@ def test_thinking_switch_sampling_and_reasoning_reach_the_user(
     assert request["seed"] == 7
 
 
+@pytest.mark.slow
 def test_no_thinking_preset_and_a_tool_call_round_trip(tmp_path: Path, no_mcp: Path) -> None:
     payload = '{"name": "code_interpreter", "arguments": {"code": "print(6*7)"}}'
     call = f"<tool_call>\n{payload}\n</tool_call>"
@@ -81,6 +83,7 @@ def test_no_thinking_preset_and_a_tool_call_round_trip(tmp_path: Path, no_mcp: P
     assert "42" in second["messages"][-1]["content"]  # the tool result went back to the model
 
 
+@pytest.mark.slow
 def test_unreachable_server_is_one_clear_line(tmp_path: Path, no_mcp: Path) -> None:
     done = agent_cli(
         "run",
@@ -97,6 +100,7 @@ def test_unreachable_server_is_one_clear_line(tmp_path: Path, no_mcp: Path) -> N
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_a_looping_server_model_is_stopped_by_the_step_limit(tmp_path: Path, no_mcp: Path) -> None:
     # A server has no grammar: a nameless call, then calls even with tools off.
     nameless = '<tool_call>\n{"arguments": {"code": "print(1)"}}\n</tool_call>'

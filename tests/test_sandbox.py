@@ -217,6 +217,7 @@ def live_descendants(process: psutil.Process) -> list[psutil.Process]:
     return [p for p in process.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.mark.slow
 def test_fork_bomb_is_contained_and_next_call_works(make_tool: MakeTool) -> None:
     limits = sb.Limits(processes=64)
     tool = make_tool(timeout_s=5, limits=limits)
@@ -306,6 +307,7 @@ def test_without_a_cgroup_the_kernel_still_starts_on_a_busy_host(
         assert any("share that headroom" in gap for gap in tool.sandbox.missing)
 
 
+@pytest.mark.slow
 def test_a_fork_bomb_in_one_kernel_leaves_another_working(make_tool: MakeTool) -> None:
     bombed, other = make_tool(timeout_s=5, limits=sb.Limits(processes=64)), make_tool()
     assert run(bombed, "1").ok and run(other, "state = 'kept'").ok
@@ -344,6 +346,7 @@ def test_the_kernel_runs_in_a_cgroup_of_its_own_with_its_limits(make_tool: MakeT
     assert all(kernel in (cgroup / "cgroup.procs").read_text().split() for cgroup in cgroups)
 
 
+@pytest.mark.slow
 def test_nothing_of_a_fork_bomb_is_left_after_close(make_tool: MakeTool) -> None:
     tool = make_tool(timeout_s=5, limits=sb.Limits(processes=64))
     assert run(tool, "1").ok and tool._kernel is not None and tool._kernel.limits is not None
@@ -453,6 +456,7 @@ def test_file_size_is_limited(make_tool: MakeTool) -> None:
     assert "File too large" in outcome.content
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("code", ["while True: pass", "sum(range(10**10))"])
 def test_loops_are_stopped_within_timeout_plus_2s(make_tool: MakeTool, code: str) -> None:
     tool = make_tool(timeout_s=2, allow_unsafe=True)

@@ -221,6 +221,7 @@ def _claim_in_a_process(path: str, at: float, results: Any) -> None:
         results.put(ledger.claim(ledger.job("j"), at, "outside"))
 
 
+@pytest.mark.slow
 def test_claims_racing_from_several_processes_give_the_slot_to_exactly_one(
     tmp_path: Path,
 ) -> None:

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.history.store import History
 from agent.scheduler.ledger import Ledger, Occurrence
 from tests.clirun import agent_argv, agent_cli, agent_env, empty_mcp_config
@@ -96,6 +98,7 @@ def test_a_second_scheduler_on_the_same_database_refuses(tmp_path: Path) -> None
     assert status.stdout.startswith("scheduler not running")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_restart_loses_no_occurrence_and_runs_none_twice(
     tmp_path: Path,
 ) -> None:
@@ -130,6 +133,7 @@ def test_sigkill_mid_run_then_restart_loses_no_occurrence_and_runs_none_twice(
     assert {o.status for o in found} <= {"succeeded", "interrupted", "missed", "skipped"}
 
 
+@pytest.mark.slow
 def test_a_failing_job_records_why_and_the_other_jobs_still_run_on_time(tmp_path: Path) -> None:
     down = f"http://127.0.0.1:{dead_port()}/v1"
     hook_file = tmp_path / "hook.env"
@@ -176,6 +180,7 @@ def test_a_failing_job_records_why_and_the_other_jobs_still_run_on_time(tmp_path
     assert kinds[0] == "run_started" and "error" in kinds and kinds[-1] == "run_finished"
 
 
+@pytest.mark.slow
 def test_run_now_while_the_job_runs_follows_its_overlap_policy(tmp_path: Path) -> None:
     with StubOpenAIServer([("", LONG_REPLY)] + [("", "Second.")] * 4, delay_s=0.05) as server:
         for name, overlap in (("skipper", "skip"), ("queuer", "queue")):
@@ -205,6 +210,7 @@ def test_run_now_while_the_job_runs_follows_its_overlap_policy(tmp_path: Path) -
                 assert second_run.started_at >= first_run.finished_at
 
 
+@pytest.mark.slow
 def test_run_now_in_the_second_the_scheduler_fires_still_runs(tmp_path: Path) -> None:
     with StubOpenAIServer([("", "Manual.")]) as server:
         add_job(tmp_path, "often", "--every", "1s", "--model-server", server.url, "--tools", "",
@@ -221,6 +227,7 @@ def test_run_now_in_the_second_the_scheduler_fires_still_runs(tmp_path: Path) ->
     assert ran.status == "succeeded" and now - 2 < ran.scheduled_at < now + 60
 
 
+@pytest.mark.slow
 def test_add_refuses_what_no_run_could_get_past(tmp_path: Path) -> None:
     with StubOpenAIServer([], models=("Qwen/Qwen3-0.6B-GPTQ-Int8",)) as server:
         cases = [
@@ -246,6 +253,7 @@ def test_add_refuses_what_no_run_could_get_past(tmp_path: Path) -> None:
     assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["ok"]
 
 
+@pytest.mark.slow
 def test_jobs_are_edited_paused_resumed_and_removed(tmp_path: Path) -> None:
     added = add_job(tmp_path, "digest", "--cron", "30 2 * 3,10 0", "--tz", "Europe/Berlin",
                     "--no-check", "Summarize the news")  # fmt: skip

@@ -21,8 +21,6 @@ import pytest
 from tests.clirun import agent_argv, agent_env
 from tests.test_server import TIME_TOOL, free_port
 
-pytestmark = pytest.mark.slow
-
 ORIGIN = "http://app.example:3000"
 NO_THINK = {"chat_template_kwargs": {"enable_thinking": False}}
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -92,6 +90,7 @@ def assert_error(reply: httpx.Response, status: int, words: str) -> dict[str, An
 # --- Decided before the status line ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_full_queue_is_503_with_retry_after_before_any_stream_starts(base: str) -> None:
     body = {"messages": HELLO, "stream": True, "max_tokens": 150, "temperature": 1.0,
             "logit_bias": {token: -100 for token in STOP_IDS}, **NO_THINK}  # fmt: skip
@@ -210,6 +209,7 @@ def test_models_report_a_real_created_time_and_one_model_by_id(base: str) -> Non
     assert_error(httpx.get(f"{base}/v1/models/other"), 404, "does not exist")
 
 
+@pytest.mark.slow
 def test_tool_only_and_reasoning_only_messages_have_null_content(base: str) -> None:
     question = [{"role": "user", "content": "What time is it in Tokyo?"}]
     calls = sdk(base).chat.completions.create(
@@ -239,6 +239,7 @@ def test_top_p_zero_is_the_most_likely_token(base: str) -> None:
     assert [answer(temperature=2, top_p=0, seed=seed) for seed in (1, 2)] == [greedy, greedy]
 
 
+@pytest.mark.slow
 def test_json_answer_cut_at_the_token_limit_finishes_with_length(base: str) -> None:
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
     for stream in (False, True):
@@ -269,6 +270,7 @@ def _logprobs(root: str, stream: bool, **request: Any) -> tuple[str, list[Any]]:
     return content, entries
 
 
+@pytest.mark.slow
 def test_logprobs_streamed_and_whole_in_openai_shape(base: str) -> None:
     content, whole = _logprobs(base, False, top_logprobs=3)
     streamed_content, streamed = _logprobs(base, True, top_logprobs=3)
@@ -284,6 +286,7 @@ def test_logprobs_streamed_and_whole_in_openai_shape(base: str) -> None:
     assert all(e.token == e.top_logprobs[0].token for e in greedy)
 
 
+@pytest.mark.slow
 def test_logprobs_are_of_the_constrained_distribution(base: str) -> None:
     # A named tool: the grammar forces the call's head, so those tokens had no alternative.
     _, entries = _logprobs(base, False, top_logprobs=5, max_tokens=30, tools=[TIME_TOOL],
@@ -302,6 +305,7 @@ def test_logit_bias_moves_the_choice(base: str) -> None:
     assert reply.choices[0].message.content == "the the the"
 
 
+@pytest.mark.slow
 def test_parallel_tool_calls_false_makes_one_call_at_most(base: str) -> None:
     question = [{"role": "user", "content": "What time is it in Tokyo?"}]
     eager = {CALL_OPEN_ID: 100}  # the model would open call after call
@@ -317,6 +321,7 @@ def test_parallel_tool_calls_false_makes_one_call_at_most(base: str) -> None:
     assert calls(False) == (1, "tool_calls")
 
 
+@pytest.mark.slow
 def test_n_choices_each_with_its_own_seed_and_usage_summed(base: str) -> None:
     request: dict[str, Any] = {"model": served(base), "messages": HELLO, "max_tokens": 8,
                                "temperature": 1.5, "extra_body": NO_THINK}  # fmt: skip
@@ -339,6 +344,7 @@ def test_n_choices_each_with_its_own_seed_and_usage_summed(base: str) -> None:
 # --- Text completions, tokenize ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_text_completions_whole_streamed_and_several_prompts(base: str) -> None:
     client = sdk(base)
     whole = client.completions.create(model=served(base), prompt="The sea is", max_tokens=6, seed=9)

@@ -66,6 +66,7 @@ def _run_in_terminal(argv: list[str], env: dict[str, str]) -> bytes:
     return output
 
 
+@pytest.mark.slow
 def test_hostile_tool_result_and_answer_are_shown_not_executed(tmp_path: Path) -> None:
     tool_file = tmp_path / "evil.py"
     tool_file.write_text(TOOL)

@@ -74,7 +74,7 @@ class LoadedModel:
                 return start
 
 
-_LOADED: dict[tuple[str, str, str], LoadedModel] = {}
+_LOADED: dict[tuple[str, str, str, int, int], LoadedModel] = {}
 
 
 def _quiet_dependency_logs() -> None:
@@ -174,7 +174,8 @@ def load_local_model(
     kv_cache_mb: int = DEFAULT_KV_CACHE_MB,
     disk_cache_mb: int = DEFAULT_DISK_CACHE_MB,
 ) -> LoadedModel:
-    """Load `model` (hub id or directory) once per process; later calls reuse it.
+    """Load `model` (hub id or directory) once per process; later calls with the same
+    arguments reuse it (other cache budgets load it anew: an engine keeps the budgets it got).
 
     `kv_cache_mb` bounds the memory kept for reusing prompt prefixes across calls,
     `disk_cache_mb` the disk kept for reusing their stable part across processes.
@@ -185,7 +186,7 @@ def load_local_model(
         torch.set_num_threads(threads)
     device = pick_device(device)
     engine = pick_engine(engine, device)
-    key = (model, device, engine)
+    key = (model, device, engine, kv_cache_mb, disk_cache_mb)
     if key in _LOADED:
         return _LOADED[key]
     path = resolve_model_dir(model)
