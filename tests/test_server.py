@@ -4,6 +4,7 @@ official `openai` package, Qwen-Agent's own `oai` backend as the model card conf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -53,33 +54,40 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(tiny_trained_gptq: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`agent serve` on a free port; its base URL once /health says 200."""
-    home = tmp_path_factory.mktemp("serve-home")
+@contextlib.contextmanager
+def serving(model: Path, home: Path, *options: str) -> Iterator[str]:
+    """`agent serve --model MODEL OPTIONS` on a free port of 127.0.0.1, its root URL once
+    /health says 200; stopped after."""
     port = free_port()
     log = (home / "serve.log").open("w")
     process = subprocess.Popen(
-        agent_argv("serve", "--model", str(tiny_trained_gptq), "--port", str(port),
-                   "--api-key", API_KEY, "--queue-limit", "8"),
+        agent_argv("serve", "--model", str(model), "--port", str(port), *options),
         env=agent_env(home), stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    root = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             assert process.poll() is None and time.monotonic() < deadline, home / "serve.log"
             try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as reply:
+                with urllib.request.urlopen(f"{root}/health", timeout=2) as reply:
                     if reply.status == 200:
                         break
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.3)
-        yield f"{base}/v1"
+        yield root
     finally:
         process.terminate()
         process.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_trained_gptq: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`agent serve` with an API key: its base URL (`/v1`)."""
+    home = tmp_path_factory.mktemp("serve-home")
+    with serving(tiny_trained_gptq, home, "--api-key", API_KEY, "--queue-limit", "8") as root:
+        yield f"{root}/v1"
 
 
 def client(base: str) -> openai.OpenAI:

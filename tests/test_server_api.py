@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.clirun import agent_argv, agent_env
-from tests.test_server import TIME_TOOL, free_port
+from tests.test_server import TIME_TOOL, serving
 
 ORIGIN = "http://app.example:3000"
 NO_THINK = {"chat_template_kwargs": {"enable_thinking": False}}
@@ -32,29 +30,9 @@ CALL_OPEN_ID = "151657"  # <tool_call>
 def base(tiny_trained_gptq: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`agent serve` without a key, queue limit 2, one allowed origin: its root URL."""
     home = tmp_path_factory.mktemp("serve-open")
-    port = free_port()
-    log = (home / "serve.log").open("w")
-    process = subprocess.Popen(
-        agent_argv("serve", "--model", str(tiny_trained_gptq), "--port", str(port),
-                   "--queue-limit", "2", "--allowed-origins", ORIGIN),
-        env=agent_env(home), stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    root = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, home / "serve.log"
-            try:
-                if httpx.get(f"{root}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
+    options = ("--queue-limit", "2", "--allowed-origins", ORIGIN)
+    with serving(tiny_trained_gptq, home, *options) as root:
         yield root
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
 
 
 def sdk(root: str) -> openai.OpenAI:
