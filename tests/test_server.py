@@ -8,13 +8,13 @@ import contextlib
 import json
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 import pytest
@@ -25,6 +25,7 @@ from tests.clirun import agent_argv, agent_cli, agent_env, json_events
 
 pytestmark = pytest.mark.slow
 
+T = TypeVar("T")
 API_KEY = "test-key-123"
 NO_THINK = {"chat_template_kwargs": {"enable_thinking": False}}
 TIME_TOOL = {
@@ -254,20 +255,21 @@ def test_a_client_that_leaves_stops_its_generation(server: str) -> None:
     assert _metric(server, "agent_completion_tokens_total") - before < 2000
 
 
+def at_once(count: int, call: Callable[[], T]) -> list[T]:
+    """`call()` from `count` threads at once: their results (an exception in one fails)."""
+    with ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(call) for _ in range(count)]
+        return [future.result(timeout=300) for future in futures]
+
+
 def test_eight_concurrent_clients_all_get_complete_answers(server: str) -> None:
-    results: list[dict[str, Any]] = []
     no_think = {"chat_template_kwargs": {"enable_thinking": False}}
 
-    def one() -> None:
+    def one() -> dict[str, Any]:
         question = [{"role": "user", "content": "What time is it in Tokyo?"}]
-        results.append(ask(server, True, messages=question, tools=[TIME_TOOL],
-                           extra_body=no_think))  # fmt: skip
+        return ask(server, True, messages=question, tools=[TIME_TOOL], extra_body=no_think)
 
-    threads = [threading.Thread(target=one) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
+    results = at_once(8, one)
     assert len(results) == 8
     for result in results:
         assert result["finish"] == "tool_calls"

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.test_server import TIME_TOOL, serving
+from tests.test_server import TIME_TOOL, at_once, serving
 
 ORIGIN = "http://app.example:3000"
 NO_THINK = {"chat_template_kwargs": {"enable_thinking": False}}
@@ -72,22 +72,16 @@ def assert_error(reply: httpx.Response, status: int, words: str) -> dict[str, An
 def test_a_full_queue_is_503_with_retry_after_before_any_stream_starts(base: str) -> None:
     body = {"messages": HELLO, "stream": True, "max_tokens": 150, "temperature": 1.0,
             "logit_bias": {token: -100 for token in STOP_IDS}, **NO_THINK}  # fmt: skip
-    results: list[tuple[int, str | None, list[dict[str, Any]], str]] = []
     start = threading.Barrier(12)
 
-    def one() -> None:
+    def one() -> tuple[int, str | None, list[dict[str, Any]], str]:
         start.wait()
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=300) as reply:
             reply.read()
             events = sse_events(reply) if reply.status_code == 200 else []
-            retry = reply.headers.get("retry-after")
-            results.append((reply.status_code, retry, events, reply.text))
+            return reply.status_code, reply.headers.get("retry-after"), events, reply.text
 
-    threads = [threading.Thread(target=one) for _ in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
+    results = at_once(12, one)
     assert len(results) == 12
     refused = [r for r in results if r[0] == 503]
     served = [r for r in results if r[0] == 200]

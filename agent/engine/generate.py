@@ -24,7 +24,12 @@ from agent.engine.constrained import (
     grammar_tools,
 )
 from agent.engine.loading import LoadedModel
-from agent.engine.sampling import SamplingParams, sample_next_token, token_logprobs
+from agent.engine.sampling import (
+    SamplingParams,
+    adjusted_logits,
+    sample_adjusted,
+    token_logprobs,
+)
 from agent.errors import GenerationError
 
 THINK_PROMPT_SUFFIX = "<think>\n"
@@ -275,8 +280,8 @@ def _next_tokens(
     a say in them, and (when `scored`) the log-probabilities the first was drawn from.
     `budget` is (tokens left, how many left at which an open call is steered to its end)."""
     if constraint is None:
-        logprobs = token_logprobs(logits, params, seen) if scored else None
-        return [sample_next_token(logits, params, seen, generator)], False, logprobs
+        token, logprobs = _sampled(logits, params, seen, generator, scored)
+        return [token], False, logprobs
     timer = time.monotonic()
     constrained = constraint.active
     left, finish_window = budget
@@ -284,8 +289,7 @@ def _next_tokens(
     if allowed is not None:
         logits = logits.masked_fill(~allowed, float("-inf"))
     usage.constrain_s += time.monotonic() - timer
-    logprobs = token_logprobs(logits, params, seen) if scored else None
-    token = sample_next_token(logits, params, seen, generator)
+    token, logprobs = _sampled(logits, params, seen, generator, scored)
     timer = time.monotonic()
     constraint.advance(token)
     forced = constraint.forced()
@@ -293,3 +297,17 @@ def _next_tokens(
         constraint.advance(extra)
     usage.constrain_s += time.monotonic() - timer
     return [token, *forced], constrained or bool(forced) or constraint.active, logprobs
+
+
+def _sampled(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    seen: torch.Tensor,
+    generator: torch.Generator,
+    scored: bool,
+) -> tuple[int, torch.Tensor | None]:
+    """The sampled token, and (when `scored`) the log-probabilities it was drawn from: the
+    penalties and bias applied once for both."""
+    adjusted = adjusted_logits(logits, params, seen)
+    logprobs = token_logprobs(adjusted, params) if scored else None
+    return sample_adjusted(adjusted, params, generator), logprobs

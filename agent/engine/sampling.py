@@ -7,7 +7,13 @@ import torch
 
 from agent.config import SamplingParams
 
-__all__ = ["SamplingParams", "adjusted_logits", "sample_next_token", "token_logprobs"]
+__all__ = [
+    "SamplingParams",
+    "adjusted_logits",
+    "sample_adjusted",
+    "sample_next_token",
+    "token_logprobs",
+]
 
 
 def adjusted_logits(
@@ -27,13 +33,12 @@ def adjusted_logits(
     return logits
 
 
-def token_logprobs(
-    logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor
-) -> torch.Tensor:
+def token_logprobs(adjusted: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Log-probabilities over the vocabulary of the distribution the sampler draws from, before
-    its top-k / top-p / min-p cut: the adjusted logits over the temperature (1 when greedy)."""
+    its top-k / top-p / min-p cut: `adjusted` logits (`adjusted_logits`) over the temperature
+    (1 when greedy)."""
     temperature = params.temperature if params.temperature > 0 else 1.0
-    return torch.log_softmax(adjusted_logits(logits, params, seen) / temperature, dim=-1)
+    return torch.log_softmax(adjusted / temperature, dim=-1)
 
 
 def sample_next_token(
@@ -44,7 +49,13 @@ def sample_next_token(
 ) -> int:
     """Pick the next token id from 1-D `logits` (-inf for tokens that may not come); `seen`
     counts how often each token was generated already (a boolean mask counts once)."""
-    logits = adjusted_logits(logits, params, seen)
+    return sample_adjusted(adjusted_logits(logits, params, seen), params, generator)
+
+
+def sample_adjusted(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
+) -> int:
+    """Pick the next token id from logits the penalties and bias were already applied to."""
     if params.temperature <= 0:
         return int(torch.argmax(logits))
     candidates = torch.arange(logits.numel())

@@ -261,7 +261,7 @@ def prepare_writable(path: Path, as_nobody: bool) -> None:
         os.chown(path, NOBODY, NOBODY)
 
 
-def kernel_uid(sandbox: Sandbox, writable: list[Path]) -> int:
+def kernel_uid(sandbox: Sandbox) -> int:
     """The real uid the kernel runs as: `nobody` when we are root and a sandbox is in force."""
     if _running_as_root() and sandbox.isolated:
         return NOBODY  # as nobody, or with the real uid nobody (_drop_capabilities)

@@ -231,22 +231,19 @@ def _new_cgroups(kind: str, limits: Limits) -> list[Path]:
         raise OSError(f"{kind}: {exc}") from None
 
 
+MEMORY_FILES = ("memory.max", "memory.limit_in_bytes")  # cgroup v2, v1
+
+
 def _try_cgroup(kind: str) -> LimitMechanism | str:
+    """A trial cgroup of `kind`, made and removed: whether it works here, and bounds memory."""
     try:
         made = _new_cgroups(kind, Limits())
     except OSError as exc:
         return str(exc)
+    memory = any((cgroup / name).exists() for cgroup in made for name in MEMORY_FILES)
     for cgroup in made:
         _empty_and_remove(cgroup)
-    memory = len(made) > 1 if kind == "cgroup v1" else _v2_has_memory()
     return LimitMechanism(kind, memory_cgroup=memory)
-
-
-def _v2_has_memory() -> bool:
-    root = _cgroup_mounts().get("cgroup2")
-    with contextlib.suppress(OSError):
-        return root is not None and "memory" in (root / "cgroup.controllers").read_text().split()
-    return False
 
 
 def _try_systemd_scope() -> LimitMechanism | str:

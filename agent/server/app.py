@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -42,10 +43,10 @@ from agent.server.generation import (
 from agent.server.guard import Access, AccessGuard
 from agent.server.logprobs import TokenTexts
 from agent.server.metrics import metrics_text
-from agent.server.protocol import Limits, parse_request
+from agent.server.protocol import ChatRequest, Limits, parse_request
 from agent.server.replies import Feed, stream, whole
 from agent.server.responses import ChatBuilder, TextBuilder
-from agent.server.text_protocol import parse_text_request
+from agent.server.text_protocol import TextRequest, parse_text_request
 from agent.server.tokens import detokenize, tokenize
 
 NO_KEY = "a valid API key is required (Authorization: Bearer KEY)"
@@ -143,27 +144,26 @@ def create_app(
     async def metrics(request: Request) -> Response:
         return Response(metrics_text(service.stats), media_type="text/plain; version=0.0.4")
 
-    async def chat(request: Request) -> Response:
-        raw = await body(request)
-        loaded()
-        asked = parse_request(raw, service.model_name, limits)
-        jobs = await admit(asked.choices, "messages")
-        builder = ChatBuilder(service.model_name, len(jobs), len(jobs), texts(asked.choices))
-        feed = Feed(service, jobs)
-        if asked.stream:
-            return stream(feed, builder, asked.include_usage)
-        return await whole(request, feed, builder)
+    def generation_route(
+        parse: Callable[[Any, str, Limits], ChatRequest | TextRequest],
+        param: str,
+        builder_type: type[ChatBuilder] | type[TextBuilder],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A route that generates: checked, admitted, then answered whole or streamed."""
 
-    async def completions(request: Request) -> Response:
-        raw = await body(request)
-        loaded()
-        asked = parse_text_request(raw, service.model_name, limits)
-        jobs = await admit(asked.choices, "prompt")
-        text = TextBuilder(service.model_name, len(jobs), asked.n, texts(asked.choices))
-        feed = Feed(service, jobs)
-        if asked.stream:
-            return stream(feed, text, asked.include_usage)
-        return await whole(request, feed, text)
+        async def route(request: Request) -> Response:
+            raw = await body(request)
+            loaded()
+            asked = parse(raw, service.model_name, limits)
+            jobs = await admit(asked.choices, param)
+            scored = texts(asked.choices)
+            builder = builder_type(service.model_name, len(jobs), asked.n, scored)
+            feed = Feed(service, jobs)
+            if asked.stream:
+                return stream(feed, builder, asked.include_usage)
+            return await whole(request, feed, builder)
+
+        return route
 
     async def tokenize_route(request: Request) -> Response:
         raw = await body(request)
@@ -174,8 +174,16 @@ def create_app(
         return JSONResponse(detokenize(raw, loaded(), service.model_name))
 
     routes = [
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
+        Route(
+            "/v1/chat/completions",
+            generation_route(parse_request, "messages", ChatBuilder),
+            methods=["POST"],
+        ),
+        Route(
+            "/v1/completions",
+            generation_route(parse_text_request, "prompt", TextBuilder),
+            methods=["POST"],
+        ),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/tokenize", tokenize_route, methods=["POST"]),

@@ -44,6 +44,11 @@ class ChatRequest:
     stream: bool
     include_usage: bool
 
+    @property
+    def n(self) -> int:
+        """Choices per prompt: a chat has one prompt."""
+        return len(self.choices)
+
 
 CHAT_FIELDS = SAMPLING | {
     "messages", "tools", "tool_choice", "parallel_tool_calls", "response_format",

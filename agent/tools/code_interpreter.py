@@ -158,7 +158,7 @@ class _Kernel:
         self.manager.kernel_spec.interrupt_mode = "message"  # a signal would reach bwrap only
         self.manager.as_nobody = as_nobody
         try:
-            uid = sb.kernel_uid(sandbox, [cwd, self.runtime])
+            uid = sb.kernel_uid(sandbox)
             enforced = self.limits = kernel_limits(sandbox.limits, options.limits, uid)
         except OSError as exc:
             self._remove_files()
