@@ -32,9 +32,10 @@ DEFAULT_DISK_CACHE_MB = 1024
 CONTEXT_TOKENS = 32_768  # Qwen3-0.6B's context window
 ENGINES = ("auto", "native", "transformers")
 SANDBOXES = ("auto", "bubblewrap", "landlock")
+SERVICE_MODES = ("auto", "off", "required")
 ENV_PREFIX = "AGENT_"
 # The option groups commands take flags from.
-OPTION_GROUPS = ("model", "tools", "selection", "history", "chat")
+OPTION_GROUPS = ("model", "tools", "selection", "history", "chat", "service")
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,27 @@ class Settings:
         flag=True,
         group="chat",
         metavar="WHICH",
+    )
+    service: str = setting(
+        "auto",
+        "the resident service that keeps the model and tools warm: auto (default: use it, "
+        "starting it when needed), off (--no-service: run in this process), required",
+        flag="--service/--no-service",
+        group="service",
+        env=True,
+        choices=SERVICE_MODES,
+    )
+    service_idle: float = setting(
+        600.0,
+        "seconds the resident service waits unused before it exits (default 600)",
+        env=True,
+        bounds=Bounds(low=0, low_open=True),
+    )
+    service_memory_mb: int = setting(
+        4096,
+        "memory the resident service keeps models in; the least recently used go beyond it",
+        env=True,
+        bounds=Bounds(low=0, low_open=True),
     )
     debug: bool = setting(
         False,

@@ -1,6 +1,8 @@
 """Every workaround for Qwen-Agent 0.0.34's side effects, in one place.
 
-Imported by `agent/__init__.py`, so it runs before anything imports `qwen_agent`:
+`agent/__init__.py` installs an import hook (`install`): the first `import qwen_agent`, by
+whichever module, runs with these workarounds in place, and a command that never needs
+Qwen-Agent (the resident service's light client) never imports it:
 - Qwen-Agent creates `./workspace/` in the current directory: we point its workspace under
   `AGENT_HOME` (its settings read `QWEN_AGENT_DEFAULT_WORKSPACE` at import time).
 - Its tool loop ends silently after 20 LLM calls; ours replaces it (AgentAssistant._run in
@@ -20,6 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import logging
 import os
 import signal
@@ -123,10 +128,54 @@ def _backend_class(name: str) -> Any:
 
 
 def apply() -> None:
-    """Contain Qwen-Agent's side effects. Safe to call more than once."""
+    """Contain Qwen-Agent's side effects, importing it now. Safe to call more than once."""
     os.environ["QWEN_AGENT_DEFAULT_WORKSPACE"] = str(cache_dir() / "qwen-agent-workspace")
     _import_qwen_agent_keeping_signal_handlers()
     set_debug(False)
+
+
+class _ApplyOnFirstImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds `qwen_agent` as the other finders do, and loads it through `apply()`."""
+
+    def __init__(self) -> None:
+        self._real: importlib.abc.Loader | None = None
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != "qwen_agent":
+            return None
+        sys.meta_path.remove(self)  # once: `apply` imports the package's modules as usual
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        self._real, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
+        assert self._real is not None
+        return self._real.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        assert self._real is not None
+        module.__loader__ = self._real  # what the package's own code finds there
+        os.environ["QWEN_AGENT_DEFAULT_WORKSPACE"] = str(cache_dir() / "qwen-agent-workspace")
+        handled = (signal.SIGINT, signal.SIGTERM)
+        saved = {sig: signal.getsignal(sig) for sig in handled}
+        with _defer_llm_backends():
+            self._real.exec_module(module)
+            import qwen_agent.agents  # noqa: F401  (installs handlers as a side effect)
+            import qwen_agent.tools  # noqa: F401
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        set_debug(False)
+
+
+def install() -> None:
+    """Apply the workarounds when `qwen_agent` is first imported (now, if it already is)."""
+    if "qwen_agent" in sys.modules:
+        apply()
+    elif not any(isinstance(finder, _ApplyOnFirstImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ApplyOnFirstImport())
 
 
 def set_debug(debug: bool) -> None:
@@ -134,4 +183,3 @@ def set_debug(debug: bool) -> None:
     logging.getLogger(QWEN_AGENT_LOGGER).setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
-apply()

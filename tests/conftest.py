@@ -24,6 +24,9 @@ from agent.testing.tokenizer import build_qwen3_tokenizer
 # No installed package's plugins (tools, hooks): a stray one must not change results. A test
 # that wants a package's sets AGENT_LOAD_PLUGINS to its name.
 os.environ["AGENT_LOAD_PLUGINS"] = ""
+# Commands run in their own process: a resident service would outlive the test that started
+# it. The service's tests (tests/test_service.py) turn it on and stop it themselves.
+os.environ["AGENT_SERVICE"] = "off"
 
 # --- Tiny Qwen3 model and tokenizer (agent.testing) -------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,6 +15,7 @@ from agent.cli.options import (
     history_options,
     model_options,
     selection_options,
+    service_options,
     settings_from,
     tool_options,
 )
@@ -22,9 +23,11 @@ from agent.cli.run import open_history, read_prompt
 from agent.errors import ConfigError
 from agent.history.store import History
 from agent.history.views import replay
-from agent.loop.approval import Approver
 from agent.paths import chat_input_history, write_atomically
 from agent.render import TerminalRenderer, visible
+
+if TYPE_CHECKING:
+    from agent.session import Conversation
 
 HELP = """\
 commands: /help  /tools  /reset (forget the conversation)  /save FILE (as Markdown)  /exit
@@ -103,14 +106,10 @@ def ask_on_terminal(name: str, arguments: dict[str, Any]) -> str:
 @selection_options
 @history_options
 @chat_options
+@service_options
 def chat(prompt: str | None, go_on: bool, resume: str | None, **flags: Any) -> int:
     """Talk with the agent, turn after turn (PROMPT or piped input: the first turn)."""
-    from agent.loop.assistant import build_assistant, build_llm
-    from agent.loop.chat import ChatSession
-    from agent.loop.context import reserve_for
-    from agent.loop.runner import run_info
-    from agent.plugins import plugin_manager
-    from agent.tools.toolset import open_tools_while
+    from agent.session import Conversation, open_session
 
     first = read_prompt(prompt) if prompt or not sys.stdin.isatty() else None
     settings = settings_from(flags)
@@ -118,19 +117,8 @@ def chat(prompt: str | None, go_on: bool, resume: str | None, **flags: Any) -> i
     history = open_history(settings)
     conversation, messages = _resumed(history, go_on, resume)
     renderer = TerminalRenderer(settings.show_thinking)
-    hooks = plugin_manager(Approver(settings.approve, ask_on_terminal))
-    with open_tools_while(lambda: build_llm(settings), settings) as (llm, toolset):
-        assistant = build_assistant(settings, llm, toolset, hooks)
-        info = run_info(settings, toolset)
-        session = ChatSession(
-            assistant,
-            info,
-            settings,
-            reserve_for(settings, toolset),
-            history,
-            conversation,
-            messages,
-        )
+    with open_session(settings, ask_on_terminal) as session:
+        talk = Conversation(session, settings, history, "chat", conversation, messages)
         if history is not None and conversation is not None:
             _show_transcript(history, conversation, renderer)
         print(f"chat with {settings.model} · /help for commands · Ctrl-D to leave", file=sys.stderr)
@@ -141,8 +129,8 @@ def chat(prompt: str | None, go_on: bool, resume: str | None, **flags: Any) -> i
                 text = lines.read() if lines is not None else None
                 if text is None:
                     break
-            if text.strip() and not _command(text, session, toolset):
-                session.turn(text, renderer.show)
+            if text.strip() and not _command(text, talk):
+                talk.turn(text, renderer.show)
             elif text.split()[:1] in (["/exit"], ["/quit"]):
                 break
             text = None
@@ -170,7 +158,7 @@ def _show_transcript(history: History, conversation: str, renderer: TerminalRend
         replay(history, run, renderer)
 
 
-def _command(text: str, session: Any, toolset: Any) -> bool:
+def _command(text: str, talk: Conversation) -> bool:
     """Handle one of our commands; False when `text` is a message for the model."""
     words = text.strip().split(maxsplit=1)
     if not words or not words[0].startswith("/") or words[0] in ("/think", "/no_think"):
@@ -181,12 +169,12 @@ def _command(text: str, session: Any, toolset: Any) -> bool:
     elif name == "/help":
         print(HELP, file=sys.stderr)
     elif name == "/tools":
-        print(", ".join(tool.name for tool in toolset.tools) or "no tools", file=sys.stderr)
+        print(", ".join(talk.session.tool_names) or "no tools", file=sys.stderr)
     elif name == "/reset":
-        session.reset()
+        talk.reset()
         print("conversation forgotten; the code interpreter keeps its state", file=sys.stderr)
     elif name == "/save":
-        _save(session.messages, words[1] if len(words) > 1 else "")
+        _save(talk.messages, words[1] if len(words) > 1 else "")
     return True
 
 

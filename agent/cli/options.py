@@ -18,6 +18,7 @@ from agent.config import Settings, load_settings, spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NO_TOOLS = "no_tools"  # the parameter of `--no-tools`, folded into `tools` by settings_from
+_NO_PREFIX = "no_"  # `--x/--no-x` on a setting with choices: `--x WHICH`, and `--no-x` for off
 
 
 def names(ctx: click.Context, param: click.Parameter, text: str | None) -> tuple[str, ...] | None:
@@ -52,6 +53,12 @@ def _options(item: Field[Any]) -> list[Callable[[F], F]]:
         return [
             click.option(entry.flag, item.name, type=_value_type(item), multiple=True, **common)
         ]
+    if entry.choices and "/" in entry.flag:  # --service WHICH, and --no-service for off
+        given, off = entry.flag.split("/")
+        return [
+            click.option(given, item.name, **common),
+            click.option(off, _NO_PREFIX + item.name, is_flag=True, default=False, help="off"),
+        ]
     if kind.startswith("tuple"):  # --tools NAME,NAME, and --no-tools for none at all
         given, none = entry.flag.split("/")
         return [
@@ -78,6 +85,7 @@ tool_options = _group("tools")
 selection_options = _group("selection")
 history_options = _group("history")
 chat_options = _group("chat")
+service_options = _group("service")
 
 
 def settings_from(flags: dict[str, Any], **forced: Any) -> Settings:
@@ -89,6 +97,11 @@ def settings_from(flags: dict[str, Any], **forced: Any) -> Settings:
         if given.get("tools") is not None:
             raise click.UsageError("--tools and --no-tools cannot be used together")
         given["tools"] = ()
+    for name in known:
+        if flags.get(_NO_PREFIX + name) and name != "tools":
+            if given.get(name) is not None:
+                raise click.UsageError(f"--{name} and --no-{name} cannot be used together")
+            given[name] = "off"
     return load_settings({**given, **forced})
 
 

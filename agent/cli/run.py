@@ -13,14 +13,13 @@ from agent.cli.options import (
     json_option,
     model_options,
     selection_options,
+    service_options,
     settings_from,
     tool_options,
 )
 from agent.config import Settings
 from agent.errors import ConfigError
-from agent.history.recorder import RunRecorder
 from agent.history.store import History
-from agent.loop.context import check_prompt_fits, count_tokens, reserve, reserve_for
 
 
 @click.command("run")
@@ -30,37 +29,23 @@ from agent.loop.context import check_prompt_fits, count_tokens, reserve, reserve
 @tool_options
 @selection_options
 @history_options
+@service_options
 def run(prompt: str | None, as_json: bool, **flags: Any) -> int:
     """Run one task and stream what happens.
 
     PROMPT is the task; with `-`, or when standard input is piped, what comes in on standard
     input is the task too (after PROMPT: `cat notes.txt | agent run "Summarize this"`).
     """
-    from agent.loop.assistant import build_assistant, build_llm
-    from agent.loop.runner import run_events, run_info, show_run
-    from agent.render import JsonLinesRenderer, Tee, TerminalRenderer
-    from agent.tools.toolset import open_tools_while
+    from agent.render import JsonLinesRenderer, TerminalRenderer
+    from agent.session import Conversation, open_session
 
     text = read_prompt(prompt)
     settings = settings_from(flags)
     setup_logging(settings.debug)
-    tokens = count_tokens(text)  # counted once: checked before loading, then with the tools
-    check_prompt_fits(tokens, reserve(settings.system_prompt, [], settings.max_new_tokens))
     history = open_history(settings)
     renderer = JsonLinesRenderer() if as_json else TerminalRenderer(settings.show_thinking)
-    with open_tools_while(lambda: build_llm(settings), settings) as (llm, toolset):
-        check_prompt_fits(tokens, reserve_for(settings, toolset))
-        assistant = build_assistant(settings, llm, toolset)
-        messages = [{"role": "user", "content": text}]
-        transcript: list[dict[str, Any]] = []
-        events = run_events(assistant, messages, run_info(settings, toolset), transcript)
-        if history is None:
-            status = show_run(events, renderer.show)
-        else:
-            recorder = RunRecorder(history, history.new_conversation("run"), settings)
-            status = show_run(events, Tee(recorder, renderer).show)
-            if recorder.run is not None:
-                history.set_messages(recorder.run, transcript)
+    with open_session(settings) as session:
+        status = Conversation(session, settings, history, "run").turn(text, renderer.show)
     if status == "cancelled":
         return EXIT_CANCELLED
     return EXIT_OK if status == "answered" else EXIT_FAILED

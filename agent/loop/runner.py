@@ -35,6 +35,7 @@ from agent.tools.toolset import Toolset
 
 WORKER_STOP_S = 10.0
 TOOL_SHOWN_WAIT_S = 2.0
+STOP_POLL_S = 0.05  # how often a run with a `stop` flag looks at it while it waits
 
 
 @dataclass(frozen=True)
@@ -125,12 +126,16 @@ def run_events(
     info: RunInfo,
     transcript: list[dict[str, Any]] | None = None,
     time_limit_s: float | None = None,
+    stop: threading.Event | None = None,
+    on_stop: Callable[[], None] | None = None,
 ) -> Generator[Event, None, None]:
     """Run the assistant on `messages`; yield events ending with `run_finished`.
 
     With `transcript`, the messages the run added (the answer, tool calls and results, as the
     model should see them next turn: thinking dropped) are appended to it at the end. With
-    `time_limit_s`, a run still going after that long is stopped with status `timed_out`."""
+    `time_limit_s`, a run still going after that long is stopped with status `timed_out`.
+    `stop` set from another thread cancels the run as Ctrl-C does; `on_stop` is then called
+    (to interrupt a running tool)."""
     inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
     cancel = threading.Event()
     assistant.tool_listener = _QueueListener(inbox)
@@ -154,11 +159,7 @@ def run_events(
     deadline = None if time_limit_s is None else started + time_limit_s
     try:
         while True:
-            try:
-                wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                kind, payload = inbox.get(timeout=wait)
-            except queue.Empty:
-                raise _TimeUp from None
+            kind, payload = _next_item(inbox, deadline, stop)
             if kind == "done":
                 break
             if kind == "snapshot":
@@ -187,6 +188,8 @@ def run_events(
             yield event
     except KeyboardInterrupt:
         status = "cancelled"
+        if on_stop is not None:
+            on_stop()
         if converter.shown_text:  # the partial answer is kept, and marked
             yield Notice(kind="cancelled", message="answer stopped by the user")
     except _TimeUp:
@@ -203,6 +206,24 @@ def run_events(
     if transcript is not None:
         transcript.extend(_kept_messages(last, status, converter.shown_text))
     yield RunFinished(status=status, usage=usage, timings=timings)
+
+
+def _next_item(
+    inbox: queue.Queue[tuple[str, Any]], deadline: float | None, stop: threading.Event | None
+) -> tuple[str, Any]:
+    """The worker's next report; `_TimeUp` at the deadline, KeyboardInterrupt once `stop` is
+    set."""
+    while True:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
+        wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if stop is not None:
+            wait = STOP_POLL_S if wait is None else min(wait, STOP_POLL_S)
+        try:
+            return inbox.get(timeout=wait)
+        except queue.Empty:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _TimeUp from None
 
 
 def _kept_messages(

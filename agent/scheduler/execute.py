@@ -18,6 +18,7 @@ from agent.errors import AgentError
 from agent.events import Answer, Error, Event, RunFinished, RunStarted
 from agent.history.recorder import RunRecorder
 from agent.paths import jobs_dir, write_atomically
+from agent.render import Tee
 from agent.scheduler.hooks import run_hook
 from agent.scheduler.jobs import Job, job_settings
 from agent.scheduler.ledger import Ledger
@@ -53,36 +54,21 @@ class _Collector:
 
 def run_occurrence(ledger: Ledger, job: Job, at: float) -> Result:
     """Run `job`'s occurrence at `at`, which this process has started in the ledger."""
-    from agent.loop.assistant import build_assistant, build_llm
-    from agent.loop.runner import run_events, run_info, show_run
-    from agent.render import Tee
-    from agent.tools.toolset import open_tools_while
+    from agent.session import Conversation, open_session
 
     settings = job_settings(job)
     history = ledger.history
-    recorder = RunRecorder(history, history.new_conversation("job"), settings)
-    collector = _Collector(ledger, job, at, recorder)
-    show = Tee(recorder, collector).show
     log.info("job %s: started the run of %s", job.name, utc_stamp(at))
     outcome = Outcome("interrupted", "the run was stopped before it ended")
+    recorder = RunRecorder(history, history.new_conversation("job"), settings)
+    collector = _Collector(ledger, job, at, recorder)
     try:
         try:
-            with open_tools_while(lambda: build_llm(settings), settings) as (llm, toolset):
-                assistant = build_assistant(settings, llm, toolset)
-                messages = [{"role": "user", "content": job.task}]
-                transcript: list[dict[str, object]] = []
-                events = run_events(
-                    assistant,
-                    messages,
-                    run_info(settings, toolset),
-                    transcript,
-                    time_limit_s=job.options.time_limit_s,
-                )
-                show_run(events, show)
-                if recorder.run is not None:
-                    history.set_messages(recorder.run, transcript)
+            with open_session(settings) as session:  # no one to ask: no approvals
+                talk = Conversation(session, settings, history, "job", recorder=recorder)
+                talk.turn(job.task, collector.show, time_limit_s=job.options.time_limit_s)
         except AgentError as exc:  # it could not start: recorded as a run with its error
-            _record_failed_start(show, job, settings.model, str(exc))
+            _record_failed_start(Tee(recorder, collector).show, job, settings.model, str(exc))
         outcome = outcome_of(collector.events)
     finally:
         answer_file = _write_answer(job, at, collector.events, outcome)

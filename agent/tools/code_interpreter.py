@@ -363,6 +363,13 @@ class CodeInterpreter(BaseTool):
             )
         return (output.text() or "Finished execution.") + stopped
 
+    def interrupt(self) -> None:
+        """Interrupt the code running now, if any (the call returns its KeyboardInterrupt)."""
+        kernel = self._kernel
+        if kernel is not None:
+            with contextlib.suppress(Exception):  # a kernel that is gone has nothing to stop
+                kernel.manager.interrupt_kernel()
+
     def close(self) -> None:
         """Shut the kernel down (it is started again by the next call). Safe to repeat."""
         kernel, self._kernel = self._kernel, None

@@ -26,7 +26,12 @@ import anyio
 import mcp_types as types
 from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
-from mcp.client.stdio import StdioServerParameters, get_default_environment, stdio_client
+from mcp.client.stdio import (
+    DEFAULT_INHERITED_ENV_VARS,
+    StdioServerParameters,
+    get_default_environment,
+    stdio_client,
+)
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from qwen_agent.tools.base import BaseTool
@@ -179,19 +184,28 @@ def _http_server(
 # --- environment and schemas -----------------------------------------------------------------
 
 
-def server_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def server_environment(
+    extra: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The environment a stdio server starts with: the SDK's safe default, plus pass-through.
 
     The SDK's `get_default_environment()` keeps only HOME, LOGNAME, PATH, SHELL, TERM and USER.
     `uvx` asks the package index at every start (and `mcp-server-fetch` runs npm), so without
     the certificate, proxy, index and `UV_*` variables they fail behind a proxy or a custom CA.
-    The server's own `env` from the config goes on top.
+    The server's own `env` from the config goes on top. `environ` is the environment of the
+    command the user ran (the resident service passes each client's own), else this process's.
     """
-    env = get_default_environment()
-    for key, value in os.environ.items():
+    source = os.environ if environ is None else environ
+    env = get_default_environment() if environ is None else _default_environment(environ)
+    for key, value in source.items():
         if key in PASS_THROUGH_ENV_VARS or key.startswith(PASS_THROUGH_ENV_PREFIXES):
             env[key] = value
     return env | dict(extra or {})
+
+
+def _default_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What the SDK's `get_default_environment()` keeps, taken from `environ`."""
+    return {key: environ[key] for key in DEFAULT_INHERITED_ENV_VARS if key in environ}
 
 
 def normalize_parameters(schema: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -304,8 +318,10 @@ class MCPConnections:
         call_timeout: float = 120.0,
         strict: bool = False,
         log_dir: Path | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.specs = list(specs)
+        self.environ = environ
         self.start_timeout = start_timeout
         self.call_timeout = call_timeout
         self.strict = strict
@@ -353,6 +369,11 @@ class MCPConnections:
             self.close()
             raise MCPServerError("; ".join(self.failures.values()))
         return self
+
+    @property
+    def alive(self) -> bool:
+        """Whether every server that started is still running."""
+        return not self._closed and not any(task.done() for task in self._tasks)
 
     def close(self) -> None:
         """Stop every server and wait until its process is gone; safe to call again."""
@@ -423,7 +444,7 @@ class MCPConnections:
             return sse_client(spec.url) if spec.type == "sse" else streamable_http_client(spec.url)
         assert spec.command is not None
         params = StdioServerParameters(
-            command=spec.command, args=spec.args, env=server_environment(spec.env)
+            command=spec.command, args=spec.args, env=server_environment(spec.env, self.environ)
         )
         return stdio_client(params, errlog=self._open_log(spec.name))
 
@@ -536,6 +557,7 @@ def open_mcp_tools(
     start_timeout: float = 60.0,
     call_timeout: float = 120.0,
     only: Collection[str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> MCPConnections:
     """Load `config_path`, start its servers (those named in `only`, if given) and return the
     connections (the caller closes)."""
@@ -546,5 +568,6 @@ def open_mcp_tools(
         call_timeout=call_timeout,
         strict=strict,
         log_dir=log_dir,
+        environ=environ,
     )
     return connections.start()

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from qwen_agent.tools.base import BaseTool
 
@@ -57,6 +57,13 @@ class Toolset:
         names = ", ".join(entry.tool.name for entry in self.entries) or "none"
         raise UnknownToolError(f"no tool named {name!r}; available: {names}")
 
+    def interrupt(self) -> None:
+        """Interrupt what the tools run now (the code interpreter's code)."""
+        for entry in self.entries:
+            stop = getattr(entry.tool, "interrupt", None)
+            if callable(stop):
+                stop()
+
     def close(self) -> None:
         """Release everything; safe to call twice."""
         closers, self._closers = self._closers, []
@@ -73,14 +80,51 @@ class Toolset:
         self.close()
 
 
-def open_toolset(settings: Settings, work_dir: Path, log_dir: Path) -> Toolset:
-    """The selected tools for one run: plugins, the code interpreter, the MCP servers needed.
+class MCPSource(Protocol):
+    """Where a toolset's MCP tools come from: servers started for it (`start_mcp_servers`), or
+    the resident service's pool of running ones."""
+
+    def __call__(
+        self,
+        settings: Settings,
+        only: set[str] | None,
+        environ: Mapping[str, str] | None,
+        log_dir: Path,
+    ) -> Any: ...
+
+
+def start_mcp_servers(
+    settings: Settings, only: set[str] | None, environ: Mapping[str, str] | None, log_dir: Path
+) -> Any:
+    """The MCP servers of `settings.mcp_config` (those in `only`, if given), started now for
+    one toolset and stopped with it."""
+    from agent.tools.mcp_tools import open_mcp_tools
+
+    return open_mcp_tools(
+        settings.mcp_config,
+        strict=settings.strict_mcp,
+        log_dir=log_dir,
+        start_timeout=settings.mcp_start_timeout,
+        call_timeout=settings.tool_timeout,
+        only=only,
+        environ=environ,
+    )
+
+
+def open_toolset(
+    settings: Settings,
+    work_dir: Path,
+    log_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    mcp: MCPSource | None = None,
+) -> Toolset:
+    """The selected tools for one run: plugins, the code interpreter, the MCP servers needed
+    (started with `environ`, else this process's environment; from `mcp`, else started now).
 
     Plugin problems are one-line `problems` (`PluginError` with `strict_tools`); a selection
     naming no tool is a `UnknownToolError`; no selection means every tool.
     """
     from agent.tools.code_interpreter import CodeInterpreter, kernel_options
-    from agent.tools.mcp_tools import open_mcp_tools
     from agent.tools.plugin_tools import load_plugin_tools
 
     toolset = Toolset()
@@ -97,14 +141,8 @@ def open_toolset(settings: Settings, work_dir: Path, log_dir: Path) -> Toolset:
             log_dir=log_dir,
         )
         toolset._closers.append(interpreter.close)
-        connections = open_mcp_tools(
-            settings.mcp_config,
-            strict=settings.strict_mcp,
-            log_dir=log_dir,
-            start_timeout=settings.mcp_start_timeout,
-            call_timeout=settings.tool_timeout,
-            only=None if settings.tools is None else _server_names(settings.tools),
-        )
+        only = None if settings.tools is None else _server_names(settings.tools)
+        connections = (mcp or start_mcp_servers)(settings, only, environ, log_dir)
         toolset._closers.append(connections.close)
         found = [
             *(ToolEntry(tool, f"mcp:{tool.server}", tool.server) for tool in connections.tools),
@@ -126,19 +164,31 @@ def open_toolset(settings: Settings, work_dir: Path, log_dir: Path) -> Toolset:
     return toolset
 
 
-def open_tools(settings: Settings, run_dir: Path) -> Toolset:
+def open_tools(
+    settings: Settings,
+    run_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    mcp: MCPSource | None = None,
+) -> Toolset:
     """The run's toolset; each tool that did not load is one warning line."""
-    toolset = open_toolset(settings, work_dir=run_dir / "work", log_dir=run_dir / "logs")
+    toolset = open_toolset(
+        settings, work_dir=run_dir / "work", log_dir=run_dir / "logs", environ=environ, mcp=mcp
+    )
     for problem in toolset.problems:
         log.warning("warning: %s", problem)
     return toolset
 
 
 @contextlib.contextmanager
-def open_tools_while(load: Callable[[], Any], settings: Settings) -> Iterator[tuple[Any, Toolset]]:
+def open_tools_while(
+    load: Callable[[], Any],
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    mcp: MCPSource | None = None,
+) -> Iterator[tuple[Any, Toolset]]:
     """Start the tools in the background while `load` runs (the model load); close them after."""
     with ThreadPoolExecutor(max_workers=1) as pool:
-        opening = pool.submit(open_tools, settings, new_run_dir())
+        opening = pool.submit(open_tools, settings, new_run_dir(), environ, mcp)
         try:
             loaded = load()
         except BaseException:

@@ -1,0 +1,202 @@
+"""The session core: the one place that assembles settings → model + tools → assistant → runner.
+
+`agent run`, `agent chat`, scheduled jobs and the resident service all go through
+`open_session`. It gives a `Session` whose `turn` runs one user turn and shows its events;
+where the resident service is on (`service` setting) the session is the service's, reached
+through the light client (`agent.service.client`), else it is built in this process
+(`LocalSession`). Either way the caller records the events (a `RunRecorder` among the
+renderers) and keeps the conversation (`Conversation`), so the history is written by the
+process the user started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agent.config import CONTEXT_TOKENS, Settings
+from agent.events import Event, Notice
+from agent.history.recorder import RunRecorder
+from agent.history.store import History
+from agent.render import Tee
+
+if TYPE_CHECKING:
+    from agent.loop.assistant import AgentAssistant
+    from agent.tools.toolset import Toolset
+
+log = logging.getLogger("agent")
+
+Show = Callable[[Event], None]
+Ask = Callable[[str, dict[str, Any]], str]  # shows a tool call, returns "y", "n" or "a" (always)
+
+
+@dataclass
+class TurnResult:
+    """What one turn did: its status, the messages it sent (older turns may have been dropped
+    to fit the context window) and the messages it added (no thinking)."""
+
+    status: str
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    added: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Session(Protocol):
+    """A model with its tools, ready for turns; closed when the command ends."""
+
+    tool_names: list[str]
+
+    def turn(
+        self, messages: list[dict[str, Any]], show: Show, time_limit_s: float | None = None
+    ) -> TurnResult:
+        """Run the assistant on `messages` (the current user turn last), showing each event."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalSession:
+    """A session in this process: the loaded model, the open tools, the assistant over them."""
+
+    def __init__(self, settings: Settings, llm: Any, toolset: Toolset, ask: Ask | None) -> None:
+        from agent.loop.approval import Approver
+        from agent.loop.assistant import build_assistant
+        from agent.loop.context import reserve_for
+        from agent.loop.runner import run_info
+        from agent.plugins import plugin_manager
+
+        hooks = plugin_manager(Approver(settings.approve, ask)) if ask else None
+        self.settings = settings
+        self.toolset = toolset
+        self.assistant: AgentAssistant = build_assistant(settings, llm, toolset, hooks)
+        self.info = run_info(settings, toolset)
+        self.reserve = reserve_for(settings, toolset)
+        self.tool_names = [tool.name for tool in toolset.tools]
+
+    def turn(
+        self,
+        messages: list[dict[str, Any]],
+        show: Show,
+        time_limit_s: float | None = None,
+        stop: threading.Event | None = None,
+    ) -> TurnResult:
+        """Run one turn; `stop` set (by the service, for a client that cancelled or left)
+        cancels it as Ctrl-C does, interrupting a running tool."""
+        from agent.loop.context import check_prompt_fits, message_tokens, trim_turns
+        from agent.loop.runner import run_events, show_run
+
+        sent, dropped = trim_turns(messages, self.reserve)
+        check_prompt_fits(sum(message_tokens(m) for m in sent), self.reserve)
+        if dropped:
+            show(
+                Notice(
+                    kind="context",
+                    message=f"the {dropped} oldest turn{'s' if dropped > 1 else ''} dropped to "
+                    f"stay within the model's {CONTEXT_TOKENS:,}-token context",
+                )
+            )
+        added: list[dict[str, Any]] = []
+        events = run_events(
+            self.assistant,
+            sent,
+            self.info,
+            added,
+            time_limit_s=time_limit_s,
+            stop=stop,
+            on_stop=self.toolset.interrupt,
+        )
+        status = show_run(events, show)
+        return TurnResult(status, sent, added)
+
+    def close(self) -> None:
+        self.toolset.close()
+
+
+@contextlib.contextmanager
+def open_local_session(
+    settings: Settings,
+    ask: Ask | None = None,
+    environ: Mapping[str, str] | None = None,
+    mcp: Any = None,
+) -> Iterator[LocalSession]:
+    """Load the model while the tools start (the servers' environment from `environ`, else
+    this process's; MCP connections from the `mcp` pool, else started for this session)."""
+    from agent.loop.assistant import build_llm
+    from agent.tools.toolset import open_tools_while
+
+    with open_tools_while(lambda: build_llm(settings), settings, environ, mcp) as (llm, toolset):
+        yield LocalSession(settings, llm, toolset, ask)
+
+
+@contextlib.contextmanager
+def open_session(settings: Settings, ask: Ask | None = None) -> Iterator[Session]:
+    """The session for one command: the resident service's when it is on and answers, else one
+    in this process. `ask` is asked before tool calls the approval policy names (None: no
+    approvals, as for `agent run` and jobs)."""
+    if settings.service != "off":
+        from agent.service.client import connect_session
+
+        remote = connect_session(settings, ask)
+        if remote is not None:
+            with contextlib.closing(remote):
+                yield remote
+            return
+    with open_local_session(settings, ask) as session:
+        yield session
+
+
+class Conversation:
+    """The messages so far and where they are recorded: what a run, a chat or a job keeps
+    between turns."""
+
+    def __init__(
+        self,
+        session: Session,
+        settings: Settings,
+        history: History | None,
+        kind: str,
+        conversation: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        recorder: RunRecorder | None = None,
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.history = history
+        self.kind = kind
+        self.messages: list[dict[str, Any]] = list(messages or [])
+        self.recorder = recorder
+        if history is not None and recorder is None:
+            conversation = conversation or history.new_conversation(kind)
+            self.recorder = RunRecorder(history, conversation, settings)
+
+    @property
+    def conversation(self) -> str | None:
+        """The conversation's id in the run history (None with history off)."""
+        return self.recorder.conversation if self.recorder else None
+
+    def turn(self, text: str, show: Show, time_limit_s: float | None = None) -> str:
+        """Run one user turn, showing and recording its events; the run's status."""
+        shown = Tee(self.recorder, _Renderer(show)).show if self.recorder else show
+        result = self.session.turn(
+            [*self.messages, {"role": "user", "content": text}], shown, time_limit_s
+        )
+        self.messages = [*result.sent, *result.added]
+        if self.history is not None and self.recorder and self.recorder.run:
+            self.history.set_messages(self.recorder.run, result.added)
+        return result.status
+
+    def reset(self) -> None:
+        """Forget the conversation: the next turn starts a new one (in the history too)."""
+        self.messages = []
+        if self.history is not None:
+            self.recorder = RunRecorder(
+                self.history, self.history.new_conversation(self.kind), self.settings
+            )
+
+
+class _Renderer:
+    def __init__(self, show: Show) -> None:
+        self.show = show
