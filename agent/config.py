@@ -481,6 +481,22 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
     return settings
 
 
+def settings_from_values(values: dict[str, Any]) -> Settings:
+    """Settings from plain values (as JSON holds them) with nothing else layered in; checked
+    against the table. The resident service rebuilds a client's resolved settings with it."""
+    known = _field_types()
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}")
+    given: dict[str, Any] = {
+        name: None if value is None else _coerce(name, value, "settings")
+        for name, value in values.items()
+    }
+    settings = replace(Settings(), **given)
+    validate(settings)
+    return settings
+
+
 def settings_table() -> str:
     """The README's settings table (Markdown), made from the table."""
     rows = [

@@ -48,3 +48,12 @@ class UnknownToolError(AgentError):
 
 class PluginError(ConfigError):
     """A custom tool could not be loaded (fatal only with --strict-tools)."""
+
+
+class ServiceError(AgentError):
+    """The resident service could not be used (with `service = required`), stopped during a
+    run, or reported an error of its own; `exit_code` is the one the service gave."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -34,12 +34,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import pluggy
-from qwen_agent.tools.base import BaseTool, register_tool
 
 from agent.errors import ToolError
+
+if TYPE_CHECKING:
+    from qwen_agent.tools.base import BaseTool, register_tool
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -86,6 +88,16 @@ class Hooks:
     @hookspec(firstresult=True)
     def before_tool_call(self, name: str, arguments: dict[str, Any]) -> str | None:
         """Before a tool call runs: a reason to refuse it, or None to let it run."""
+
+
+def __getattr__(name: str) -> Any:
+    """`BaseTool` and `register_tool`, Qwen-Agent's, imported when a plugin asks for them (so
+    what needs no tool, the service's light client, never imports Qwen-Agent)."""
+    if name in ("BaseTool", "register_tool"):
+        from qwen_agent.tools import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'agent.plugins' has no attribute {name!r}")
 
 
 def installed_entry_points(group: str) -> list[EntryPoint]:

@@ -181,5 +181,3 @@ def install() -> None:
 def set_debug(debug: bool) -> None:
     """Show Qwen-Agent's INFO/DEBUG logs only when debugging."""
     logging.getLogger(QWEN_AGENT_LOGGER).setLevel(logging.DEBUG if debug else logging.ERROR)
-
-

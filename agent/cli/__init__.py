@@ -25,6 +25,7 @@ from agent.cli.runs import runs
 from agent.cli.schedule import schedule
 from agent.cli.scheduler import scheduler
 from agent.cli.serve import serve
+from agent.cli.service import service
 from agent.cli.tools import tools
 from agent.errors import AgentError
 from agent.render import visible
@@ -38,7 +39,7 @@ def cli() -> None:
     """A local, tool-calling Qwen3 agent."""
 
 
-for command in (run, chat, runs, schedule, scheduler, serve, doctor, tools, evaluate):
+for command in (run, chat, runs, schedule, scheduler, serve, service, doctor, tools, evaluate):
     cli.add_command(command)
 
 

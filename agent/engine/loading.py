@@ -58,6 +58,7 @@ class LoadedModel:
     kernel: str
     load_s: float
     user_turn: tuple[int, ...] = ()  # the tokens that open a user turn: the stable part ends
+    memory_bytes: int = 0  # what loading it added to the process's resident memory
 
     def stable_prefix(self, prompt: list[int]) -> int:
         """How many leading tokens of `prompt` come before its first user turn (the system
@@ -188,11 +189,13 @@ def load_local_model(
     engine = pick_engine(engine, device)
     key = (model, device, engine, kv_cache_mb, disk_cache_mb)
     if key in _LOADED:
+        _LOADED[key] = _LOADED.pop(key)  # the most recently used last
         return _LOADED[key]
     path = resolve_model_dir(model)
     check_model_dir(path)
     _quiet_dependency_logs()
     started = time.monotonic()
+    resident_before = _resident_bytes()
     quant = quantization_config(path, read_config(path))
     cache_bytes = kv_cache_mb << 20
     try:
@@ -210,6 +213,7 @@ def load_local_model(
             "complete Qwen3 checkpoint? (--debug shows where it failed)"
         ) from None
     loaded.load_s = time.monotonic() - started
+    loaded.memory_bytes = max(_resident_bytes() - resident_before, 0)
     loaded.user_turn = _user_turn(loaded.tokenizer)
     log.info(
         "loaded %s on %s in %.1f s (%s, %s, %s)",
@@ -222,6 +226,33 @@ def load_local_model(
     )
     _LOADED[key] = loaded
     return loaded
+
+
+def _resident_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def loaded_models() -> list[tuple[str, str, str, LoadedModel]]:
+    """The models this process holds (model, device, engine, the model), least recently used
+    first."""
+    return [(key[0], key[1], key[2], loaded) for key, loaded in _LOADED.items()]
+
+
+def unload_beyond(budget_bytes: int) -> list[str]:
+    """Drop the least recently used models until the rest fit in `budget_bytes` (the most
+    recent one is always kept); the names of those dropped."""
+    dropped = []
+    while len(_LOADED) > 1 and sum(m.memory_bytes for m in _LOADED.values()) > budget_bytes:
+        key = next(iter(_LOADED))
+        del _LOADED[key]
+        dropped.append(key[0])
+    if dropped:
+        import gc
+
+        gc.collect()
+    return dropped
 
 
 def _load_tokenizer(path: Path, fast: bool = False) -> Any:
