@@ -1,12 +1,11 @@
 """The session core: the one place that assembles settings → model + tools → assistant → runner.
 
-`agent run`, `agent chat`, scheduled jobs and the resident service all go through
-`open_session`. It gives a `Session` whose `turn` runs one user turn and shows its events;
-where the resident service is on (`service` setting) the session is the service's, reached
-through the light client (`agent.service.client`), else it is built in this process
-(`LocalSession`). Either way the caller records the events (a `RunRecorder` among the
-renderers) and keeps the conversation (`Conversation`), so the history is written by the
-process the user started.
+`agent run`, `agent chat`, scheduled jobs and the resident service all run their turns on a
+`Session`: one built in this process (`open_local_session`: the model loads while the tools
+start), or the resident service's, reached through the light client
+(`agent.service.client.open_session` picks, by the `service` setting). Either way the caller
+records the events (a `RunRecorder` among the renderers) and keeps the conversation
+(`Conversation`), so the history is written by the process the user started.
 """
 
 from __future__ import annotations
@@ -129,23 +128,6 @@ def open_local_session(
 
     with open_tools_while(lambda: build_llm(settings), settings, environ, mcp) as (llm, toolset):
         yield LocalSession(settings, llm, toolset, ask)
-
-
-@contextlib.contextmanager
-def open_session(settings: Settings, ask: Ask | None = None) -> Iterator[Session]:
-    """The session for one command: the resident service's when it is on and answers, else one
-    in this process. `ask` is asked before tool calls the approval policy names (None: no
-    approvals, as for `agent run` and jobs)."""
-    if settings.service != "off":
-        from agent.service.client import connect_session
-
-        remote = connect_session(settings, ask)
-        if remote is not None:
-            with contextlib.closing(remote):
-                yield remote
-            return
-    with open_local_session(settings, ask) as session:
-        yield session
 
 
 class Conversation:

@@ -5,7 +5,14 @@ fresh llama.cpp process to its first token.
 `bench.speed` runs it: once with the prefix cache on disk turned off (`--disk-cache-mb 0`, what
 every run paid before it existed and the first run still pays), then twice with it on; the
 second of those is the cached figure. The repacked weights are cached by the warm-up run
-(`bench.speed`'s cold start), as they are for a user after the first run.
+(`bench.speed`'s cold start), as they are for a user after the first run. Those runs are
+in-process (`--no-service`).
+
+`python -m bench.fresh_run [--quick] [--out FILE]` compares the three ways a run starts, each
+a fresh `agent run` process, on the full-size architecture (random weights) with the default
+tools: in-process, through the resident service when none is running yet (cold: the client
+starts it), and through it once it is up (warm). The prefix cache on disk is warm for all
+three (a first run fills it). Written to `bench/fresh_run.json`.
 
 `python -m bench.fresh_run llama GGUF PROMPTS THREADS` is the llama.cpp side: it loads the GGUF
 file and prints `first-token` once it has the first token of the agent's first prompt.
@@ -13,8 +20,10 @@ file and prints `first-token` once it has the first token of the agent's first p
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -55,13 +64,17 @@ def _timed_lines(command: list[str], env: dict[str, str]) -> tuple[list[tuple[fl
     return lines, (stderr.strip().splitlines() or [f"exit status {process.returncode}"])[-1]
 
 
-def agent_run(model_dir: Path, threads: int, disk_cache_mb: int, history: Path) -> FreshRun:
+def agent_run(
+    model_dir: Path, threads: int, disk_cache_mb: int, history: Path, service: str = "off"
+) -> FreshRun:
     """Start `agent run --json` with the default tools and time its events as they arrive
-    (kept in the run history at `history`, as a user's run is, but not in the user's)."""
+    (kept in the run history at `history`, as a user's run is, but not in the user's);
+    in-process, or with `service` `auto` through the resident service."""
     command = [sys.executable, "-m", "agent", "run", "--json", "--model", str(model_dir)]
     command += ["--threads", str(threads), "--disk-cache-mb", str(disk_cache_mb)]
     command += ["--max-new-tokens", "4", "--seed", "3", PROMPT]
-    lines, error = _timed_lines(command, {**os.environ, "AGENT_HISTORY": str(history)})
+    env = {**os.environ, "AGENT_HISTORY": str(history), "AGENT_SERVICE": service}
+    lines, error = _timed_lines(command, env)
     stamps: dict[str, float] = {}
     usage: dict[str, int] = {}
     for seconds, line in lines:
@@ -114,6 +127,70 @@ def measure(
     return report
 
 
+def stop_service() -> None:
+    """Stop the resident service of this AGENT_HOME, if one runs."""
+    command = [sys.executable, "-m", "agent", "service", "stop"]
+    subprocess.run(command, cwd=REPO, capture_output=True, check=False, timeout=60)
+
+
+def three_starts(model_dir: Path, threads: int, scratch: Path) -> dict[str, Any]:
+    """In-process, service cold, service warm: each a fresh `agent run`, first output."""
+    history = scratch / "history.sqlite3"
+    stop_service()
+    agent_run(model_dir, threads, DEFAULT_DISK_CACHE_MB, history)  # fills the prefix cache
+    in_process = agent_run(model_dir, threads, DEFAULT_DISK_CACHE_MB, history)
+    cold = agent_run(model_dir, threads, DEFAULT_DISK_CACHE_MB, history, service="auto")
+    warm = agent_run(model_dir, threads, DEFAULT_DISK_CACHE_MB, history, service="auto")
+    stop_service()
+    return {
+        "in_process": asdict(in_process),
+        "service_cold": asdict(cold),
+        "service_warm": asdict(warm),
+    }
+
+
+def _cpu() -> str:
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[-1].split("\n", 1)[0].split()
+    wide = sorted(flag for flag in flags if flag.startswith(("avx512", "avx2", "amx")))
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    return f"{model}, {os.cpu_count()} CPUs, {' '.join(wide)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tempfile
+
+    from bench.random_checkpoint import cached_checkpoint
+
+    parser = argparse.ArgumentParser(prog="python -m bench.fresh_run", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("bench/fresh_run.json"))
+    parser.add_argument("--quick", action="store_true", help="the tiny model (a smoke run)")
+    parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2))
+    args = parser.parse_args(argv)
+    model_dir = cached_checkpoint("tiny" if args.quick else "full")
+    with tempfile.TemporaryDirectory() as scratch:
+        figures = three_starts(model_dir, args.threads, Path(scratch))
+    report = {
+        "model": "tiny random" if args.quick else "full-size architecture, random weights",
+        "prompt": PROMPT,
+        "tools": "the default tools (MCP time and fetch through uvx, code interpreter, plugins)",
+        "cpu": _cpu(),
+        "threads": args.threads,
+        "when": time.strftime("%Y-%m-%d"),
+        **figures,
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for name in ("in_process", "service_cold", "service_warm"):
+        run = figures[name]
+        shown = f"{run['first_output_s']:.2f} s" if run["first_output_s"] else run["error"]
+        print(f"{name:>12}: first output {shown}")
+    print(f"results written to {args.out}")
+    return 0
+
+
 def _llama_first_token(gguf: str, prompts: str, threads: int) -> None:
     from bench import llama_cpp
 
@@ -124,6 +201,8 @@ def _llama_first_token(gguf: str, prompts: str, threads: int) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["llama"] or len(sys.argv) != 5:
+    if sys.argv[1:2] != ["llama"]:
+        sys.exit(main())
+    if len(sys.argv) != 5:
         sys.exit("usage: python -m bench.fresh_run llama GGUF PROMPTS THREADS")
     _llama_first_token(sys.argv[2], sys.argv[3], int(sys.argv[4]))

@@ -109,7 +109,8 @@ def ask_on_terminal(name: str, arguments: dict[str, Any]) -> str:
 @service_options
 def chat(prompt: str | None, go_on: bool, resume: str | None, **flags: Any) -> int:
     """Talk with the agent, turn after turn (PROMPT or piped input: the first turn)."""
-    from agent.session import Conversation, open_session
+    from agent.service.client import open_session
+    from agent.session import Conversation
 
     first = read_prompt(prompt) if prompt or not sys.stdin.isatty() else None
     settings = settings_from(flags)

@@ -37,7 +37,8 @@ def run(prompt: str | None, as_json: bool, **flags: Any) -> int:
     input is the task too (after PROMPT: `cat notes.txt | agent run "Summarize this"`).
     """
     from agent.render import JsonLinesRenderer, TerminalRenderer
-    from agent.session import Conversation, open_session
+    from agent.service.client import open_session
+    from agent.session import Conversation
 
     text = read_prompt(prompt)
     settings = settings_from(flags)

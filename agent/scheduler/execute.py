@@ -54,7 +54,8 @@ class _Collector:
 
 def run_occurrence(ledger: Ledger, job: Job, at: float) -> Result:
     """Run `job`'s occurrence at `at`, which this process has started in the ledger."""
-    from agent.session import Conversation, open_session
+    from agent.service.client import open_session
+    from agent.session import Conversation
 
     settings = job_settings(job)
     history = ledger.history

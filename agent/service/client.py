@@ -38,7 +38,7 @@ from agent.service.protocol import (
     socket_path,
     start_lock_path,
 )
-from agent.session import Ask, Show, TurnResult
+from agent.session import Ask, Session, Show, TurnResult, open_local_session
 
 log = logging.getLogger("agent")
 
@@ -296,6 +296,20 @@ class ServiceSession:
         if reply is not None and reply["op"] == "error":
             raise ServiceError(str(reply.get("message")), int(reply.get("exit_code", 1)))
         return reply
+
+
+@contextlib.contextmanager
+def open_session(settings: Settings, ask: Ask | None = None) -> Iterator[Session]:
+    """The session for one command: the resident service's when it is on and answers, else
+    one in this process. `ask` is asked before the tool calls the approval policy names
+    (None: no approvals, as for `agent run` and jobs)."""
+    remote = connect_session(settings, ask) if settings.service != "off" else None
+    if remote is not None:
+        with contextlib.closing(remote):
+            yield remote
+        return
+    with open_local_session(settings, ask) as session:
+        yield session
 
 
 def connect_session(settings: Settings, ask: Ask | None) -> ServiceSession | None:
