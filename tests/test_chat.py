@@ -1,6 +1,7 @@
 """`agent chat` through a real pseudo-terminal: turns, Ctrl-C, Ctrl-D, commands, approval."""
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
@@ -62,12 +63,23 @@ def test_turns_ctrl_c_and_ctrl_d_against_a_model_server(tmp_path: Path) -> None:
     assert kernels() <= before  # Ctrl-D left no kernel behind
 
 
+@pytest.fixture(params=["off", "auto"])
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """In this process, or through the resident service (stopped when the test ends)."""
+    env = {"AGENT_SERVICE": request.param}
+    yield env
+    if request.param != "off":
+        agent_cli("service", "stop", home=tmp_path, env=env, timeout=60)
+
+
 @pytest.mark.slow
-def test_commands_and_approval(tmp_path: Path) -> None:
+def test_commands_and_approval(tmp_path: Path, service: dict[str, str]) -> None:
+    """Our commands, and a tool call asked about and refused (through the resident service
+    too: the question and the answer cross its socket)."""
     replies = [("", call("code_interpreter", {"code": "print('ran')"})), ("", "Refused, fine.")]
     with StubOpenAIServer(replies) as server:
         args = ["--model-server", server.url, "--mcp-config", str(empty_mcp_config(tmp_path))]
-        chat = ChatTerminal(*args, home=tmp_path)  # the default: ask before code
+        chat = ChatTerminal(*args, home=tmp_path, env=service)  # the default: ask before code
         assert "/reset" in chat.turn("/help", "Ctrl-D leaves")
         assert "code_interpreter" in chat.turn("/tools", "calculator")
         chat.turn("/nope", "unknown command /nope")

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 
 ON = {"AGENT_SERVICE": "auto"}
 SLOW_TOOL = '''
+import os
 import time
 
 from agent.plugins import tool
@@ -39,12 +40,12 @@ from agent.plugins import tool
 
 @tool
 def slow(note: str) -> str:
-    """Wait a minute.
+    """Wait a while.
 
     Args:
         note: anything
     """
-    time.sleep(60)
+    time.sleep(float(os.environ.get("SLOW_TOOL_S", "60")))
     return "waited"
 '''
 LIGHT_CLIENT = """
@@ -432,3 +433,46 @@ def test_a_scheduled_job_through_the_service_loads_the_model_once(
     assert log.count("loaded ") == 1, log
     runs = agent_cli("runs", "list", "--json", home=service_home, env=ON)
     assert [json.loads(line)["status"] for line in runs.stdout.splitlines()] == ["answered"] * 2
+
+
+def test_a_second_client_is_told_it_waits_then_served(
+    tiny_gptq: Path, service_home: Path, slow_tool: Path
+) -> None:
+    """Two runs at once: the second is told it waits for the model, then runs."""
+    first = subprocess.Popen(
+        slow_run_argv(tiny_gptq, slow_tool),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=agent_env(service_home, {**ON, "SLOW_TOOL_S": "5"}),  # the service gets this one
+    )
+    read_until(first, "tool_call")
+    second = agent_cli(
+        "run", "--no-tools", "--model", str(tiny_gptq), "--max-new-tokens", "4", "hi",
+        home=service_home, env=ON,
+    )  # fmt: skip
+    out, _ = first.communicate(timeout=120)
+    assert first.returncode == 0 and json.loads(out.splitlines()[-1])["status"] == "answered"
+    assert second.returncode == 0, second.stderr
+    assert "another run has the model; waiting" in second.stderr
+    assert len(service_pids(service_home)) == 1
+
+
+def test_a_service_leaves_a_successors_socket_alone(tmp_path: Path) -> None:
+    """At exit a service removes its socket only if it is still the one it made (by inode):
+    a successor's socket at the same path stays."""
+    from agent.service.server import _remove_if_ours
+
+    path = tmp_path / "service.sock"
+    mine = socket.socket(socket.AF_UNIX)
+    mine.bind(str(path))
+    inode = path.stat().st_ino
+    path.unlink()
+    successor = socket.socket(socket.AF_UNIX)
+    successor.bind(str(path))
+    _remove_if_ours(path, inode)
+    assert path.exists()
+    _remove_if_ours(path, path.stat().st_ino)
+    assert not path.exists()
+    mine.close()
+    successor.close()

@@ -68,12 +68,28 @@ class Service:
         self.sessions = 0  # connections with a session open: the service is not idle
         self.turns: dict[int, RunningTurn] = {}
         self.model_lock = threading.Lock()  # one model call at a time: loads and turns
-        from agent.service.pool import MCPPool  # the MCP SDK: after the socket listens
-
-        self.pool = MCPPool(agent_home() / "logs" / "mcp")
+        self._pool: Any = None
         self.stopping = threading.Event()
         self.open: set[Connection] = set()
         self._lock = threading.Lock()
+
+    @property
+    def pool(self) -> Any:
+        """The MCP servers (`MCPPool`), made on first use: the MCP SDK's import is not in the
+        way of the first `hello`."""
+        with self._lock:
+            if self._pool is None:
+                from agent.service.pool import MCPPool
+
+                self._pool = MCPPool(agent_home() / "logs" / "mcp")
+            return self._pool
+
+    def stop_mcp_servers(self) -> None:
+        """Stop the pooled MCP servers, if any started."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def touch(self, connections: int = 0, sessions: int = 0) -> None:
         """A connection or session came (+1) or went (-1), or a request came (0)."""
@@ -372,6 +388,16 @@ def _remove_if_ours(path: Path, inode: int) -> None:
             path.unlink()
 
 
+def _import_the_model_stack() -> None:
+    """Import what the first session needs (torch, Qwen-Agent, the MCP SDK: ~2 s) while the
+    first client says hello and sends its request."""
+    import agent.backends.local  # noqa: F401
+    import agent.service.pool  # noqa: F401
+    import agent.session  # noqa: F401
+    import agent.tools.code_interpreter  # noqa: F401
+    import agent.tools.toolset  # noqa: F401
+
+
 def serve() -> int:
     """Run the service until it is idle long enough or asked to stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -385,6 +411,7 @@ def serve() -> int:
     private_dir(path.parent)
     listener, inode = _listen(path)
     service = Service(settings.service_idle, settings.service_memory_mb << 20)
+    threading.Thread(target=_import_the_model_stack, daemon=True).start()
     log.info(
         "agent service %s (build %s) pid %d listening on %s; exits after %g s idle",
         __version__,
@@ -409,7 +436,7 @@ def serve() -> int:
         _remove_if_ours(path, inode)
         listener.close()
         service.end_connections(wait_s=10.0)
-        service.pool.close()
+        service.stop_mcp_servers()
         log.info("agent service stopped")
         lock.close()
     return 0
