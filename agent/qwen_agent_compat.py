@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -164,10 +165,13 @@ class _ApplyOnFirstImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             self._real.exec_module(module)
             import qwen_agent.agents  # noqa: F401  (installs handlers as a side effect)
             import qwen_agent.tools  # noqa: F401
-        for sig, handler in saved.items():
-            if handler is not None:
-                signal.signal(sig, handler)
         set_debug(False)
+        # Handlers can be set from the main thread only (Qwen-Agent's own attempt fails quietly
+        # elsewhere, as when the resident service imports it in a worker thread).
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in saved.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
 
 
 def install() -> None:

@@ -120,13 +120,16 @@ def open_local_session(
     ask: Ask | None = None,
     environ: Mapping[str, str] | None = None,
     mcp: Any = None,
+    kernels: Any = None,
 ) -> Iterator[LocalSession]:
     """Load the model while the tools start (the servers' environment from `environ`, else
-    this process's; MCP connections from the `mcp` pool, else started for this session)."""
+    this process's; MCP connections from the `mcp` pool, else started for this session; the
+    code interpreter's kernel from the `kernels` spares, else started on its first call)."""
     from agent.loop.assistant import build_llm
     from agent.tools.toolset import open_tools_while
 
-    with open_tools_while(lambda: build_llm(settings), settings, environ, mcp) as (llm, toolset):
+    loading = open_tools_while(lambda: build_llm(settings), settings, environ, mcp, kernels)
+    with loading as (llm, toolset):
         yield LocalSession(settings, llm, toolset, ask)
 
 

@@ -145,3 +145,30 @@ def test_a_kernel_started_from_a_thread_outlives_that_thread(tmp_path: Path) -> 
     finally:
         tool.close()
     assert (outcome.ok, outcome.content.strip()) == (True, "42")
+
+
+def test_a_spare_kernel_goes_to_one_interpreter_and_shares_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resident service's spares: each interpreter gets its own already-started kernel,
+    in a work directory of its own, and a fresh spare takes its place; nothing one ran is
+    seen by the next."""
+    from agent.tools.code_interpreter import KernelSpares
+
+    monkeypatch.setenv("AGENT_HOME", str(tmp_path / "home"))
+    spares = KernelSpares()
+    first = CodeInterpreter(tmp_path / "first", spares=spares)
+    second = CodeInterpreter(tmp_path / "second", spares=spares)
+    try:
+        assert run(first, "x = 41; open('mine.txt', 'w').write('1')").ok
+        alone = run(second, "import os; print('x' in globals(), os.listdir('.'))")
+        assert (alone.ok, alone.content.strip()) == (True, "False []")
+        assert first.work_dir != second.work_dir
+        assert first.work_dir.parent.parent == tmp_path / "home" / "runs"
+        assert (first.work_dir / "mine.txt").exists()
+        assert run(first, "print(x + 1)").content.strip() == "42"
+    finally:
+        first.close()
+        second.close()
+        spares.close()
+    assert spares.ready() == 0

@@ -59,3 +59,28 @@ def test_a_deferred_backend_is_the_real_one_when_asked_for() -> None:
         "TextChatAtOAI",
         "module 'qwen_agent.llm' has no attribute 'NoSuchBackend'",
     ]
+
+
+def test_qwen_agent_is_imported_on_first_use_with_the_workarounds_in_any_thread() -> None:
+    """`import agent` leaves Qwen-Agent alone; its first import, even in a worker thread (as
+    the resident service does it), quiets its logs, moves its workspace and keeps our Ctrl-C."""
+    out = run_fresh(
+        """
+        import logging, os, signal, sys, threading
+        import agent
+        print("qwen_agent" in sys.modules)
+        errors = []
+        def load():
+            try:
+                import agent.backends.local
+            except BaseException as exc:
+                errors.append(repr(exc))
+        worker = threading.Thread(target=load)
+        worker.start()
+        worker.join()
+        print(errors, logging.getLogger("qwen_agent_logger").level)
+        print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        print(os.environ["QWEN_AGENT_DEFAULT_WORKSPACE"].endswith("qwen-agent-workspace"))
+        """
+    )
+    assert out.split() == ["False", "[]", "40", "True", "True"]

@@ -476,3 +476,56 @@ def test_a_service_leaves_a_successors_socket_alone(tmp_path: Path) -> None:
     assert not path.exists()
     mine.close()
     successor.close()
+
+
+def test_a_known_tool_list_does_not_wait_for_its_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server seen before: its tools are offered at once while it starts, and a call waits
+    for it; one that then fails to start makes that call's error, not a hang."""
+    from agent.config import load_settings
+    from agent.errors import ToolError
+    from agent.service.pool import MCPPool
+
+    monkeypatch.setenv("AGENT_HOME", str(tmp_path / "home"))
+    gate, broken = tmp_path / "go", tmp_path / "broken"
+    server = tmp_path / "gated_server.py"
+    server.write_text(
+        "import pathlib, sys, time\n"
+        f"gate, broken = pathlib.Path({str(gate)!r}), pathlib.Path({str(broken)!r})\n"
+        "if broken.exists():\n    sys.exit(3)\n"
+        "while not gate.exists():\n    time.sleep(0.05)\n"
+        "from mcp.server.mcpserver import MCPServer\n"
+        "server = MCPServer('gated')\n"
+        "@server.tool()\ndef hello() -> str:\n    return 'hi there'\n"
+        "server.run()\n"
+    )
+    config = tmp_path / "mcp.json"
+    config.write_text(
+        json.dumps({"mcpServers": {"gated": {"command": sys.executable, "args": [str(server)]}}})
+    )
+    settings = load_settings({"mcp_config": config, "mcp_start_timeout": 30.0})
+    gate.touch()
+    first = MCPPool(tmp_path / "logs")
+    assert [t.name for t in first(settings, None, None, tmp_path).tools] == ["gated-hello"]
+    first.close()
+
+    gate.unlink()  # the server now waits at its start until the gate opens
+    later = MCPPool(tmp_path / "logs")
+    try:
+        tools = later(settings, None, None, tmp_path).tools
+        assert [t.name for t in tools] == ["gated-hello"] and later.states() == []
+        gate.touch()
+        assert tools[0].call({}) == "hi there"
+        assert [s["state"] for s in later.states()] == ["running"]
+    finally:
+        later.close()
+
+    broken.touch()
+    failing = MCPPool(tmp_path / "logs")
+    try:
+        tools = failing(settings, None, None, tmp_path).tools
+        with pytest.raises(ToolError, match="did not start"):
+            tools[0].call({})
+    finally:
+        failing.close()

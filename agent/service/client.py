@@ -350,6 +350,8 @@ def describe(status: dict[str, Any]) -> str:
             f"MCP server {server['name']}: {server['state']}, {server['tools']} tools "
             f"({server['command']})"
         )
+    if status.get("spare_kernels"):
+        lines.append(f"spare code interpreter kernels: {status['spare_kernels']}")
     for run in status.get("runs", []):
         lines.append(
             f"run for pid {run['client_pid']}, {run['running_s']} s: {run['prompt'][:60]!r}"

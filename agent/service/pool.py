@@ -5,20 +5,28 @@ client's, see `server_environment`), URL and timeouts: two clients with the same
 it, a client with another `PATH` or proxy gets its own. A server found dead is started again;
 one that fails to start is not kept (the next run tries again). Runs never stop pooled
 servers; the service stops them all when it exits.
+
+Each server's tool list is also kept on disk (`cache/mcp-tools/`). A server that is not
+running but whose list is known is started in the background: the run's prompt is built from
+the list at once, and a call to one of its tools waits for the server (a failed start is that
+call's error result). So a cold service does not wait for `uvx` before the model's first token.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.config import Settings
+from agent.errors import ToolError
+from agent.paths import cache_dir, write_atomically
 from agent.tools.mcp_tools import (
     MCPConnections,
     MCPServerSpec,
@@ -48,6 +56,8 @@ class MCPPool:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self._servers: dict[str, tuple[MCPServerSpec, MCPConnections]] = {}
+        self._starting: dict[str, Future[MCPConnections]] = {}
+        self._starter = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mcp-start")
         self._lock = threading.Lock()
 
     def __call__(
@@ -57,35 +67,72 @@ class MCPPool:
         environ: Mapping[str, str] | None,
         log_dir: Path,
     ) -> PooledTools:
-        """The tools of `settings.mcp_config`'s servers (those in `only`), from running servers
-        where there are, starting the others in parallel."""
+        """The tools of `settings.mcp_config`'s servers (those in `only`): running servers',
+        known lists' (their servers starting in the background), and the rest started now in
+        parallel."""
         specs = [s for s in load_mcp_config(settings.mcp_config) if only is None or s.name in only]
         keys = [_key(spec, settings, environ) for spec in specs]
+        result = PooledTools()
         with self._lock:
             for key in keys:
                 if key in self._servers and not self._servers[key][1].alive:
                     log.warning("MCP server %s had stopped; starting it again", key[:80])
                     self._servers.pop(key)[1].close()
-            missing = [(k, s) for k, s in zip(keys, specs, strict=True) if k not in self._servers]
-            with ThreadPoolExecutor(max_workers=max(len(missing), 1)) as starters:
-                started = list(
-                    starters.map(lambda item: self._start(item[1], settings, environ), missing)
-                )
-            result = PooledTools()
-            for (key, spec), connections in zip(missing, started, strict=True):
-                if connections.failures:
-                    result.failures.update(connections.failures)
-                    connections.close()
-                else:
-                    self._servers[key] = (spec, connections)
-            for key in keys:
+            waiting: list[Future[MCPConnections]] = []
+            for key, spec in zip(keys, specs, strict=True):
                 if key in self._servers:
-                    result.tools.extend(self._servers[key][1].tools)
+                    continue
+                if key not in self._starting:
+                    self._starting[key] = self._starter.submit(
+                        self._start, key, spec, settings, environ
+                    )
+                if _known_tools(key) is None:
+                    waiting.append(self._starting[key])
+        for pending in waiting:  # no list known: this run waits for the server
+            connections = pending.result()
+            if connections.failures:
+                result.failures.update(connections.failures)
+        for key in keys:
+            with self._lock:
+                running = self._servers.get(key)
+                later = self._starting.get(key)
+            if running is not None:
+                result.tools.extend(running[1].tools)
+            elif later is not None and (known := _known_tools(key)) is not None:
+                result.tools.extend(self._deferred(known, later))
         return result
 
+    def _deferred(
+        self, known: list[dict[str, Any]], starting: Future[MCPConnections]
+    ) -> list[MCPTool]:
+        """Tools from a known list whose calls wait for the server to have started."""
+
+        def invoker(name: str) -> Any:
+            def invoke(arguments: dict[str, Any]) -> str:
+                connections = starting.result()
+                if connections.failures:
+                    reason = "; ".join(connections.failures.values())
+                    raise ToolError(f"{name}: the MCP server did not start: {reason}")
+                for tool in connections.tools:
+                    if tool.name == name:
+                        return tool.call(arguments)
+                raise ToolError(f"{name}: the MCP server no longer offers this tool")
+
+            return invoke
+
+        return [
+            MCPTool(t["name"], t["description"], t["parameters"], invoker(t["name"]), t["server"])
+            for t in known
+        ]
+
     def _start(
-        self, spec: MCPServerSpec, settings: Settings, environ: Mapping[str, str] | None
+        self,
+        key: str,
+        spec: MCPServerSpec,
+        settings: Settings,
+        environ: Mapping[str, str] | None,
     ) -> MCPConnections:
+        """Start one server; kept (and its tool list written) if it started."""
         connections = MCPConnections(
             [spec],
             start_timeout=settings.mcp_start_timeout,
@@ -93,7 +140,20 @@ class MCPPool:
             log_dir=self.log_dir,
             environ=environ,
         )
-        return connections.start()
+        try:
+            connections.start()
+        except Exception as exc:  # start() reports failures; anything else is one too
+            connections.failures[spec.name] = f"{spec.name}: {type(exc).__name__}: {exc}"
+        with self._lock:
+            self._starting.pop(key, None)
+            if connections.failures:
+                log.warning("MCP server %s", "; ".join(connections.failures.values()))
+                connections.close()
+            else:
+                self._servers[key] = (spec, connections)
+        if not connections.failures:
+            _remember_tools(key, connections.tools)
+        return connections
 
     def states(self) -> list[dict[str, Any]]:
         """Each server: its name, command and whether it runs."""
@@ -110,7 +170,8 @@ class MCPPool:
         ]
 
     def close(self) -> None:
-        """Stop every server."""
+        """Stop every server (those still starting once they have)."""
+        self._starter.shutdown(wait=True)
         with self._lock:
             servers, self._servers = list(self._servers.values()), {}
         for _, connections in servers:
@@ -132,3 +193,24 @@ def _key(spec: MCPServerSpec, settings: Settings, environ: Mapping[str, str] | N
         ],
         sort_keys=True,
     )
+
+
+def _tools_file(key: str) -> Path:
+    return cache_dir() / "mcp-tools" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def _known_tools(key: str) -> list[dict[str, Any]] | None:
+    """The tool list a server of this config offered last time; None if never seen."""
+    try:
+        known = json.loads(_tools_file(key).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return known if isinstance(known, list) else None
+
+
+def _remember_tools(key: str, tools: list[MCPTool]) -> None:
+    fields = ("name", "description", "parameters", "server")
+    listed = [{name: getattr(tool, name) for name in fields} for tool in tools]
+    path = _tools_file(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, json.dumps(listed, ensure_ascii=False))

@@ -69,6 +69,7 @@ class Service:
         self.turns: dict[int, RunningTurn] = {}
         self.model_lock = threading.Lock()  # one model call at a time: loads and turns
         self._pool: Any = None
+        self._kernels: Any = None
         self.stopping = threading.Event()
         self.open: set[Connection] = set()
         self._lock = threading.Lock()
@@ -84,12 +85,25 @@ class Service:
                 self._pool = MCPPool(agent_home() / "logs" / "mcp")
             return self._pool
 
-    def stop_mcp_servers(self) -> None:
-        """Stop the pooled MCP servers, if any started."""
+    @property
+    def kernels(self) -> Any:
+        """The spare code interpreter kernels (`KernelSpares`), made on first use."""
+        with self._lock:
+            if self._kernels is None:
+                from agent.tools.code_interpreter import KernelSpares
+
+                self._kernels = KernelSpares()
+            return self._kernels
+
+    def stop_tools(self) -> None:
+        """Stop the pooled MCP servers and the spare kernels, if any started."""
         with self._lock:
             pool, self._pool = self._pool, None
+            kernels, self._kernels = self._kernels, None
         if pool is not None:
             pool.close()
+        if kernels is not None:
+            kernels.close()
 
     def touch(self, connections: int = 0, sessions: int = 0) -> None:
         """A connection or session came (+1) or went (-1), or a request came (0)."""
@@ -140,7 +154,8 @@ class Service:
                 }
                 for name, device, engine, loaded in loaded_models()
             ],
-            "mcp_servers": self.pool.states(),
+            "mcp_servers": self._pool.states() if self._pool is not None else [],
+            "spare_kernels": self._kernels.ready() if self._kernels is not None else 0,
             "runs": [
                 {
                     "client_pid": turn.client_pid,
@@ -266,7 +281,7 @@ class Connection:
         resources.callback(self.service.touch, sessions=-1)
         with self._model():
             self.session = resources.enter_context(
-                open_local_session(settings, ask, environ, self.service.pool)
+                open_local_session(settings, ask, environ, self.service.pool, self.service.kernels)
             )
             for name in unload_beyond(self.service.memory_bytes):
                 log.info("unloaded %s (over the service's memory budget)", name)
@@ -436,7 +451,7 @@ def serve() -> int:
         _remove_if_ours(path, inode)
         listener.close()
         service.end_connections(wait_s=10.0)
-        service.stop_mcp_servers()
+        service.stop_tools()
         log.info("agent service stopped")
         lock.close()
     return 0

@@ -16,10 +16,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -32,6 +33,7 @@ from qwen_agent.tools.base import BaseTool, register_tool
 
 from agent.config import Settings
 from agent.errors import ToolError
+from agent.paths import new_run_dir
 from agent.sandbox import detect as sb
 from agent.sandbox.limits import KernelLimits, kernel_limits
 
@@ -300,6 +302,74 @@ class _Output:
         return text
 
 
+@dataclass(frozen=True)
+class SpareKernel:
+    """A kernel started ahead of need, with the work directory it runs in."""
+
+    kernel: _Kernel
+    work_dir: Path
+
+
+def _start_spare(options: KernelOptions) -> SpareKernel:
+    run_dir = new_run_dir()
+    work_dir, log_dir = run_dir / "work", run_dir / "logs"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    sandbox = sb.detect(options.sandbox)
+    if not sandbox.isolated and not options.allow_unsafe:
+        raise ToolError("no sandbox works here: no spare kernel")
+    return SpareKernel(_Kernel(work_dir, options, sandbox, log_dir), work_dir)
+
+
+class KernelSpares:
+    """One kernel kept started per kernel config, for the resident service: each is handed to
+    exactly one interpreter (with its own fresh work directory), and another is started in its
+    place, so a run's first code call does not wait for a kernel. No state is shared: a spare
+    has run nothing before it is handed over."""
+
+    def __init__(self) -> None:
+        self._ready: dict[KernelOptions, Future[SpareKernel]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def prepare(self, options: KernelOptions) -> None:
+        """Start a spare for `options`, unless one is ready or starting."""
+        with self._lock:
+            if not self._closed and options not in self._ready:
+                self._ready[options] = _KERNEL_STARTER.submit(_start_spare, options)
+
+    def take(self, options: KernelOptions) -> SpareKernel | None:
+        """A started kernel for `options` (another is started in its place); None if none."""
+        with self._lock:
+            future = self._ready.pop(options, None)
+        self.prepare(options)
+        if future is None:
+            return None
+        try:
+            spare = future.result()
+        except Exception:  # it could not start: the caller starts one and says why
+            return None
+        if not spare.kernel.manager.is_alive():
+            spare.kernel.kill()
+            return None
+        return spare
+
+    def ready(self) -> int:
+        """How many spares are started and waiting."""
+        with self._lock:
+            futures = list(self._ready.values())
+        return sum(1 for f in futures if f.done() and f.exception() is None)
+
+    def close(self) -> None:
+        """Kill every spare (those starting, once started)."""
+        with self._lock:
+            self._closed = True
+            futures, self._ready = list(self._ready.values()), {}
+        for future in futures:
+            with contextlib.suppress(Exception):
+                future.result().kernel.kill()
+
+
 @register_tool("code_interpreter", allow_overwrite=True)
 class CodeInterpreter(BaseTool):
     """Runs Python code in one stateful, sandboxed Jupyter kernel per instance."""
@@ -320,6 +390,7 @@ class CodeInterpreter(BaseTool):
         image_limit: int = 5_000_000,
         options: KernelOptions | None = None,
         log_dir: Path | None = None,
+        spares: KernelSpares | None = None,
     ) -> None:
         super().__init__()
         self.work_dir = Path(work_dir).resolve()
@@ -329,6 +400,9 @@ class CodeInterpreter(BaseTool):
         self.options = options or KernelOptions()
         self.log_dir = log_dir  # the kernel's stderr goes to kernel.log there (else ours)
         self._kernel: _Kernel | None = None
+        self._spares = spares  # the resident service's kernels started ahead of need
+        if spares is not None:
+            spares.prepare(self.options)
         # Finding the sandbox runs a probe or two (~0.3 s): started now, beside the model's
         # load, so the run's header (which names the sandbox) does not wait for it.
         self._sandbox = _KERNEL_STARTER.submit(sb.detect, self.options.sandbox)
@@ -385,6 +459,10 @@ class CodeInterpreter(BaseTool):
                     "the user can allow unsafe code with --unsafe-code or "
                     "unsafe_code = true in config.toml"
                 )
+            spare = self._spares.take(self.options) if self._spares is not None else None
+            if spare is not None:
+                self._kernel, self.work_dir = spare.kernel, spare.work_dir
+                return spare.kernel
             self.work_dir.mkdir(parents=True, exist_ok=True)
             start = _KERNEL_STARTER.submit(
                 _Kernel, self.work_dir, self.options, sandbox, self.log_dir

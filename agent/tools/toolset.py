@@ -9,13 +9,16 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qwen_agent.tools.base import BaseTool
 
 from agent.config import Settings
 from agent.errors import PluginError, UnknownToolError
 from agent.paths import new_run_dir
+
+if TYPE_CHECKING:
+    from agent.tools.code_interpreter import KernelSpares
 
 log = logging.getLogger("agent")
 
@@ -117,9 +120,11 @@ def open_toolset(
     log_dir: Path,
     environ: Mapping[str, str] | None = None,
     mcp: MCPSource | None = None,
+    kernels: KernelSpares | None = None,
 ) -> Toolset:
     """The selected tools for one run: plugins, the code interpreter, the MCP servers needed
-    (started with `environ`, else this process's environment; from `mcp`, else started now).
+    (started with `environ`, else this process's environment; from `mcp`, else started now;
+    the kernel from `kernels`' spares where there is one).
 
     Plugin problems are one-line `problems` (`PluginError` with `strict_tools`); a selection
     naming no tool is a `UnknownToolError`; no selection means every tool.
@@ -139,6 +144,7 @@ def open_toolset(
             image_limit=settings.code_image_limit,
             options=kernel_options(settings),
             log_dir=log_dir,
+            spares=kernels,
         )
         toolset._closers.append(interpreter.close)
         only = None if settings.tools is None else _server_names(settings.tools)
@@ -169,10 +175,11 @@ def open_tools(
     run_dir: Path,
     environ: Mapping[str, str] | None = None,
     mcp: MCPSource | None = None,
+    kernels: KernelSpares | None = None,
 ) -> Toolset:
     """The run's toolset; each tool that did not load is one warning line."""
     toolset = open_toolset(
-        settings, work_dir=run_dir / "work", log_dir=run_dir / "logs", environ=environ, mcp=mcp
+        settings, run_dir / "work", run_dir / "logs", environ=environ, mcp=mcp, kernels=kernels
     )
     for problem in toolset.problems:
         log.warning("warning: %s", problem)
@@ -185,10 +192,11 @@ def open_tools_while(
     settings: Settings,
     environ: Mapping[str, str] | None = None,
     mcp: MCPSource | None = None,
+    kernels: KernelSpares | None = None,
 ) -> Iterator[tuple[Any, Toolset]]:
     """Start the tools in the background while `load` runs (the model load); close them after."""
     with ThreadPoolExecutor(max_workers=1) as pool:
-        opening = pool.submit(open_tools, settings, new_run_dir(), environ, mcp)
+        opening = pool.submit(open_tools, settings, new_run_dir(), environ, mcp, kernels)
         try:
             loaded = load()
         except BaseException:
