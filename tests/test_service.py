@@ -529,3 +529,14 @@ def test_a_known_tool_list_does_not_wait_for_its_server(
             tools[0].call({})
     finally:
         failing.close()
+
+
+def test_a_model_still_to_download_loads_in_the_command_itself(service_home: Path) -> None:
+    """A hub model not downloaded yet is fetched by the command (its progress shows in the
+    user's terminal, not in the service's log); here offline: the usual one-line error."""
+    done = agent_cli(
+        "run", "--no-tools", "--model", "nobody/no-such-model", "hi",
+        home=service_home, env={**ON, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 2 and "no-such-model" in done.stderr.splitlines()[-1]
+    assert "Traceback" not in done.stderr and service_pids(service_home) == []

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from agent.config import Settings
@@ -303,13 +304,30 @@ def open_session(settings: Settings, ask: Ask | None = None) -> Iterator[Session
     """The session for one command: the resident service's when it is on and answers, else
     one in this process. `ask` is asked before the tool calls the approval policy names
     (None: no approvals, as for `agent run` and jobs)."""
-    remote = connect_session(settings, ask) if settings.service != "off" else None
+    remote = None
+    if settings.service == "required" or (settings.service == "auto" and not _download(settings)):
+        remote = connect_session(settings, ask)
     if remote is not None:
         with contextlib.closing(remote):
             yield remote
         return
     with open_local_session(settings, ask) as session:
         yield session
+
+
+def _download(settings: Settings) -> bool:
+    """Whether the model must first come from the hub: the download's progress is shown only
+    by a command that loads the model itself, so that run is in-process (the next use the
+    service)."""
+    if settings.model_server or Path(settings.model).expanduser().is_dir():
+        return False
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    snapshots = Path(HF_HUB_CACHE) / f"models--{settings.model.replace('/', '--')}" / "snapshots"
+    if any(snapshots.glob("*/config.json")):
+        return False
+    log.info("note: %s is downloaded first; this run is in this process", settings.model)
+    return True
 
 
 def connect_session(settings: Settings, ask: Ask | None) -> ServiceSession | None:
