@@ -319,6 +319,13 @@ class Settings:
         20_000, "characters of a tool result the model sees", bounds=Bounds(low=0, low_open=True)
     )
     system_prompt: str = setting("You are a helpful assistant.", "the system prompt")
+    compact_at: float = setting(
+        0.8,
+        "share of the context window at which older turns are compacted into a summary the "
+        "model writes (and, inside a run, older tool results cut)",
+        env=True,
+        bounds=Bounds(low=0, high=1, low_open=True),
+    )
     history: Path = setting(
         factory=history_file,
         help="the run history database (SQLite); default history.sqlite3 in the data directory",

@@ -66,9 +66,10 @@ class ToolResult(Event):
     type: ClassVar[str] = "tool_result"
     call_id: str
     name: str
-    content: str
+    content: str  # what the model read
     ok: bool
     duration_s: float | None
+    uncut: str | None = None  # the whole result, where the model read it cut
 
 
 @dataclass(frozen=True)
@@ -80,16 +81,20 @@ class Answer(Event):
 @dataclass(frozen=True)
 class RunFinished(Event):
     type: ClassVar[str] = "run_finished"
-    status: str  # "answered", "no_answer", "error", "cancelled" or "timed_out"
+    status: str  # "answered", "no_answer", "error", "cancelled", "timed_out" or "interrupted"
     usage: dict[str, int]
     timings: dict[str, float]
+    # How full the context window is for the next turn: tokens, window, percent.
+    context: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Notice(Event):
     """The tool loop stepped in: `step_limit` (tools turned off for a final answer),
     `no_answer` (the model gave none even then), `cancelled` (the user stopped the answer),
-    `context` (old turns left out) or `time_limit` (a job's run stopped at its time limit)."""
+    `context` (old turns left out), `compacted` (older turns replaced by a summary the model
+    wrote, or older tool results cut), `waiting` (another run has the model) or `time_limit`
+    (a job's run stopped at its time limit)."""
 
     type: ClassVar[str] = "notice"
     kind: str

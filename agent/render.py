@@ -163,4 +163,6 @@ class TerminalRenderer:
                 f"{event.usage.get('prompt_tokens', 0)} prompt / "
                 f"{event.usage.get('completion_tokens', 0)} generated tokens"
             )
+        if event.context:
+            parts.append(f"context {event.context.get('percent', 0)} %")
         self.err.print(RichText(" · ".join(parts), style="dim"))

@@ -14,14 +14,14 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import CONTEXT_TOKENS, Settings
-from agent.events import Event, Notice
+from agent.events import Event, Notice, RunFinished
 from agent.history.recorder import RunRecorder
 from agent.history.store import History
-from agent.render import Tee
+from agent.render import Renderer, Tee
 
 if TYPE_CHECKING:
     from agent.loop.assistant import AgentAssistant
@@ -73,6 +73,7 @@ class LocalSession:
         self.assistant: AgentAssistant = build_assistant(settings, llm, toolset, hooks)
         self.info = run_info(settings, toolset)
         self.reserve = reserve_for(settings, toolset)
+        self.assistant.context_budget = int(settings.compact_at * CONTEXT_TOKENS) - self.reserve
         self.tool_names = [tool.name for tool in toolset.tools]
 
     def turn(
@@ -83,14 +84,29 @@ class LocalSession:
         stop: threading.Event | None = None,
     ) -> TurnResult:
         """Run one turn; `stop` set (by the service, for a client that cancelled or left)
-        cancels it as Ctrl-C does, interrupting a running tool."""
-        from agent.loop.context import check_prompt_fits, message_tokens, trim_turns
+        cancels it as Ctrl-C does, interrupting a running tool. Past `compact_at` of the
+        window, the older turns are first compacted into a summary the model writes."""
+        from agent.loop.compaction import compact_turns, conversation_tokens
+        from agent.loop.context import check_prompt_fits, trim_turns
         from agent.loop.runner import run_events, show_run
 
-        sent, dropped = trim_turns(messages, self.reserve)
-        check_prompt_fits(sum(message_tokens(m) for m in sent), self.reserve)
+        compaction = compact_turns(messages, self.reserve, self.settings.compact_at, self.summarize)
+        notices = []
+        if compaction.compacted_turns:
+            turns = compaction.compacted_turns
+            notices.append(
+                Notice(
+                    kind="compacted",
+                    message=f"the {turns} oldest turn{'s' if turns > 1 else ''} "
+                    f"({compaction.compacted_tokens:,} tokens) compacted into a summary the "
+                    f"model wrote, to stay under {self.settings.compact_at:.0%} of the "
+                    f"{CONTEXT_TOKENS:,}-token context: {compaction.summary}",
+                )
+            )
+        sent, dropped = trim_turns(compaction.messages, self.reserve)
+        check_prompt_fits(conversation_tokens(sent), self.reserve)
         if dropped:
-            show(
+            notices.append(
                 Notice(
                     kind="context",
                     message=f"the {dropped} oldest turn{'s' if dropped > 1 else ''} dropped to "
@@ -106,9 +122,31 @@ class LocalSession:
             time_limit_s=time_limit_s,
             stop=stop,
             on_stop=self.toolset.interrupt,
+            notices=notices,
         )
-        status = show_run(events, show)
+        status = show_run(events, _ContextLevel(show, self.fixed_tokens, sent, added).show)
         return TurnResult(status, sent, added)
+
+    @property
+    def fixed_tokens(self) -> int:
+        """The tokens every prompt has besides the conversation: system prompt, tool schemas."""
+        return self.reserve - min(self.settings.max_new_tokens, CONTEXT_TOKENS // 4)
+
+    def summarize(self, transcript: str) -> str:
+        """The model's summary of a transcript (thinking dropped)."""
+        from agent.loop.compaction import SUMMARY_PROMPT
+        from agent.loop.runner import without_thinking
+
+        request = [
+            {"role": "system", "content": SUMMARY_PROMPT},
+            {"role": "user", "content": transcript},
+        ]
+        content: Any = ""
+        for replies in self.assistant.llm.chat(messages=request, stream=True):  # the runs' path
+            if replies:
+                last = replies[-1]
+                content = last.get("content") if isinstance(last, dict) else last.content
+        return str(without_thinking({"content": content or ""})["content"])
 
     def close(self) -> None:
         self.toolset.close()
@@ -133,6 +171,32 @@ def open_local_session(
         yield LocalSession(settings, llm, toolset, ask)
 
 
+class _ContextLevel:
+    """Passes events on; `run_finished` gets how full the window is for the next turn."""
+
+    def __init__(
+        self,
+        show: Show,
+        fixed: int,
+        sent: list[dict[str, Any]],
+        added: list[dict[str, Any]],
+    ) -> None:
+        self._show, self._fixed, self._sent, self._added = show, fixed, sent, added
+
+    def show(self, event: Event) -> None:
+        if isinstance(event, RunFinished):
+            from agent.loop.compaction import conversation_tokens
+
+            used = self._fixed + conversation_tokens([*self._sent, *self._added])
+            level = {
+                "tokens": used,
+                "window": CONTEXT_TOKENS,
+                "percent": round(100 * used / CONTEXT_TOKENS),
+            }
+            event = replace(event, context=level)
+        self._show(event)
+
+
 class Conversation:
     """The messages so far and where they are recorded: what a run, a chat or a job keeps
     between turns."""
@@ -152,6 +216,7 @@ class Conversation:
         self.history = history
         self.kind = kind
         self.messages: list[dict[str, Any]] = list(messages or [])
+        self.context: dict[str, int] = {}  # the last run's context level (`/context`)
         self.recorder = recorder
         if history is not None and recorder is None:
             conversation = conversation or history.new_conversation(kind)
@@ -164,7 +229,10 @@ class Conversation:
 
     def turn(self, text: str, show: Show, time_limit_s: float | None = None) -> str:
         """Run one user turn, showing and recording its events; the run's status."""
-        shown = Tee(self.recorder, _Renderer(show)).show if self.recorder else show
+        renderers: list[Renderer] = [_Renderer(self._keep_level), _Renderer(show)]
+        if self.recorder is not None:
+            renderers.insert(0, self.recorder)
+        shown = Tee(*renderers).show
         result = self.session.turn(
             [*self.messages, {"role": "user", "content": text}], shown, time_limit_s
         )
@@ -173,9 +241,14 @@ class Conversation:
             self.history.set_messages(self.recorder.run, result.added)
         return result.status
 
+    def _keep_level(self, event: Event) -> None:
+        if isinstance(event, RunFinished) and event.context:
+            self.context = dict(event.context)
+
     def reset(self) -> None:
         """Forget the conversation: the next turn starts a new one (in the history too)."""
         self.messages = []
+        self.context = {}
         if self.history is not None:
             self.recorder = RunRecorder(
                 self.history, self.history.new_conversation(self.kind), self.settings

@@ -477,8 +477,10 @@ def test_long_results_are_cut_with_a_marker(tmp_path: Path, tools_dir: Path) -> 
         outcome = invoke_tool(toolset.get("huge"), '{"size": 25000}', limit=20_000)
     assert outcome.ok
     assert outcome.content == "x" * 20_000 + (
-        "\n[... 5000 more characters cut: tool results are limited to 20000 characters]"
+        "\n[... 5000 more characters cut: tool results are limited to 20000 characters; "
+        "the whole result is kept in the run history]"
     )
+    assert outcome.uncut == "x" * 25_000
 
 
 # --- selection ---------------------------------------------------------------------------------

@@ -30,11 +30,12 @@ if TYPE_CHECKING:
     from agent.session import Conversation
 
 HELP = """\
-commands: /help  /tools  /reset (forget the conversation)  /save FILE (as Markdown)  /exit
+commands: /help  /tools  /context (how full the model's window is)  /reset (forget the
+          conversation)  /save FILE (as Markdown)  /exit
 keys: Enter sends · Alt+Enter or Ctrl-J: a new line · Up/Down and Ctrl-R: what you typed before
       Ctrl-C stops the answer (at an empty prompt: leaves) · Ctrl-D leaves
 /think and /no_think in a message switch the model's thinking for that turn"""
-OUR_COMMANDS = ("/help", "/tools", "/reset", "/save", "/exit", "/quit")
+OUR_COMMANDS = ("/help", "/tools", "/context", "/reset", "/save", "/exit", "/quit")
 
 
 class LineInput:
@@ -171,12 +172,26 @@ def _command(text: str, talk: Conversation) -> bool:
         print(HELP, file=sys.stderr)
     elif name == "/tools":
         print(", ".join(talk.session.tool_names) or "no tools", file=sys.stderr)
+    elif name == "/context":
+        print(context_line(talk), file=sys.stderr)
     elif name == "/reset":
         talk.reset()
         print("conversation forgotten; the code interpreter keeps its state", file=sys.stderr)
     elif name == "/save":
         _save(talk.messages, words[1] if len(words) > 1 else "")
     return True
+
+
+def context_line(talk: Conversation) -> str:
+    """`/context`: how full the window was after the last turn, and when it is compacted."""
+    at = f"older turns are compacted into a summary at {talk.settings.compact_at:.0%}"
+    if not talk.context:
+        return f"context: nothing yet this conversation; {at}"
+    level = talk.context
+    return (
+        f"context: {level['tokens']:,} of {level['window']:,} tokens ({level['percent']} %) "
+        f"after the last turn; {at}"
+    )
 
 
 def _save(messages: list[dict[str, Any]], where: str) -> None:

@@ -127,6 +127,7 @@ class AgentAssistant(Assistant):
         self.max_steps = max_steps
         self.max_repeats = max_repeats
         self.require_tool = require_tool
+        self.context_budget: int | None = None  # tokens the messages may take (older results cut)
 
     def _run(
         self, messages: list[Message], lang: str = "en", **kwargs: Any
@@ -143,6 +144,7 @@ class AgentAssistant(Assistant):
                     "step_limit",
                     f"{self.max_steps} tool steps used; the model must answer now, tools off",
                 )
+            self._keep_within_budget(messages)
             output: list[Message] = []
             for output in self._call_llm(
                 messages=messages,
@@ -187,6 +189,19 @@ class AgentAssistant(Assistant):
         elif step == 0 and self.require_tool:
             cfg[TOOL_CHOICE_KEY] = REQUIRED
         return cfg
+
+    def _keep_within_budget(self, messages: list[Message]) -> None:
+        """Cut older tool results when the run's messages pass the context budget."""
+        if self.context_budget is None:
+            return
+        from agent.loop.compaction import cut_old_results
+
+        if cut := cut_old_results(messages, self.context_budget):
+            self._notify(
+                "compacted",
+                f"{cut} older tool result{'s' if cut > 1 else ''} cut to stay within the context "
+                "window (the whole results are in the run history)",
+            )
 
     def _notify(self, kind: str, message: str) -> None:
         if self.tool_listener:

@@ -128,6 +128,7 @@ def run_events(
     time_limit_s: float | None = None,
     stop: threading.Event | None = None,
     on_stop: Callable[[], None] | None = None,
+    notices: list[Notice] | None = None,
 ) -> Generator[Event, None, None]:
     """Run the assistant on `messages`; yield events ending with `run_finished`.
 
@@ -135,7 +136,8 @@ def run_events(
     model should see them next turn: thinking dropped) are appended to it at the end. With
     `time_limit_s`, a run still going after that long is stopped with status `timed_out`.
     `stop` set from another thread cancels the run as Ctrl-C does; `on_stop` is then called
-    (to interrupt a running tool)."""
+    (to interrupt a running tool). `notices` (what was done to the conversation before it) are
+    shown right after `run_started`, so the history keeps them with the run."""
     inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
     cancel = threading.Event()
     assistant.tool_listener = _QueueListener(inbox)
@@ -152,6 +154,7 @@ def run_events(
         sandbox=info.sandbox,
         version=__version__,
     )
+    yield from notices or []
     worker = threading.Thread(target=_work, args=(assistant, messages, inbox, cancel), daemon=True)
     worker.start()
     converter = SnapshotConverter()

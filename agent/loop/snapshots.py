@@ -192,4 +192,5 @@ class SnapshotConverter:
             content=outcome.content if outcome else content,
             ok=outcome.ok if outcome else True,
             duration_s=round(outcome.duration_s, 3) if outcome else None,
+            uncut=outcome.uncut if outcome else None,
         )

@@ -17,9 +17,10 @@ from agent.errors import ToolError
 class ToolOutcome:
     """The text result of one tool call, whether it failed, and how long it took."""
 
-    content: str
+    content: str  # what the model reads (cut to the result limit)
     ok: bool
     duration_s: float
+    uncut: str | None = None  # the whole result, when `content` was cut
 
 
 def parse_arguments(tool_name: str, params: str | dict[str, Any]) -> dict[str, Any]:
@@ -48,8 +49,8 @@ def cap_result(content: str, limit: int | None) -> str:
         return content
     cut = len(content) - limit
     return (
-        f"{content[:limit]}\n[... {cut} more characters cut: "
-        f"tool results are limited to {limit} characters]"
+        f"{content[:limit]}\n[... {cut} more characters cut: tool results are limited to "
+        f"{limit} characters; the whole result is kept in the run history]"
     )
 
 
@@ -71,7 +72,9 @@ def invoke_tool(
         content, ok = _as_text(tool.call(arguments)), True
     except Exception as exc:  # a tool's bug must not end the run
         content, ok = _error_text(exc, debug), False
-    return ToolOutcome(cap_result(content, limit), ok, time.monotonic() - started)
+    shown = cap_result(content, limit)
+    uncut = content if shown != content else None
+    return ToolOutcome(shown, ok, time.monotonic() - started, uncut)
 
 
 def _error_text(exc: Exception, debug: bool) -> str:
