@@ -46,6 +46,7 @@ log = logging.getLogger("agent")
 HELLO_TIMEOUT_S = 5.0  # a service that has not answered by then is taken as stuck
 START_TIMEOUT_S = 30.0  # a new service is listening by then (it loads the model later)
 STOP_TIMEOUT_S = 15.0
+LOG_KEPT_BYTES = 10 << 20  # a longer log is moved to service.log.1 when a service starts
 POLL_S = 0.05
 
 
@@ -178,6 +179,8 @@ def _spawn() -> subprocess.Popen[bytes]:
     """Start `python -m agent.service` in a session of its own, its output to its log."""
     path = log_path()
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size > LOG_KEPT_BYTES:
+        path.replace(path.with_name(path.name + ".1"))  # one older log is kept
     with open(path, "ab") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "agent.service"],
