@@ -540,3 +540,18 @@ def test_a_model_still_to_download_loads_in_the_command_itself(service_home: Pat
     )  # fmt: skip
     assert done.returncode == 2 and "no-such-model" in done.stderr.splitlines()[-1]
     assert "Traceback" not in done.stderr and service_pids(service_home) == []
+
+
+def test_a_tool_that_does_not_load_is_said_in_the_users_terminal(
+    tiny_gptq: Path, service_home: Path, tmp_path: Path
+) -> None:
+    """The tools load in the service, but their warnings reach the user, as in-process."""
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"mcpServers": {"ghost": {"command": "no-such-command-here"}}}))
+    done = agent_cli(
+        "run", "--mcp-config", str(config), "--model", str(tiny_gptq), "--max-new-tokens", "4",
+        "hi", home=service_home, env=ON,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "warning: MCP server 'ghost' is unavailable" in done.stderr
+    assert "no-such-command-here" in done.stderr and len(service_pids(service_home)) == 1

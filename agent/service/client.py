@@ -240,6 +240,8 @@ class ServiceSession:
             reply = self._receive()
             if reply["op"] == "opened":
                 self.tool_names = [str(name) for name in reply.get("tools", [])]
+                for problem in reply.get("problems", []):
+                    log.warning("warning: %s", problem)
                 return
             if reply["op"] == "event":  # waiting for another client's run
                 log.info("%s", reply["event"].get("message", ""))

@@ -5,7 +5,8 @@ One JSON object per line on a Unix socket, each with an `op`:
 client → service: `hello` (protocol, build), `open` (the resolved settings, working directory,
 environment, whether tool calls may be asked about), `turn` (messages, time limit), `answer`
 (to an `ask`), `cancel`, `status`, `stop` (`idle`: only when no run is going).
-service → client: `hello` (protocol, build, version, pid), `opened` (tool names), `event` (one
+service → client: `hello` (protocol, build, version, pid), `opened` (tool names, and the
+one-line problems of tools that did not load), `event` (one
 run event, as `--json` prints it), `ask` (a tool call to approve), `done` (status, the messages
 sent and added), `error` (message, exit code), `status`, `stopping`, `busy`.
 

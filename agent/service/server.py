@@ -285,7 +285,8 @@ class Connection:
             )
             for name in unload_beyond(self.service.memory_bytes):
                 log.info("unloaded %s (over the service's memory budget)", name)
-        self._send({"op": "opened", "tools": self.session.tool_names})
+        problems = list(self.session.toolset.problems)  # shown by the client, as in-process
+        self._send({"op": "opened", "tools": self.session.tool_names, "problems": problems})
 
     def _turn(self, request: dict[str, Any]) -> None:
         messages = request.get("messages")
