@@ -39,6 +39,7 @@ class RunStarted(Event):
     sandbox: str = ""  # the code interpreter's isolation, e.g. "sandbox: bubblewrap, network off"
     started_at: float = field(default_factory=time.time)
     version: str = ""  # of the agent that ran it ("" in records from before it was kept)
+    run_id: str = ""  # the run's id, as the run history and the hooks know it ("" in old records)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ class RunFinished(Event):
 class Notice(Event):
     """The tool loop stepped in: `step_limit` (tools turned off for a final answer),
     `no_answer` (the model gave none even then), `cancelled` (the user stopped the answer),
-    `context` (old turns left out) or `time_limit` (a job's run stopped at its time limit)."""
+    `context` (old turns left out), `time_limit` (a job's run stopped at its time limit) or
+    `hook` (a hook failed, or had a line to show: agent/loop/hook_calls.py)."""
 
     type: ClassVar[str] = "notice"
     kind: str
