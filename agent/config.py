@@ -12,6 +12,7 @@ Layers: defaults < config file (`$AGENT_HOME/config.toml`) < environment < flags
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
@@ -36,6 +37,12 @@ SERVICE_MODES = ("auto", "off", "required")
 ENV_PREFIX = "AGENT_"
 # The option groups commands take flags from.
 OPTION_GROUPS = ("model", "tools", "selection", "history", "chat", "service")
+# Where a user's hook commands run (the plugin hooks of agent/plugins.py have the same points).
+HOOK_POINTS = ("before_tool_call", "after_tool_call", "run_started", "run_finished")
+HOOK_COMMAND_FORMS = (
+    'a string ("notify-send done", split as a shell would split it, never run by one), '
+    'a list of strings (["notify-send", "done"]), or a list of such lists for several commands'
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,62 @@ class SamplingParams:
 # Qwen3's recommended sampling for each mode.
 THINKING_PRESET = SamplingParams(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0)
 NON_THINKING_PRESET = SamplingParams(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0)
+
+
+Command = tuple[str, ...]  # an argv: the program, then its arguments
+
+
+@dataclass(frozen=True)
+class HookCommands:
+    """The user's hook commands (`[hooks]` in config.toml): at each point, the commands run in
+    order, each an argv run without a shell."""
+
+    before_tool_call: tuple[Command, ...] = ()
+    after_tool_call: tuple[Command, ...] = ()
+    run_started: tuple[Command, ...] = ()
+    run_finished: tuple[Command, ...] = ()
+
+    @classmethod
+    def parse(cls, value: Any, source: str) -> HookCommands:
+        """From the `[hooks]` table (or its JSON form, as the service gets it): at each point
+        one command or a list of them (`HOOK_COMMAND_FORMS`); `ConfigError` saying what to fix."""
+        if isinstance(value, HookCommands):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{source}: 'hooks' must be a table ([hooks]) with the keys "
+                + ", ".join(HOOK_POINTS)
+            )
+        unknown = sorted(set(value) - set(HOOK_POINTS))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown hook point(s) {', '.join(unknown)} in [hooks]; "
+                f"known: {', '.join(HOOK_POINTS)}"
+            )
+        return cls(**{point: _hook_commands(point, value[point], source) for point in value})
+
+
+def _hook_commands(point: str, value: Any, source: str) -> tuple[Command, ...]:
+    """One point's commands: a string or a list of strings is one command; a list of lists,
+    several. A leading `~/` in any argument is the home directory."""
+    if isinstance(value, list | tuple) and not value:
+        return ()
+    if isinstance(value, list | tuple) and all(isinstance(v, list | tuple) for v in value):
+        return tuple(_argv(point, item, source) for item in value)
+    return (_argv(point, value, source),)
+
+
+def _argv(point: str, value: Any, source: str) -> Command:
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: hooks.{point}: {exc} in {value!r}") from None
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{source}: hooks.{point} must be {HOOK_COMMAND_FORMS}")
+    if not value or not value[0]:
+        raise ConfigError(f"{source}: hooks.{point} has an empty command")
+    return tuple(os.path.expanduser(v) if v.startswith("~/") else v for v in value)
 
 
 @dataclass(frozen=True)
@@ -334,6 +397,19 @@ class Settings:
     log: bool = setting(
         True, "do not keep this run in the run history", flag="--no-log", group="history"
     )
+    hooks: HookCommands = setting(
+        HookCommands(),
+        "commands run before and after each tool call and at a run's start and end: a "
+        "`[hooks]` table, keys before_tool_call, after_tool_call, run_started, run_finished "
+        '(see "Hooks")',
+    )
+    hook_timeout: float = setting(
+        10.0,
+        "seconds a hook command may run; one still running then is killed, with its process "
+        "group, and counts as failed (default 10)",
+        env=True,
+        bounds=Bounds(low=0, low_open=True),
+    )
     approve: str = setting(
         "auto",
         "chat: ask before tool calls: auto (all but the read-only tools), all, code, none, "
@@ -401,6 +477,8 @@ def _field_types() -> dict[str, str]:
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     kind = _field_types()[name]
+    if kind == "HookCommands":
+        return HookCommands.parse(value, source)
     try:
         if kind.startswith("tuple"):
             return _coerce_list(kind, value)
@@ -527,6 +605,8 @@ def _shown_default(item: Field[Any]) -> str:
     if item.name == "history":
         return "`history.sqlite3` in the data directory"
     value = item.default
+    if isinstance(value, HookCommands):
+        return "none"
     if value is None:
         return (
             "the mode's preset" if item.name in ("temperature", "top_p", "top_k", "min_p") else ""

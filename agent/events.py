@@ -39,6 +39,7 @@ class RunStarted(Event):
     sandbox: str = ""  # the code interpreter's isolation, e.g. "sandbox: bubblewrap, network off"
     started_at: float = field(default_factory=time.time)
     version: str = ""  # of the agent that ran it ("" in records from before it was kept)
+    run_id: str = ""  # the run's id, as the run history and the hooks know it ("" in old records)
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,9 @@ class Notice(Event):
     """The tool loop stepped in: `step_limit` (tools turned off for a final answer),
     `no_answer` (the model gave none even then), `cancelled` (the user stopped the answer),
     `context` (old turns left out), `compacted` (older turns replaced by a summary the model
-    wrote, or older tool results cut), `waiting` (another run has the model) or `time_limit`
-    (a job's run stopped at its time limit)."""
+    wrote, or older tool results cut), `waiting` (another run has the model), `time_limit` (a
+    job's run stopped at its time limit) or `hook` (a hook failed, or had a line to show:
+    agent/loop/hook_calls.py)."""
 
     type: ClassVar[str] = "notice"
     kind: str

@@ -22,11 +22,23 @@ tool exactly as the model would.
 
 Hooks (pluggy). A plugin is any object or module with functions marked `@hookimpl` named as
 the specs in `Hooks`; register it through an entry point in the group `HOOKS_ENTRY_POINT_GROUP`
-(`agent.plugins`). Today there is one hook:
-- `before_tool_call(name, arguments)`: called before each tool call runs, with the arguments
+(`agent.plugins`). An implementation takes any of its spec's arguments, by name (pluggy). Four
+points, for `agent run`, `agent chat` and scheduled jobs alike (in the resident service's
+process when the run is there):
+- `before_tool_call(name, arguments, run_id)`: before each tool call runs, with the arguments
   already checked against the tool's schema; return a reason to refuse the call (the model
-  reads it as the call's error result), or None to let it run. `agent chat --approve` is
-  built on it.
+  reads it as the call's error result), or None to let it run. The first reason wins; a hook
+  that raises refuses the call. `agent chat --approve` is built on it (asked last).
+- `after_tool_call(name, arguments, result, ok, duration_s, run_id)`: after each call that ran,
+  with its result as the model reads it.
+- `run_started(run_id, prompt, model, backend, tools)`: as a run starts, before the model is
+  called (`run_id` is the id the run history keeps the run under).
+- `run_finished(run_id, prompt, status, answer, usage, timings)`: as it ends (`status`:
+  answered, no_answer, error, cancelled, timed_out).
+The last three return None, or a line to show the user (a `notice` event: how a hook reports
+trouble); one that raises is shown the same way, and the run goes on. The commands a user
+lists under `[hooks]` in config.toml run through these same points (agent/loop/hook_commands.py),
+with the same arguments as JSON on stdin.
 """
 
 from __future__ import annotations
@@ -83,11 +95,43 @@ def tool(func: F | None = None, *, name: str | None = None) -> F | Callable[[F],
 
 
 class Hooks:
-    """The hooks a plugin may implement."""
+    """The hooks a plugin may implement (each may take only the arguments it needs)."""
 
     @hookspec(firstresult=True)
-    def before_tool_call(self, name: str, arguments: dict[str, Any]) -> str | None:
+    def before_tool_call(self, name: str, arguments: dict[str, Any], run_id: str) -> str | None:
         """Before a tool call runs: a reason to refuse it, or None to let it run."""
+
+    @hookspec
+    def after_tool_call(
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        result: str,
+        ok: bool,
+        duration_s: float,
+        run_id: str,
+    ) -> str | None:
+        """After a tool call ran: `result` is what the model reads (`ok` False for an error).
+        Returns None, or a line to show the user."""
+
+    @hookspec
+    def run_started(
+        self, run_id: str, prompt: str, model: str, backend: str, tools: list[str]
+    ) -> str | None:
+        """A run starts (before the model is called). Returns None, or a line to show."""
+
+    @hookspec
+    def run_finished(
+        self,
+        run_id: str,
+        prompt: str,
+        status: str,
+        answer: str,
+        usage: dict[str, int],
+        timings: dict[str, float],
+    ) -> str | None:
+        """A run ended with `status` and `answer` ("" when none). Returns None, or a line to
+        show."""
 
 
 def __getattr__(name: str) -> Any:

@@ -58,16 +58,28 @@ class Session(Protocol):
 
 
 class LocalSession:
-    """A session in this process: the loaded model, the open tools, the assistant over them."""
+    """A session in this process: the loaded model, the open tools, the assistant over them,
+    and the hooks in force: installed plugins', the user's hook commands (run with `environ`,
+    else this process's environment) and, with `ask`, chat's approval."""
 
-    def __init__(self, settings: Settings, llm: Any, toolset: Toolset, ask: Ask | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        llm: Any,
+        toolset: Toolset,
+        ask: Ask | None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         from agent.loop.approval import Approver
         from agent.loop.assistant import build_assistant
         from agent.loop.context import reserve_for
+        from agent.loop.hook_commands import CommandHooks
         from agent.loop.runner import run_info
         from agent.plugins import plugin_manager
 
-        hooks = plugin_manager(Approver(settings.approve, ask)) if ask else None
+        commands = CommandHooks(settings.hooks, settings.hook_timeout, environ)
+        approver = [Approver(settings.approve, ask)] if ask else []
+        hooks = plugin_manager(commands, *approver)
         self.settings = settings
         self.toolset = toolset
         self.assistant: AgentAssistant = build_assistant(settings, llm, toolset, hooks)
@@ -162,13 +174,14 @@ def open_local_session(
 ) -> Iterator[LocalSession]:
     """Load the model while the tools start (the servers' environment from `environ`, else
     this process's; MCP connections from the `mcp` pool, else started for this session; the
-    code interpreter's kernel from the `kernels` spares, else started on its first call)."""
+    code interpreter's kernel from the `kernels` spares, else started on its first call). The
+    user's hook commands run with `environ` too."""
     from agent.loop.assistant import build_llm
     from agent.tools.toolset import open_tools_while
 
     loading = open_tools_while(lambda: build_llm(settings), settings, environ, mcp, kernels)
     with loading as (llm, toolset):
-        yield LocalSession(settings, llm, toolset, ask)
+        yield LocalSession(settings, llm, toolset, ask, environ)
 
 
 class _ContextLevel:

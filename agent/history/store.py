@@ -125,8 +125,10 @@ class History:
         return conversation
 
     def start_run(self, conversation: str, started: RunStarted, settings: dict[str, Any]) -> str:
-        """Record a run as it starts; its id."""
-        run = new_id("r")
+        """Record a run as it starts; its id (the one the event carries, if new here)."""
+        run = started.run_id or new_id("r")
+        if self._conn.execute("SELECT 1 FROM runs WHERE id = ?", (run,)).fetchone():
+            run = new_id("r")
         me = psutil.Process()
         turn = self._conn.execute(
             "SELECT COALESCE(MAX(turn), 0) + 1 FROM runs WHERE conversation_id = ?", (conversation,)

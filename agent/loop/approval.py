@@ -41,7 +41,8 @@ class Approver:
         self.ask = ask
         self.always: set[str] = set()
 
-    @hookimpl
+    # Asked last: the user is not asked about a call a plugin or a hook command refuses.
+    @hookimpl(trylast=True)
     def before_tool_call(self, name: str, arguments: dict[str, Any]) -> str | None:
         """None to let the call run; else why the model gets an error result instead."""
         if name in self.always or not needs_approval(self.policy, name):

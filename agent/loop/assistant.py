@@ -20,6 +20,7 @@ from agent.loop.call_checks import (
     parameters_schema,
 )
 from agent.loop.call_parser import RepairingFnCallPrompt
+from agent.loop.hook_calls import NOTE_KIND, notes, refusal
 from agent.loop.snapshots import message_text
 from agent.plugins import plugin_manager
 from agent.tools.invoke import ToolOutcome, invoke_tool
@@ -122,6 +123,7 @@ class AgentAssistant(Assistant):
             # Qwen-Agent's own parser drops calls a small model makes (agent/loop/call_parser.py).
             self.llm.fncall_prompt = RepairingFnCallPrompt()
         self.tool_listener: ToolListener | None = None
+        self.run_id = ""  # the run in progress, as the hooks are told (set by the runner)
         self.result_limit = result_limit
         self.debug = debug
         self.max_steps = max_steps
@@ -166,7 +168,7 @@ class AgentAssistant(Assistant):
             if not calls:
                 break
             for message in calls:
-                result = self._run_call(message.function_call, repeats)
+                result, hook_notes = self._run_call(message.function_call, repeats)
                 reply = Message(
                     FUNCTION,
                     result,
@@ -176,6 +178,8 @@ class AgentAssistant(Assistant):
                 messages.append(reply)
                 response.append(reply)
                 yield response
+                for note in hook_notes:  # after the result is shown
+                    self._notify(NOTE_KIND, note)
         yield response
 
     def _step_cfg(
@@ -207,25 +211,39 @@ class AgentAssistant(Assistant):
         if self.tool_listener:
             self.tool_listener.notice(kind, message)
 
-    def _run_call(self, call: FunctionCall, repeats: RepeatGuard) -> str:
-        """Check the call, then run it; a refused call is an error result the model reads."""
+    def _run_call(self, call: FunctionCall, repeats: RepeatGuard) -> tuple[str, list[str]]:
+        """Check the call, ask the hooks, then run it; a refused call is an error result the
+        model reads. The result, and the after_tool_call hooks' lines for the user."""
         if self.tool_listener:
             self.tool_listener.tool_started(call.name, call.arguments)
         checked = self._check(call, repeats)
-        refusal = None
-        if checked.arguments is not None:
-            refusal = self.hooks.hook.before_tool_call(name=call.name, arguments=checked.arguments)
-        if checked.arguments is None:
+        arguments = checked.arguments
+        refused = None
+        if arguments is not None:
+            refused = refusal(self.hooks, call.name, arguments, self.run_id)
+        if arguments is None:
             outcome = ToolOutcome(checked.error, False, 0.0)
-        elif refusal:
-            outcome = ToolOutcome(f"Error: {refusal}", False, 0.0)
+        elif refused:
+            outcome = ToolOutcome(f"Error: {refused}", False, 0.0)
         else:
             tool = self.function_map[call.name]
             limit, debug = self.result_limit, self.debug
-            outcome = invoke_tool(tool, checked.arguments, limit=limit, debug=debug)
+            outcome = invoke_tool(tool, arguments, limit=limit, debug=debug)
         if self.tool_listener:
             self.tool_listener.tool_finished(outcome)
-        return outcome.content
+        if arguments is None or refused:
+            return outcome.content, []
+        said = notes(
+            self.hooks,
+            "after_tool_call",
+            name=call.name,
+            arguments=arguments,
+            result=outcome.content,
+            ok=outcome.ok,
+            duration_s=round(outcome.duration_s, 3),
+            run_id=self.run_id,
+        )
+        return outcome.content, said
 
     def _check(self, call: FunctionCall, repeats: RepeatGuard) -> CheckedCall:
         if error := name_error(call.name, list(self.function_map)):

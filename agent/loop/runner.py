@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +27,10 @@ from agent.events import (
     Text,
     Thinking,
 )
+from agent.history.store import new_id
 from agent.loop.assistant import AgentAssistant
 from agent.loop.call_text import THINK_CLOSE
+from agent.loop.hook_calls import NOTE_KIND, notes
 from agent.loop.snapshots import SnapshotConverter
 from agent.tools.invoke import ToolOutcome
 from agent.tools.toolset import Toolset
@@ -137,13 +139,17 @@ def run_events(
     `time_limit_s`, a run still going after that long is stopped with status `timed_out`.
     `stop` set from another thread cancels the run as Ctrl-C does; `on_stop` is then called
     (to interrupt a running tool). `notices` (what was done to the conversation before it) are
-    shown right after `run_started`, so the history keeps them with the run."""
+    shown right after `run_started`, so the history keeps them with the run. The hooks
+    (`assistant.hooks`) are called as it starts and ends; what they say is a `notice`."""
     inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
     cancel = threading.Event()
+    run_id = new_id("r")
     assistant.tool_listener = _QueueListener(inbox)
+    assistant.run_id = run_id
     started = time.monotonic()
     first_output: float | None = None
     status = "no_answer"
+    answer = ""
     prompt = str(messages[-1].get("content", "")) if messages else ""
     yield RunStarted(
         prompt=prompt,
@@ -153,6 +159,16 @@ def run_events(
         tools=info.tools,
         sandbox=info.sandbox,
         version=__version__,
+        run_id=run_id,
+    )
+    yield from _hook_notices(
+        assistant,
+        "run_started",
+        run_id=run_id,
+        prompt=prompt,
+        model=info.model,
+        backend=info.backend,
+        tools=info.tools,
     )
     yield from notices or []
     worker = threading.Thread(target=_work, args=(assistant, messages, inbox, cancel), daemon=True)
@@ -186,8 +202,9 @@ def run_events(
             if kind == "tool_start":
                 payload.set()
         for event in converter.finish():
-            if isinstance(event, Answer) and status != "error":
-                status = "answered"
+            if isinstance(event, Answer):
+                answer = event.text
+                status = "answered" if status != "error" else status
             yield event
     except KeyboardInterrupt:
         status = "cancelled"
@@ -208,7 +225,23 @@ def run_events(
     usage = assistant.llm.usage.as_dict() if hasattr(assistant.llm, "usage") else {}
     if transcript is not None:
         transcript.extend(_kept_messages(last, status, converter.shown_text))
+    yield from _hook_notices(
+        assistant,
+        "run_finished",
+        run_id=run_id,
+        prompt=prompt,
+        status=status,
+        answer=answer,
+        usage=usage,
+        timings=timings,
+    )
     yield RunFinished(status=status, usage=usage, timings=timings)
+
+
+def _hook_notices(assistant: AgentAssistant, point: str, **arguments: Any) -> Iterator[Notice]:
+    """Call the `point` hooks; a notice for each line they return."""
+    for note in notes(assistant.hooks, point, **arguments):
+        yield Notice(kind=NOTE_KIND, message=note)
 
 
 def _next_item(

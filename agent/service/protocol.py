@@ -21,7 +21,7 @@ import json
 import os
 import socket
 import tempfile
-from dataclasses import fields
+from dataclasses import asdict, fields, is_dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,8 @@ def private_dir(path: Path) -> Path:
 
 
 def settings_to_wire(settings: Settings) -> dict[str, Any]:
-    """The resolved settings as JSON values (paths made absolute: the service runs elsewhere)."""
+    """The resolved settings as JSON values (paths made absolute: the service runs elsewhere;
+    a table such as `hooks` as its JSON object)."""
     wire: dict[str, Any] = {}
     for item in fields(Settings):
         value = getattr(settings, item.name)
@@ -101,6 +102,8 @@ def settings_to_wire(settings: Settings) -> dict[str, Any]:
             value = [str(Path(v).absolute()) if paths else v for v in value]
         elif paths and value is not None:
             value = str(Path(value).absolute())
+        elif is_dataclass(value) and not isinstance(value, type):
+            value = asdict(value)
         wire[item.name] = value
     return wire
 
