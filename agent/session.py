@@ -11,6 +11,7 @@ records the events (a `RunRecorder` among the renderers) and keeps the conversat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -18,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import CONTEXT_TOKENS, Settings
-from agent.events import Event, Notice
+from agent.events import Event, Notice, RunStarted
 from agent.history.recorder import RunRecorder
-from agent.history.store import History
-from agent.render import Tee
+from agent.history.store import History, RunOrigin
+from agent.history.transcript import trailing_calls
 
 if TYPE_CHECKING:
     from agent.loop.assistant import AgentAssistant
@@ -36,7 +37,8 @@ Ask = Callable[[str, dict[str, Any]], str]  # shows a tool call, returns "y", "n
 @dataclass
 class TurnResult:
     """What one turn did: its status, the messages it sent (older turns may have been dropped
-    to fit the context window) and the messages it added (no thinking)."""
+    to fit the context window) and the messages it added (no thinking). Tool calls the given
+    messages ended with (run first, see `AgentAssistant`) count as added, not sent."""
 
     status: str
     sent: list[dict[str, Any]] = field(default_factory=list)
@@ -51,7 +53,8 @@ class Session(Protocol):
     def turn(
         self, messages: list[dict[str, Any]], show: Show, time_limit_s: float | None = None
     ) -> TurnResult:
-        """Run the assistant on `messages` (the current user turn last), showing each event."""
+        """Run the assistant on `messages` (the current user turn last, or what the model goes
+        on from), showing each event."""
         ...
 
     def close(self) -> None: ...
@@ -108,7 +111,7 @@ class LocalSession:
             on_stop=self.toolset.interrupt,
         )
         status = show_run(events, show)
-        return TurnResult(status, sent, added)
+        return TurnResult(status, sent[: len(sent) - trailing_calls(sent)], added)
 
     def close(self) -> None:
         self.toolset.close()
@@ -146,7 +149,10 @@ class Conversation:
         conversation: str | None = None,
         messages: list[dict[str, Any]] | None = None,
         recorder: RunRecorder | None = None,
+        origin: RunOrigin | None = None,
     ) -> None:
+        """`messages`: those so far (of the `conversation` resumed, or those a new one starts
+        from, kept with it); `origin`: where the first run comes from (a fork, a resume)."""
         self.session = session
         self.settings = settings
         self.history = history
@@ -154,8 +160,8 @@ class Conversation:
         self.messages: list[dict[str, Any]] = list(messages or [])
         self.recorder = recorder
         if history is not None and recorder is None:
-            conversation = conversation or history.new_conversation(kind)
-            self.recorder = RunRecorder(history, conversation, settings)
+            conversation = conversation or history.new_conversation(kind, self.messages)
+            self.recorder = RunRecorder(history, conversation, settings, origin)
 
     @property
     def conversation(self) -> str | None:
@@ -164,10 +170,37 @@ class Conversation:
 
     def turn(self, text: str, show: Show, time_limit_s: float | None = None) -> str:
         """Run one user turn, showing and recording its events; the run's status."""
-        shown = Tee(self.recorder, _Renderer(show)).show if self.recorder else show
-        result = self.session.turn(
-            [*self.messages, {"role": "user", "content": text}], shown, time_limit_s
-        )
+        return self._run([{"role": "user", "content": text}], show, time_limit_s)
+
+    def go_on(
+        self,
+        prompt: str,
+        show: Show,
+        calls: list[dict[str, Any]] | None = None,
+        time_limit_s: float | None = None,
+    ) -> str:
+        """Let the model go on with the turn the messages so far end in (a fork's, before one
+        of its steps; a resume's), no new user message; `calls`, tool calls that had not
+        returned, run first. The run is recorded under `prompt`, the turn's, as continuing."""
+        return self._run(list(calls or []), show, time_limit_s, prompt=prompt)
+
+    def _run(
+        self,
+        new: list[dict[str, Any]],
+        show: Show,
+        time_limit_s: float | None,
+        prompt: str | None = None,
+    ) -> str:
+        def shown(event: Event) -> None:
+            if prompt is not None and isinstance(event, RunStarted):
+                event = dataclasses.replace(event, prompt=prompt)
+            if self.recorder:
+                self.recorder.show(event)
+            show(event)
+
+        if self.recorder:
+            self.recorder.continues = prompt is not None
+        result = self.session.turn([*self.messages, *new], shown, time_limit_s)
         self.messages = [*result.sent, *result.added]
         if self.history is not None and self.recorder and self.recorder.run:
             self.history.set_messages(self.recorder.run, result.added)
@@ -180,8 +213,3 @@ class Conversation:
             self.recorder = RunRecorder(
                 self.history, self.history.new_conversation(self.kind), self.settings
             )
-
-
-class _Renderer:
-    def __init__(self, show: Show) -> None:
-        self.show = show
