@@ -94,7 +94,8 @@ def show(run_id: str, as_json: bool) -> int:
             )
             if not as_json and run.origin:
                 print(_origin(run))
-            if not as_json and history.conversation_kind(run.conversation_id) == "chat":
+            chat = history.conversation_kind(run.conversation_id) == "chat"
+            if not as_json and chat and not run.continues:
                 print(visible(f"› {run.prompt}"))
             replay(history, run, renderer)
     return EXIT_OK
