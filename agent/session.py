@@ -18,10 +18,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import CONTEXT_TOKENS, Settings
-from agent.events import Event, Notice, RunFinished
+from agent.events import Event, Notice, RunFinished, RunStarted
 from agent.history.recorder import RunRecorder
-from agent.history.store import History
-from agent.render import Renderer, Tee
+from agent.history.store import History, RunOrigin
+from agent.history.transcript import trailing_calls
 
 if TYPE_CHECKING:
     from agent.loop.assistant import AgentAssistant
@@ -36,7 +36,8 @@ Ask = Callable[[str, dict[str, Any]], str]  # shows a tool call, returns "y", "n
 @dataclass
 class TurnResult:
     """What one turn did: its status, the messages it sent (older turns may have been dropped
-    to fit the context window) and the messages it added (no thinking)."""
+    to fit the context window) and the messages it added (no thinking). Tool calls the given
+    messages ended with (run first, see `AgentAssistant`) count as added, not sent."""
 
     status: str
     sent: list[dict[str, Any]] = field(default_factory=list)
@@ -51,7 +52,8 @@ class Session(Protocol):
     def turn(
         self, messages: list[dict[str, Any]], show: Show, time_limit_s: float | None = None
     ) -> TurnResult:
-        """Run the assistant on `messages` (the current user turn last), showing each event."""
+        """Run the assistant on `messages` (the current user turn last, or what the model goes
+        on from), showing each event."""
         ...
 
     def close(self) -> None: ...
@@ -137,7 +139,7 @@ class LocalSession:
             notices=notices,
         )
         status = show_run(events, _ContextLevel(show, self.fixed_tokens, sent, added).show)
-        return TurnResult(status, sent, added)
+        return TurnResult(status, sent[: len(sent) - trailing_calls(sent)], added)
 
     @property
     def fixed_tokens(self) -> int:
@@ -223,7 +225,10 @@ class Conversation:
         conversation: str | None = None,
         messages: list[dict[str, Any]] | None = None,
         recorder: RunRecorder | None = None,
+        origin: RunOrigin | None = None,
     ) -> None:
+        """`messages`: those so far (of the `conversation` resumed, or those a new one starts
+        from, kept with it); `origin`: where the first run comes from (a fork, a resume)."""
         self.session = session
         self.settings = settings
         self.history = history
@@ -232,8 +237,8 @@ class Conversation:
         self.context: dict[str, int] = {}  # the last run's context level (`/context`)
         self.recorder = recorder
         if history is not None and recorder is None:
-            conversation = conversation or history.new_conversation(kind)
-            self.recorder = RunRecorder(history, conversation, settings)
+            conversation = conversation or history.new_conversation(kind, self.messages)
+            self.recorder = RunRecorder(history, conversation, settings, origin)
 
     @property
     def conversation(self) -> str | None:
@@ -242,21 +247,43 @@ class Conversation:
 
     def turn(self, text: str, show: Show, time_limit_s: float | None = None) -> str:
         """Run one user turn, showing and recording its events; the run's status."""
-        renderers: list[Renderer] = [_Renderer(self._keep_level), _Renderer(show)]
-        if self.recorder is not None:
-            renderers.insert(0, self.recorder)
-        shown = Tee(*renderers).show
-        result = self.session.turn(
-            [*self.messages, {"role": "user", "content": text}], shown, time_limit_s
-        )
+        return self._run([{"role": "user", "content": text}], show, time_limit_s)
+
+    def go_on(
+        self,
+        prompt: str,
+        show: Show,
+        calls: list[dict[str, Any]] | None = None,
+        time_limit_s: float | None = None,
+    ) -> str:
+        """Let the model go on with the turn the messages so far end in (a fork's, before one
+        of its steps; a resume's), no new user message; `calls`, tool calls that had not
+        returned, run first. The run is recorded under `prompt`, the turn's, as continuing."""
+        return self._run(list(calls or []), show, time_limit_s, prompt=prompt)
+
+    def _run(
+        self,
+        new: list[dict[str, Any]],
+        show: Show,
+        time_limit_s: float | None,
+        prompt: str | None = None,
+    ) -> str:
+        def shown(event: Event) -> None:
+            if prompt is not None and isinstance(event, RunStarted):
+                event = replace(event, prompt=prompt)
+            if self.recorder:
+                self.recorder.show(event)
+            if isinstance(event, RunFinished) and event.context:
+                self.context = dict(event.context)
+            show(event)
+
+        if self.recorder:
+            self.recorder.continues = prompt is not None
+        result = self.session.turn([*self.messages, *new], shown, time_limit_s)
         self.messages = [*result.sent, *result.added]
         if self.history is not None and self.recorder and self.recorder.run:
             self.history.set_messages(self.recorder.run, result.added)
         return result.status
-
-    def _keep_level(self, event: Event) -> None:
-        if isinstance(event, RunFinished) and event.context:
-            self.context = dict(event.context)
 
     def reset(self) -> None:
         """Forget the conversation: the next turn starts a new one (in the history too)."""
@@ -266,8 +293,3 @@ class Conversation:
             self.recorder = RunRecorder(
                 self.history, self.history.new_conversation(self.kind), self.settings
             )
-
-
-class _Renderer:
-    def __init__(self, show: Show) -> None:
-        self.show = show

@@ -156,7 +156,8 @@ def _resumed(
 def _show_transcript(history: History, conversation: str, renderer: TerminalRenderer) -> None:
     """The conversation so far, as it looked (the prompts, then each run's events)."""
     for run in history.conversation_runs(conversation):
-        print(visible(f"› {run.prompt}"))
+        if not run.continues:  # a resumed turn's prompt was shown with it
+            print(visible(f"› {run.prompt}"))
         replay(history, run, renderer)
 
 

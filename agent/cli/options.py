@@ -8,17 +8,23 @@ the config file and the environment in force).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import Field, fields
+from dataclasses import Field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from agent.config import Settings, load_settings, spec
+from agent.config import Settings, load_settings, settings_from_values, spec, validate
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NO_TOOLS = "no_tools"  # the parameter of `--no-tools`, folded into `tools` by settings_from
 _NO_PREFIX = "no_"  # `--x/--no-x` on a setting with choices: `--x WHICH`, and `--no-x` for off
+# Where and how a command runs, not what a run is: never taken from a recorded run (the user's
+# hooks of today apply to a fork or resume, not those in force when it was recorded).
+_PLACE_SETTINGS = (
+    "history", "log", "service", "service_idle", "service_memory_mb", "debug", "show_thinking",
+    "api_key", "hooks", "hook_timeout",
+)  # fmt: skip
 
 
 def names(ctx: click.Context, param: click.Parameter, text: str | None) -> tuple[str, ...] | None:
@@ -90,6 +96,29 @@ service_options = _group("service")
 
 def settings_from(flags: dict[str, Any], **forced: Any) -> Settings:
     """`Settings` with the given flags on top of the config file and environment."""
+    return load_settings({**given_flags(flags), **forced})
+
+
+def recorded_settings_from(flags: dict[str, Any], recorded: dict[str, Any]) -> Settings:
+    """A recorded run's settings (`History.run_settings`) with the given flags on top, for a
+    fork, a resume or a replay of it; where and how the command runs (the history, the
+    service, logging, the API key) are this command's, as for any other."""
+    given = given_flags(flags)
+    current = load_settings(given)
+    known = {item.name for item in fields(Settings)}
+    kept = {
+        name: value
+        for name, value in recorded.items()
+        if name in known and name not in _PLACE_SETTINGS and given.get(name) is None
+    }
+    values = settings_from_values(kept)
+    settings = replace(current, **{name: getattr(values, name) for name in kept})
+    validate(settings)
+    return settings
+
+
+def given_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The settings the given flags set (unset flags are None)."""
     known = {item.name for item in fields(Settings)}
     # A repeatable option not given is (): it leaves config.toml's list in force.
     given = {name: value for name, value in flags.items() if name in known and value != ()}
@@ -102,7 +131,7 @@ def settings_from(flags: dict[str, Any], **forced: Any) -> Settings:
             if given.get(name) is not None:
                 raise click.UsageError(f"--{name} and --no-{name} cannot be used together")
             given[name] = "off"
-    return load_settings({**given, **forced})
+    return given
 
 
 def json_option(help: str) -> Callable[[F], F]:

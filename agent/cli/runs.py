@@ -1,4 +1,5 @@
-"""`agent runs list|show|delete|export`: the run history."""
+"""`agent runs list|show|delete|export`: the run history (and, from agent.cli.rerun, `steps`,
+`fork`, `resume`, `replay`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import click
 
+from agent.cli import rerun
 from agent.cli.common import EXIT_OK
 from agent.cli.options import json_option
 from agent.config import load_settings
@@ -25,7 +27,7 @@ def _history() -> History:
 
 @click.group("runs")
 def runs() -> None:
-    """The run history: list, search, show, delete, export."""
+    """The run history: list, search, show, delete, export; steps, fork, resume, replay."""
 
 
 @runs.command("list")
@@ -73,7 +75,8 @@ def _line(run: RunRecord) -> str:
     stamp = datetime.fromtimestamp(run.started_at).strftime("%Y-%m-%d %H:%M")
     prompt = " ".join(run.prompt.split())
     prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
-    return f"  {run.id}  {stamp}  {run.status:<11} {prompt}"
+    origin = f"({run.origin}) " if run.origin else ""
+    return f"  {run.id}  {stamp}  {run.status:<11} {origin}{prompt}"
 
 
 @runs.command("show")
@@ -89,10 +92,21 @@ def show(run_id: str, as_json: bool) -> int:
                 if as_json
                 else TerminalRenderer(bool(settings.get("show_thinking")))
             )
-            if not as_json and history.conversation_kind(run.conversation_id) == "chat":
+            if not as_json and run.origin:
+                print(_origin(run))
+            chat = history.conversation_kind(run.conversation_id) == "chat"
+            if not as_json and chat and not run.continues:
                 print(visible(f"› {run.prompt}"))
             replay(history, run, renderer)
     return EXIT_OK
+
+
+def _origin(run: RunRecord) -> str:
+    """Where a forked or resumed run came from, in words."""
+    if run.origin == "fork":
+        where = f"before step {run.origin_step}" if run.origin_step else "from its end"
+        return f"(fork of run {run.origin_run}, {where})"
+    return f"({run.origin} of run {run.origin_run})"
 
 
 @runs.command("delete")
@@ -126,3 +140,7 @@ def export(run_id: str, fmt: str, out: Path | None) -> int:
     else:
         write_atomically(out, text)
     return EXIT_OK
+
+
+for command in (rerun.list_steps, rerun.fork, rerun.resume, rerun.replay):
+    runs.add_command(command)

@@ -7,7 +7,7 @@ from typing import Any
 
 from agent.config import Settings
 from agent.events import Event, RunStarted
-from agent.history.store import History
+from agent.history.store import History, RunOrigin
 
 _SECRET_SETTINGS = ("api_key",)
 
@@ -20,17 +20,28 @@ def recorded_settings(settings: Settings) -> dict[str, Any]:
 class RunRecorder:
     """Stores each event of the runs of one conversation, in order, as it comes."""
 
-    def __init__(self, history: History, conversation: str, settings: Settings) -> None:
+    def __init__(
+        self,
+        history: History,
+        conversation: str,
+        settings: Settings,
+        origin: RunOrigin | None = None,
+    ) -> None:
         self.history = history
         self.conversation = conversation
         self.settings = recorded_settings(settings)
+        self.origin = origin  # where the next run comes from (a fork's, a resume's)
+        self.continues = False  # the next run goes on with the turn before it (no prompt)
         self.run: str | None = None
         self._seq = 0
 
     def show(self, event: Event) -> None:
         """Record `event` (a `run_started` opens a new run)."""
         if isinstance(event, RunStarted):
-            self.run = self.history.start_run(self.conversation, event, self.settings)
+            origin, self.origin = self.origin, None
+            self.run = self.history.start_run(
+                self.conversation, event, self.settings, origin, self.continues
+            )
             self._seq = 0
         if self.run is None:
             return

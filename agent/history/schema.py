@@ -96,6 +96,17 @@ MIGRATIONS: tuple[str, ...] = (
         heartbeat_at REAL NOT NULL
     );
     """,
+    # 4: where a run came from: a fork (of a run, before one of its tool calls or from its
+    # end) starts a new conversation from that run's messages (`base_messages`); a resume
+    # goes on with an interrupted run in its conversation. A run that `continues` has no
+    # prompt of its own: the model goes on with the turn before it.
+    """
+    ALTER TABLE conversations ADD COLUMN base_messages TEXT;
+    ALTER TABLE runs ADD COLUMN origin TEXT;
+    ALTER TABLE runs ADD COLUMN origin_run TEXT;
+    ALTER TABLE runs ADD COLUMN origin_step INTEGER;
+    ALTER TABLE runs ADD COLUMN continues INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 VERSION = len(MIGRATIONS)
 

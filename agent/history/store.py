@@ -25,11 +25,12 @@ import psutil
 from agent.errors import ConfigError
 from agent.events import Answer, Event, RunFinished, RunStarted, ToolCall, ToolResult
 from agent.history.schema import migrate
+from agent.history.transcript import messages_from_events, split_pending
 
 BUSY_TIMEOUT_MS = 30_000
 _RUN_COLUMNS = (
     "id, conversation_id, turn, started_at, finished_at, status, model, backend, thinking, "
-    "prompt, answer, prompt_tokens, completion_tokens"
+    "prompt, answer, prompt_tokens, completion_tokens, origin, origin_run, origin_step, continues"
 )
 
 
@@ -54,6 +55,20 @@ class RunRecord:
     answer: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
+    origin: str | None = None  # "fork" or "resume": this run was started from `origin_run`
+    origin_run: str | None = None
+    origin_step: int | None = None  # a fork's step: before this tool call (None: the end)
+    continues: bool = False  # no prompt of its own: it goes on with the turn before it
+
+
+@dataclass(frozen=True)
+class RunOrigin:
+    """Where a run came from: a `fork` of `run` (before tool call `step`, or from its end
+    when None) or a `resume` of it."""
+
+    kind: str
+    run: str
+    step: int | None = None
 
 
 def new_id(prefix: str) -> str:
@@ -115,17 +130,33 @@ class History:
 
     # --- writing -----------------------------------------------------------------------------
 
-    def new_conversation(self, kind: str) -> str:
-        """A new conversation (`chat`, or `run` for a one-turn `agent run`); its id."""
+    def new_conversation(self, kind: str, base_messages: list[dict[str, Any]] | None = None) -> str:
+        """A new conversation (`chat`, or `run` for a one-turn `agent run`); its id.
+
+        `base_messages`: the messages it starts from (a fork's, taken from another run)."""
         conversation = new_id("c")
         self._conn.execute(
-            "INSERT INTO conversations (id, kind, started_at) VALUES (?, ?, ?)",
-            (conversation, kind, time.time()),
+            "INSERT INTO conversations (id, kind, started_at, base_messages) VALUES (?, ?, ?, ?)",
+            (
+                conversation,
+                kind,
+                time.time(),
+                json.dumps(base_messages, ensure_ascii=False) if base_messages else None,
+            ),
         )
         return conversation
 
-    def start_run(self, conversation: str, started: RunStarted, settings: dict[str, Any]) -> str:
-        """Record a run as it starts; its id (the one the event carries, if new here)."""
+    def start_run(
+        self,
+        conversation: str,
+        started: RunStarted,
+        settings: dict[str, Any],
+        origin: RunOrigin | None = None,
+        continues: bool = False,
+    ) -> str:
+        """Record a run as it starts (where it came from; whether it `continues` the turn
+        before it rather than starting one with its prompt); its id (the one the event
+        carries, if new here)."""
         run = started.run_id or new_id("r")
         if self._conn.execute("SELECT 1 FROM runs WHERE id = ?", (run,)).fetchone():
             run = new_id("r")
@@ -135,8 +166,9 @@ class History:
         ).fetchone()[0]
         self._conn.execute(
             "INSERT INTO runs (id, conversation_id, turn, started_at, status, model, backend, "
-            "thinking, settings, prompt, pid, pid_started) "
-            "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+            "thinking, settings, prompt, pid, pid_started, origin, origin_run, origin_step, "
+            "continues) "
+            "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 run,
                 conversation,
@@ -149,6 +181,10 @@ class History:
                 started.prompt,
                 me.pid,
                 me.create_time(),
+                origin.kind if origin else None,
+                origin.run if origin else None,
+                origin.step if origin else None,
+                int(continues),
             ),
         )
         self._index(run, started.prompt)
@@ -300,20 +336,34 @@ class History:
         ):
             yield json.loads(data)
 
-    def messages(self, conversation: str) -> list[dict[str, Any]]:
-        """The conversation's messages as the model saw them, turn after turn."""
-        found: list[dict[str, Any]] = []
-        for run, prompt, messages in self._conn.execute(
-            "SELECT id, prompt, messages FROM runs WHERE conversation_id = ? ORDER BY turn",
-            (conversation,),
-        ):
-            found.append({"role": "user", "content": prompt})
-            if messages:
-                found.extend(json.loads(messages))
-            else:  # a run that died before it ended: its answer so far, if any
-                answer = self.run(run).answer
-                if answer:
-                    found.append({"role": "assistant", "content": answer})
+    def stored_messages(self, run: str) -> list[dict[str, Any]] | None:
+        """The messages `run` added, as kept when its turn ended; None when it never ended."""
+        row = self._conn.execute("SELECT messages FROM runs WHERE id = ?", (run,)).fetchone()
+        return list(json.loads(row[0])) if row and row[0] else None
+
+    def run_messages(self, run: str) -> list[dict[str, Any]]:
+        """The messages `run` added: as stored, else rebuilt from its events (a killed run)."""
+        stored = self.stored_messages(run)
+        return stored if stored is not None else messages_from_events(self.events(run))
+
+    def messages(self, conversation: str, before_turn: int | None = None) -> list[dict[str, Any]]:
+        """The conversation's messages as the model saw them, turn after turn (those before
+        turn `before_turn`, if given): the messages it was forked from, then each run's
+        prompt (unless it continues the turn before) and messages. A run that died has what it
+        did so far, without the tool calls that had not returned."""
+        row = self._conn.execute(
+            "SELECT base_messages FROM conversations WHERE id = ?", (conversation,)
+        ).fetchone()
+        found: list[dict[str, Any]] = json.loads(row[0]) if row and row[0] else []
+        runs = self._conn.execute(
+            "SELECT id, prompt, continues FROM runs WHERE conversation_id = ? AND turn < ? "
+            "ORDER BY turn",
+            (conversation, before_turn if before_turn is not None else 2**62),
+        ).fetchall()
+        for run, prompt, continues in runs:
+            if not continues:
+                found.append({"role": "user", "content": prompt})
+            found.extend(split_pending(self.run_messages(run))[0])
         return found
 
     def delete(self, some_id: str) -> str:
@@ -341,6 +391,7 @@ class History:
 def _record(row: tuple[Any, ...]) -> RunRecord:
     values = list(row)
     values[8] = bool(values[8])
+    values[16] = bool(values[16])
     return RunRecord(*values)
 
 

@@ -12,6 +12,7 @@ from qwen_agent.llm.schema import FUNCTION, USER, FunctionCall, Message
 
 from agent.backends.tool_choice import NONE, REQUIRED, TOOL_CHOICE_KEY
 from agent.config import CONTEXT_TOKENS, Settings
+from agent.history.transcript import NOT_RUN_KEY, trailing_calls
 from agent.loop.call_checks import (
     CheckedCall,
     RepeatGuard,
@@ -138,6 +139,7 @@ class AgentAssistant(Assistant):
         messages = self._prepend_knowledge_prompt(messages=messages, lang=lang, **kwargs)
         repeats = RepeatGuard(self.max_repeats)
         response: list[Message] = []
+        yield from self._run_pending(messages, response, repeats)
         for step in range(self.max_steps + 1):
             last_step = step == self.max_steps
             if last_step:
@@ -169,18 +171,53 @@ class AgentAssistant(Assistant):
                 break
             for message in calls:
                 result, hook_notes = self._run_call(message.function_call, repeats)
-                reply = Message(
-                    FUNCTION,
-                    result,
-                    name=message.function_call.name,
-                    extra={"function_id": (message.extra or {}).get("function_id", "1")},
-                )
+                reply = _result_message(message, result)
                 messages.append(reply)
                 response.append(reply)
                 yield response
                 for note in hook_notes:  # after the result is shown
                     self._notify(NOTE_KIND, note)
         yield response
+
+    def _run_pending(
+        self, messages: list[Message], response: list[Message], repeats: RepeatGuard
+    ) -> Iterator[list[Message]]:
+        """Run the calls `messages` end with (a resumed run's, made before it stopped) as if
+        the model had just made them; one whose `extra` says `not_run` gets that as its error."""
+        pending = trailing_calls(messages)
+        if not pending:
+            return
+        calls = messages[-pending:]
+        response.extend(calls)
+        yield response
+        for message in calls:
+            refused = (message.extra or {}).get(NOT_RUN_KEY)
+            result, hook_notes = (
+                (self._refuse_call(message.function_call, str(refused)), [])
+                if refused
+                else self._run_call(message.function_call, repeats)
+            )
+            reply = _result_message(message, result)
+            messages.append(reply)
+            response.append(reply)
+            yield response
+            for note in hook_notes:  # after the result is shown
+                self._notify(NOTE_KIND, note)
+
+    def _refuse_call(self, call: FunctionCall, reason: str) -> str:
+        """A call shown and answered with `Error: reason`, never run."""
+        if self.tool_listener:
+            self.tool_listener.tool_started(call.name, call.arguments)
+            self.tool_listener.tool_finished(ToolOutcome(f"Error: {reason}", False, 0.0))
+        return f"Error: {reason}"
+
+    def call_tool(self, name: str, arguments: str, repeats: RepeatGuard) -> str:
+        """One tool call run as the loop runs it (checks, hooks, the tool, the result limit),
+        with no model: how a recorded run is replayed. The outcome goes to `tool_listener`."""
+        content, hook_notes = self._run_call(FunctionCall(name=name, arguments=arguments), repeats)
+        for note in hook_notes:
+            self._notify(NOTE_KIND, note)
+        return content
 
     def _step_cfg(
         self, step: int, last_step: bool, lang: str, kwargs: dict[str, Any]
@@ -254,6 +291,16 @@ class AgentAssistant(Assistant):
             return checked
         error = repeats.refuse(call.name, checked.arguments)
         return CheckedCall(error=error) if error else checked
+
+
+def _result_message(call: Message, result: str) -> Message:
+    """The `function` message answering the tool call `call`."""
+    return Message(
+        FUNCTION,
+        result,
+        name=call.function_call.name,
+        extra={"function_id": (call.extra or {}).get("function_id", "1")},
+    )
 
 
 def build_assistant(
