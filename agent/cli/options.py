@@ -88,11 +88,18 @@ chat_options = _group("chat")
 service_options = _group("service")
 
 
-def settings_from(flags: dict[str, Any], **forced: Any) -> Settings:
-    """`Settings` with the given flags on top of the config file and environment."""
+def settings_from(
+    flags: dict[str, Any], base: dict[str, Any] | None = None, **forced: Any
+) -> Settings:
+    """`Settings` with the given flags on top of `base` (a task file's settings), the
+    environment and the config file."""
     known = {item.name for item in fields(Settings)}
     # A repeatable option not given is (): it leaves config.toml's list in force.
-    given = {name: value for name, value in flags.items() if name in known and value != ()}
+    given = {
+        name: value
+        for name, value in flags.items()
+        if name in known and value != () and value is not None
+    }
     if flags.get(_NO_TOOLS):
         if given.get("tools") is not None:
             raise click.UsageError("--tools and --no-tools cannot be used together")
@@ -102,7 +109,7 @@ def settings_from(flags: dict[str, Any], **forced: Any) -> Settings:
             if given.get(name) is not None:
                 raise click.UsageError(f"--{name} and --no-{name} cannot be used together")
             given[name] = "off"
-    return load_settings({**given, **forced})
+    return load_settings({**(base or {}), **given, **forced})
 
 
 def json_option(help: str) -> Callable[[F], F]:

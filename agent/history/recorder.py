@@ -20,10 +20,17 @@ def recorded_settings(settings: Settings) -> dict[str, Any]:
 class RunRecorder:
     """Stores each event of the runs of one conversation, in order, as it comes."""
 
-    def __init__(self, history: History, conversation: str, settings: Settings) -> None:
+    def __init__(
+        self,
+        history: History,
+        conversation: str,
+        settings: Settings,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """`extra` is kept with the settings (a task file: its path, hash and parameters)."""
         self.history = history
         self.conversation = conversation
-        self.settings = recorded_settings(settings)
+        self.settings = {**recorded_settings(settings), **(extra or {})}
         self.run: str | None = None
         self._seq = 0
 

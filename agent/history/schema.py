@@ -96,6 +96,11 @@ MIGRATIONS: tuple[str, ...] = (
         heartbeat_at REAL NOT NULL
     );
     """,
+    # 4: the sha256 of the task file an occurrence ran (a job of `--task FILE` reads the file
+    # again at each run), so its history says which content each run had.
+    """
+    ALTER TABLE occurrences ADD COLUMN task_sha256 TEXT;
+    """,
 )
 VERSION = len(MIGRATIONS)
 
