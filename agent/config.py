@@ -524,13 +524,20 @@ def _from_file(path: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix or remove the file") from None
+    return values_from_table(data, str(path))
+
+
+def values_from_table(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Settings from a TOML table with `config.toml`'s keys (config.toml itself, a task
+    file's `[settings]`), each coerced to its type; a one-line error naming `source` for an
+    unknown key or a value of the wrong type."""
     known = _field_types()
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigError(
-            f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
-    return {name: _coerce(name, value, str(path)) for name, value in data.items()}
+    return {name: _coerce(name, value, source) for name, value in data.items()}
 
 
 def _from_environment() -> dict[str, Any]:
@@ -542,8 +549,9 @@ def _from_environment() -> dict[str, Any]:
     return found
 
 
-def validate(settings: Settings) -> None:
-    """Raise `ConfigError` for the first value the table does not allow."""
+def validate(settings: Settings, by_key: bool = False) -> None:
+    """Raise `ConfigError` for the first value the table does not allow (naming the setting
+    by its flag, or by its key with `by_key`)."""
     for item in fields(Settings):
         entry, value = spec(item), getattr(settings, item.name)
         if entry.choices and value not in entry.choices:
@@ -551,7 +559,8 @@ def validate(settings: Settings) -> None:
                 f"{item.name} must be one of {', '.join(entry.choices)}, not {value!r}"
             )
         if entry.bounds and value is not None and not entry.bounds.allows(value):
-            raise ConfigError(f"{entry.label(item.name)} must be {entry.bounds.describe()}")
+            label = item.name if by_key else entry.label(item.name)
+            raise ConfigError(f"{label} must be {entry.bounds.describe()}")
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:

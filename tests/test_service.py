@@ -115,7 +115,7 @@ def slow_run_argv(model: Path, tool: Path, *extra: str) -> list[str]:
     """`agent run` that calls the slow tool (the first call is constrained to a tool)."""
     return agent_argv(
         "run", "--json", "--tool", str(tool), "--tools", "slow", "--require-tool",
-        "--model", str(model), *extra, "hello",
+        "--model", str(model), "--seed", "1", "--max-new-tokens", "256", *extra, "hello",
     )  # fmt: skip
 
 
@@ -213,7 +213,8 @@ def test_ctrl_c_in_chat_cancels_the_turn_in_the_service(
     chat goes on."""
     chat = ChatTerminal(
         "--tool", str(slow_tool), "--tools", "slow", "--require-tool", "--approve", "none",
-        "--model", str(tiny_gptq), home=service_home, env=ON,
+        "--model", str(tiny_gptq), "--seed", "1", "--max-new-tokens", "256",
+        home=service_home, env=ON,
     )  # fmt: skip
     chat.turn("hello", until="→ slow")
     time.sleep(0.5)

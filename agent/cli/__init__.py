@@ -26,6 +26,7 @@ from agent.cli.schedule import schedule
 from agent.cli.scheduler import scheduler
 from agent.cli.serve import serve
 from agent.cli.service import service
+from agent.cli.tasks import tasks
 from agent.cli.tools import tools
 from agent.errors import AgentError
 from agent.render import visible
@@ -39,7 +40,19 @@ def cli() -> None:
     """A local, tool-calling Qwen3 agent."""
 
 
-for command in (run, chat, runs, schedule, scheduler, serve, service, doctor, tools, evaluate):
+for command in (
+    run,
+    chat,
+    runs,
+    schedule,
+    scheduler,
+    serve,
+    service,
+    doctor,
+    tools,
+    tasks,
+    evaluate,
+):
     cli.add_command(command)
 
 

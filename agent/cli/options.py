@@ -94,9 +94,12 @@ chat_options = _group("chat")
 service_options = _group("service")
 
 
-def settings_from(flags: dict[str, Any], **forced: Any) -> Settings:
-    """`Settings` with the given flags on top of the config file and environment."""
-    return load_settings({**given_flags(flags), **forced})
+def settings_from(
+    flags: dict[str, Any], base: dict[str, Any] | None = None, **forced: Any
+) -> Settings:
+    """`Settings` with the given flags on top of `base` (a task file's settings), the
+    environment and the config file."""
+    return load_settings({**(base or {}), **given_flags(flags), **forced})
 
 
 def recorded_settings_from(flags: dict[str, Any], recorded: dict[str, Any]) -> Settings:
@@ -118,10 +121,14 @@ def recorded_settings_from(flags: dict[str, Any], recorded: dict[str, Any]) -> S
 
 
 def given_flags(flags: dict[str, Any]) -> dict[str, Any]:
-    """The settings the given flags set (unset flags are None)."""
+    """The settings the given flags set (flags not given are left out)."""
     known = {item.name for item in fields(Settings)}
     # A repeatable option not given is (): it leaves config.toml's list in force.
-    given = {name: value for name, value in flags.items() if name in known and value != ()}
+    given = {
+        name: value
+        for name, value in flags.items()
+        if name in known and value != () and value is not None
+    }
     if flags.get(_NO_TOOLS):
         if given.get("tools") is not None:
             raise click.UsageError("--tools and --no-tools cannot be used together")

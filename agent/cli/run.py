@@ -1,9 +1,10 @@
-"""`agent run PROMPT`: one task, streamed as it happens."""
+"""`agent run PROMPT` or `agent run -t FILE`: one task, streamed as it happens."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,37 +20,122 @@ from agent.cli.options import (
 )
 from agent.config import Settings
 from agent.errors import ConfigError
+from agent.events import Answer, Event
+from agent.history.recorder import RunRecorder
 from agent.history.store import History
+
+if TYPE_CHECKING:
+    from agent.session import Ask
+    from agent.tasks import Task
 
 
 @click.command("run")
 @click.argument("prompt", required=False)
+@click.option(
+    "-t",
+    "--task",
+    "task_file",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="run this task file (TOML) instead of PROMPT",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="a parameter of the task file (repeatable)",
+)
 @json_option("print JSON Lines events on stdout")
 @model_options
 @tool_options
 @selection_options
 @history_options
 @service_options
-def run(prompt: str | None, as_json: bool, **flags: Any) -> int:
+def run(
+    prompt: str | None,
+    task_file: Path | None,
+    params: tuple[str, ...],
+    as_json: bool,
+    **flags: Any,
+) -> int:
     """Run one task and stream what happens.
 
     PROMPT is the task; with `-`, or when standard input is piped, what comes in on standard
-    input is the task too (after PROMPT: `cat notes.txt | agent run "Summarize this"`).
+    input is the task too (after PROMPT: `cat notes.txt | agent run "Summarize this"`). With
+    `-t FILE`, a task file is the task: its prompt with `--param` values, its settings (flags
+    still win), its time limit and its output.
     """
+    from agent.loop.context import check_task_fits
     from agent.render import JsonLinesRenderer, TerminalRenderer
     from agent.service.client import open_session
     from agent.session import Conversation
+    from agent.tasks import bind, deliver, load_task, parse_params, render_prompt, task_settings
 
-    text = read_prompt(prompt)
-    settings = settings_from(flags)
+    task, record, ask = None, None, None
+    if task_file is None:
+        if params:
+            raise click.UsageError("--param goes with a task file (-t FILE)")
+        text = read_prompt(prompt)
+        settings = settings_from(flags)
+    else:
+        if prompt is not None:
+            raise click.UsageError("give a PROMPT or a task file (-t FILE), not both")
+        task = load_task(task_file)
+        values = bind(task, parse_params(params))
+        text, record = render_prompt(task, values), {"task": task.record(values)}
+        settings = settings_from(flags, base=task_settings(task))
+        ask = _task_ask(task)
     setup_logging(settings.debug)
+    check_task_fits(text, settings)
     history = open_history(settings)
     renderer = JsonLinesRenderer() if as_json else TerminalRenderer(settings.show_thinking)
-    with open_session(settings) as session:
-        status = Conversation(session, settings, history, "run").turn(text, renderer.show)
+    answers = _Answers(renderer.show)
+    with open_session(settings, ask) as session:
+        recorder = _recorder(history, settings, record)
+        talk = Conversation(session, settings, history, "run", recorder=recorder)
+        status = talk.turn(text, answers.show, task.time_limit_s if task else None)
     if status == "cancelled":
         return EXIT_CANCELLED
-    return EXIT_OK if status == "answered" else EXIT_FAILED
+    if status != "answered":
+        return EXIT_FAILED
+    if task is not None and answers.last is not None:
+        written = deliver(task, answers.last)  # TaskOutputError: one line, exit 1
+        if written is not None:
+            print(f"wrote {written}", file=sys.stderr)
+    return EXIT_OK
+
+
+class _Answers:
+    """Passes each event on, keeping the last answer (a task's output is made from it)."""
+
+    def __init__(self, show: Any) -> None:
+        self._show = show
+        self.last: str | None = None
+
+    def show(self, event: Event) -> None:
+        if isinstance(event, Answer):
+            self.last = event.text
+        self._show(event)
+
+
+def _task_ask(task: Task) -> Ask | None:
+    """A task file that sets `approve` is asked on the terminal, as chat asks (`agent run`
+    alone never asks)."""
+    if "approve" not in task.settings:
+        return None
+    from agent.cli.chat import ask_on_terminal
+
+    return ask_on_terminal
+
+
+def _recorder(
+    history: History | None, settings: Settings, record: dict[str, Any] | None
+) -> RunRecorder | None:
+    """The run's recorder, keeping the task file's path, hash and parameters with it."""
+    if history is None:
+        return None
+    return RunRecorder(history, history.new_conversation("run"), settings, extra=record)
 
 
 def read_prompt(prompt: str | None) -> str:

@@ -18,6 +18,7 @@ import click
 from agent.cli.common import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, setup_logging
 from agent.cli.options import json_option, names
 from agent.config import load_settings
+from agent.errors import ConfigError
 from agent.history.store import History
 from agent.paths import agent_home, write_atomically
 from agent.render import visible
@@ -41,9 +42,11 @@ from agent.scheduler.timing import (
     utc_stamp,
     wall,
 )
+from agent.tasks import bind, load_task, parse_params
 
 F = TypeVar("F", bound=Callable[..., Any])
 NEXT_SHOWN = 5
+_FROM_TASK_FILE = ("tools", "time_limit", "code_network")  # a task file's job: None = the file's
 
 
 @contextmanager
@@ -93,6 +96,13 @@ def _job_options(command: F) -> F:
             click.option("--grace", help="how late a missed run may still run (default 1d)"),
             click.option("--on-success", metavar="CMD", help="a shell command after a success"),
             click.option("--on-failure", metavar="CMD", help="a shell command after a failure"),
+            click.option(
+                "--param",
+                "params",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="a parameter of the job's task file (repeatable; replaces the job's)",
+            ),
             click.option("--no-check", is_flag=True, help="skip the tool and model checks"),
         ]
     ):
@@ -129,16 +139,48 @@ def _options_from(flags: dict[str, Any], base: JobOptions) -> JobOptions:
         given["time_limit_s"] = parse_duration(flags["time_limit"], "--time-limit")
     if flags.get("grace"):
         given["grace_s"] = parse_duration(flags["grace"], "--grace")
+    if flags.get("params"):
+        given["params"] = tuple(flags["params"])
     return replace(base, **given)
 
 
+def _task_file_options(options: JobOptions, task_file: Path | None) -> JobOptions:
+    """`options` for a job of a task file (`task_file`), or of a task text (None): a file's
+    job leaves tools, time limit and code network to the file unless they are given."""
+    if task_file is not None:
+        return replace(
+            options,
+            task_file=str(task_file.expanduser().resolve()),
+            tools=None,
+            time_limit_s=None,
+            code_network=None,
+        )
+    text = JobOptions()
+    return replace(
+        options,
+        task_file=None,
+        params=(),
+        tools=text.tools if options.tools is None else options.tools,
+        time_limit_s=options.time_limit_s or text.time_limit_s,
+        code_network=bool(options.code_network),
+    )
+
+
 def _checked(job: Job, no_check: bool) -> None:
+    """The job as `add` and `edit` take it: its task file read and its parameters given
+    (always), its tools and model tried (unless `no_check`)."""
     check_job(job.name, job.task, job.options)
+    task = None
+    if job.options.task_file:
+        task = load_task(Path(job.options.task_file))
+        bind(task, parse_params(job.options.params))
+    elif job.options.params:
+        raise ConfigError("--param is for a job of a task file (--task FILE)")
     if not no_check:
         from agent.scheduler.preflight import preflight
 
         click.echo(f"checking job {job.name}: its tools and model…", err=True)
-        preflight(job)
+        preflight(job, task)
 
 
 @click.group("schedule")
@@ -150,16 +192,24 @@ def schedule() -> None:
 @schedule.command("add")
 @click.argument("name")
 @click.argument("task", required=False, default="")
+@click.option(
+    "-t",
+    "--task",
+    "task_file",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="run this task file (TOML), read again at each run, instead of TASK",
+)
 @_trigger_options
 @_job_options
-def add(name: str, task: str, cron: str | None, every: str | None, at: str | None,
-        tz: str | None, no_check: bool, **flags: Any) -> int:  # fmt: skip
-    """Add job NAME that runs TASK on a schedule (exactly one of --cron, --every, --at)."""
+def add(name: str, task: str, task_file: Path | None, cron: str | None, every: str | None,
+        at: str | None, tz: str | None, no_check: bool, **flags: Any) -> int:  # fmt: skip
+    """Add job NAME that runs TASK, or a task file, on a schedule (exactly one of --cron,
+    --every, --at)."""
     setup_logging(False)
     trigger = parse_trigger(cron, every, at, tz or local_zone_name())
-    job = Job(
-        id=0, name=name, task=task, trigger=trigger, options=_options_from(flags, JobOptions())
-    )
+    base = _task_file_options(JobOptions(), task_file) if task_file else JobOptions()
+    job = Job(id=0, name=name, task=task, trigger=trigger, options=_options_from(flags, base))
     check_job(name, task, job.options)
     with open_ledger() as ledger:
         ledger.check_free(name)
@@ -193,13 +243,19 @@ def _scheduler_running(ledger: Ledger) -> bool:
 
 @schedule.command("edit")
 @click.argument("name")
-@click.option("--task", help="the new task text")
+@click.option("--task", help="the new task text (instead of a task file)")
+@click.option(
+    "--task-file", type=click.Path(path_type=Path), metavar="FILE", help="run this task file"
+)
 @_trigger_options
 @_job_options
-def edit(name: str, task: str | None, cron: str | None, every: str | None, at: str | None,
-         tz: str | None, no_check: bool, **flags: Any) -> int:  # fmt: skip
+def edit(name: str, task: str | None, task_file: Path | None, cron: str | None,
+         every: str | None, at: str | None, tz: str | None, no_check: bool,
+         **flags: Any) -> int:  # fmt: skip
     """Change job NAME: only the options given change."""
     setup_logging(False)
+    if task is not None and task_file is not None:
+        raise click.UsageError("give --task TEXT or --task-file FILE, not both")
     with open_ledger() as ledger:
         job = ledger.job(name)
         trigger = job.trigger
@@ -207,11 +263,16 @@ def edit(name: str, task: str | None, cron: str | None, every: str | None, at: s
             trigger = parse_trigger(cron, every, at, tz or job.trigger.tz)
         elif tz:
             trigger = parse_trigger(*_trigger_fields(job.trigger), tz)
+        base = job.options
+        if task_file is not None and base.task_file:  # another file: the options stay
+            base = replace(base, task_file=str(task_file.expanduser().resolve()))
+        elif task_file is not None or (task is not None and base.task_file):
+            base = _task_file_options(base, task_file)
         edited = replace(
             job,
-            task=job.task if task is None else task,
+            task="" if task_file is not None else job.task if task is None else task,
             trigger=trigger,
-            options=_options_from(flags, job.options),
+            options=_options_from(flags, base),
         )
         _checked(edited, no_check)
         ledger.replace_job(edited)
@@ -278,13 +339,18 @@ def show(name: str, as_json: bool) -> int:
         click.echo(json.dumps(out, ensure_ascii=False))
         return EXIT_OK
     click.echo(f"job {job.name}{' (paused)' if job.paused else ''}")
-    click.echo(f"  task: {visible(job.task)}")
+    if job.task:
+        click.echo(f"  task: {visible(job.task)}")
     click.echo(f"  schedule: {job.trigger.describe()}")
     for key, value in asdict(job.options).items():
-        if key.endswith("_s") and value is not None:
-            key, value = key[:-2], format_duration(value)
+        if key in ("task_file", "params") and not value:
+            continue
+        if key.endswith("_s"):
+            key, value = key[:-2], None if value is None else format_duration(value)
         if isinstance(value, tuple):
             value = ", ".join(value) or "none"
+        if value is None and job.options.task_file and key in _FROM_TASK_FILE:
+            value = "the task file's"
         click.echo(
             f"  {key.replace('_', '-')}: {visible(str(value)) if value is not None else '-'}"
         )
@@ -299,9 +365,10 @@ def _occurrence_line(job: Job, occurrence: Occurrence) -> str:
     reason = f": {visible(occurrence.reason)}" if occurrence.reason else ""
     run = f"  run {occurrence.run_id}" if occurrence.run_id else ""
     trigger = "" if occurrence.trigger == "schedule" else f" ({occurrence.trigger})"
+    task = f"  task sha256 {occurrence.task_sha256[:12]}" if occurrence.task_sha256 else ""
     return (
         f"{wall(occurrence.scheduled_at, job.trigger.tz)}  {occurrence.status}{trigger}"
-        f"{reason}{run}"
+        f"{reason}{run}{task}"
     )
 
 

@@ -26,10 +26,12 @@ class RunRecorder:
         conversation: str,
         settings: Settings,
         origin: RunOrigin | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
+        """`extra` is kept with the settings (a task file: its path, hash and parameters)."""
         self.history = history
         self.conversation = conversation
-        self.settings = recorded_settings(settings)
+        self.settings = {**recorded_settings(settings), **(extra or {})}
         self.origin = origin  # where the next run comes from (a fork's, a resume's)
         self.continues = False  # the next run goes on with the turn before it (no prompt)
         self.run: str | None = None

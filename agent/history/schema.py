@@ -107,6 +107,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE runs ADD COLUMN origin_step INTEGER;
     ALTER TABLE runs ADD COLUMN continues INTEGER NOT NULL DEFAULT 0;
     """,
+    # 5: the sha256 of the task file an occurrence ran (a job of `--task FILE` reads the file
+    # again at each run), so its history says which content each run had.
+    """
+    ALTER TABLE occurrences ADD COLUMN task_sha256 TEXT;
+    """,
 )
 VERSION = len(MIGRATIONS)
 

@@ -43,6 +43,18 @@ def check_prompt_fits(tokens: int, reserve: int) -> None:
         )
 
 
+def check_task_fits(text: str, settings: Settings) -> None:
+    """Refuse a task too long for the window before anything loads (a one-line error). Its
+    tokens are counted only when its bytes could not fit: a token is at least one byte, so a
+    usual task needs no tokenizer (the resident service's light client imports none)."""
+    room = CONTEXT_TOKENS - min(settings.max_new_tokens, CONTEXT_TOKENS // 4)
+    if len(text.encode()) <= room:
+        return
+    check_prompt_fits(
+        count_tokens(text), reserve(settings.system_prompt, [], settings.max_new_tokens)
+    )
+
+
 def trim_turns(messages: list[dict[str, Any]], reserve: int) -> tuple[list[dict[str, Any]], int]:
     """`messages` (earlier turns, then the current user turn last) with the oldest turns
     dropped until they fit in the window beside `reserve` tokens; and how many were dropped.

@@ -14,13 +14,15 @@ import re
 import shlex
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 
 import yaml
 from cronsim import CronSim
 
 from agent.errors import ConfigError
-from agent.scheduler.jobs import Job
+from agent.scheduler.jobs import Job, job_time_limit
 from agent.scheduler.timing import Trigger, zone
+from agent.tasks import load_task
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -151,7 +153,9 @@ def _env_key(key: str) -> str:
 
 
 def _deadline(job: Job) -> int:
-    return math.ceil(job.options.time_limit_s) + _DEADLINE_MARGIN_S
+    """A run's time limit and a margin; a task file's limit as the file says it now."""
+    task = load_task(Path(job.options.task_file)) if job.options.task_file else None
+    return math.ceil(job_time_limit(job, task)) + _DEADLINE_MARGIN_S
 
 
 def _lines(lines: list[str]) -> str:

@@ -30,7 +30,7 @@ FINAL = ("succeeded", "failed", "timed_out", "skipped", "missed", "interrupted")
 _JOB_COLUMNS = "id, name, created_at, paused, spec"
 _OCCURRENCE_COLUMNS = (
     "job_id, scheduled_at, status, reason, trigger, run_id, answer_file, pid, claimed_at, "
-    "started_at, finished_at"
+    "started_at, finished_at, task_sha256"
 )
 
 
@@ -49,6 +49,7 @@ class Occurrence:
     claimed_at: float
     started_at: float | None
     finished_at: float | None
+    task_sha256: str | None = None  # the task file's content, for a job of a task file
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,13 @@ class Ledger:
         self.db.execute(
             "UPDATE occurrences SET run_id = ? WHERE job_id = ? AND scheduled_at = ?",
             (run_id, job.id, at),
+        )
+
+    def set_task_sha256(self, job: Job, at: float, sha256: str | None) -> None:
+        """Record which content of the job's task file the occurrence ran."""
+        self.db.execute(
+            "UPDATE occurrences SET task_sha256 = ? WHERE job_id = ? AND scheduled_at = ?",
+            (sha256, job.id, at),
         )
 
     def finish(

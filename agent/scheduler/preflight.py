@@ -7,15 +7,17 @@ from agent.config import Settings
 from agent.errors import ConfigError
 from agent.paths import new_run_dir
 from agent.scheduler.jobs import Job, job_settings
+from agent.tasks import Task
 
 SERVER_TIMEOUT_S = 10.0
 
 
-def preflight(job: Job) -> None:
-    """Raise `ConfigError` when the job's tools do not start or its model does not load."""
+def preflight(job: Job, task: Task | None = None) -> None:
+    """Raise `ConfigError` when the job's tools do not start or its model does not load
+    (with the settings of its task file, `task`, as the file is now)."""
     from agent.tools.toolset import open_tools
 
-    settings = job_settings(job)
+    settings = job_settings(job, task)
     with open_tools(settings, new_run_dir()) as toolset:
         servers_down = [p for p in toolset.problems if p.startswith("MCP server")]
         if servers_down:
