@@ -89,7 +89,9 @@ class RunFinished(Event):
 class Notice(Event):
     """The tool loop stepped in: `step_limit` (tools turned off for a final answer),
     `no_answer` (the model gave none even then), `cancelled` (the user stopped the answer),
-    `context` (old turns left out) or `time_limit` (a job's run stopped at its time limit)."""
+    `context` (old turns left out) or `time_limit` (a job's run stopped at its time limit);
+    or an MCP server's doing: `sampling` (it asked the model for a completion, or was
+    refused), `elicitation` (its form was refused), `attachment` (a resource was cut)."""
 
     type: ClassVar[str] = "notice"
     kind: str

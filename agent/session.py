@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import CONTEXT_TOKENS, Settings
-from agent.events import Event, Notice
+from agent.events import Event, Notice, RunStarted
 from agent.history.recorder import RunRecorder
-from agent.history.store import History
+from agent.history.store import BEFORE_PROMPT, History
 from agent.render import Tee
+from agent.tools.mcp_context import ResourceContent, UserTurn
+from agent.tools.mcp_requests import Questions
 
 if TYPE_CHECKING:
     from agent.loop.assistant import AgentAssistant
@@ -54,17 +56,38 @@ class Session(Protocol):
         """Run the assistant on `messages` (the current user turn last), showing each event."""
         ...
 
+    def get_prompt(self, server: str, name: str, arguments: dict[str, str]) -> list[dict[str, str]]:
+        """An MCP server's prompt, rendered by it with `arguments` (role and text messages)."""
+        ...
+
+    def read_resource(self, server: str, uri: str) -> list[ResourceContent]:
+        """An MCP server's resource, read."""
+        ...
+
     def close(self) -> None: ...
 
 
 class LocalSession:
-    """A session in this process: the loaded model, the open tools, the assistant over them."""
+    """A session in this process: the loaded model, the open tools, the assistant over them.
 
-    def __init__(self, settings: Settings, llm: Any, toolset: Toolset, ask: Ask | None) -> None:
+    `ask` is asked before the tool calls the approval policy names (None: no approvals);
+    `questions` answers what the MCP servers ask during a turn (None: nobody can be asked,
+    so a sampling request the policy would ask about, and every form, are refused)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        llm: Any,
+        toolset: Toolset,
+        ask: Ask | None,
+        questions: Questions | None = None,
+    ) -> None:
         from agent.loop.approval import Approver
         from agent.loop.assistant import build_assistant
         from agent.loop.context import reserve_for
         from agent.loop.runner import run_info
+        from agent.loop.sampler import completion_sampler
+        from agent.loop.server_requests import RequestAnswerer
         from agent.plugins import plugin_manager
 
         hooks = plugin_manager(Approver(settings.approve, ask)) if ask else None
@@ -74,6 +97,15 @@ class LocalSession:
         self.info = run_info(settings, toolset)
         self.reserve = reserve_for(settings, toolset)
         self.tool_names = [tool.name for tool in toolset.tools]
+        # Bound now the model is built: the servers started while it loaded.
+        self.answerer = RequestAnswerer(
+            policy=settings.approve,
+            max_tokens=settings.sampling_max_tokens,
+            model=settings.model,
+            sampler=completion_sampler(llm, settings),
+            questions=questions,
+            notify=self.assistant.notify,
+        )
 
     def turn(
         self,
@@ -107,8 +139,15 @@ class LocalSession:
             stop=stop,
             on_stop=self.toolset.interrupt,
         )
-        status = show_run(events, show)
+        with self.toolset.answering(self.answerer):  # the servers' requests reach this turn
+            status = show_run(events, show)
         return TurnResult(status, sent, added)
+
+    def get_prompt(self, server: str, name: str, arguments: dict[str, str]) -> list[dict[str, str]]:
+        return self.toolset.servers().get_prompt(server, name, arguments)
+
+    def read_resource(self, server: str, uri: str) -> list[ResourceContent]:
+        return self.toolset.servers().read_resource(server, uri)
 
     def close(self) -> None:
         self.toolset.close()
@@ -121,16 +160,18 @@ def open_local_session(
     environ: Mapping[str, str] | None = None,
     mcp: Any = None,
     kernels: Any = None,
+    questions: Questions | None = None,
 ) -> Iterator[LocalSession]:
     """Load the model while the tools start (the servers' environment from `environ`, else
     this process's; MCP connections from the `mcp` pool, else started for this session; the
-    code interpreter's kernel from the `kernels` spares, else started on its first call)."""
+    code interpreter's kernel from the `kernels` spares, else started on its first call).
+    `ask` and `questions`: see `LocalSession`."""
     from agent.loop.assistant import build_llm
     from agent.tools.toolset import open_tools_while
 
     loading = open_tools_while(lambda: build_llm(settings), settings, environ, mcp, kernels)
     with loading as (llm, toolset):
-        yield LocalSession(settings, llm, toolset, ask)
+        yield LocalSession(settings, llm, toolset, ask, questions)
 
 
 class Conversation:
@@ -162,15 +203,19 @@ class Conversation:
         """The conversation's id in the run history (None with history off)."""
         return self.recorder.conversation if self.recorder else None
 
-    def turn(self, text: str, show: Show, time_limit_s: float | None = None) -> str:
-        """Run one user turn, showing and recording its events; the run's status."""
+    def turn(self, message: str | UserTurn, show: Show, time_limit_s: float | None = None) -> str:
+        """Run one user turn (its text, or a `UserTurn` with a prompt's earlier messages and
+        notices), showing and recording its events; the run's status."""
+        turn = message if isinstance(message, UserTurn) else UserTurn(message)
         shown = Tee(self.recorder, _Renderer(show)).show if self.recorder else show
-        result = self.session.turn(
-            [*self.messages, {"role": "user", "content": text}], shown, time_limit_s
-        )
+        if turn.notices:
+            shown = _NoticesAfterStart(shown, turn.notices).show
+        new = [*turn.context, {"role": "user", "content": turn.text}]
+        result = self.session.turn([*self.messages, *new], shown, time_limit_s)
         self.messages = [*result.sent, *result.added]
         if self.history is not None and self.recorder and self.recorder.run:
-            self.history.set_messages(self.recorder.run, result.added)
+            before = [{**context, BEFORE_PROMPT: True} for context in turn.context]
+            self.history.set_messages(self.recorder.run, [*before, *result.added])
         return result.status
 
     def reset(self) -> None:
@@ -180,6 +225,22 @@ class Conversation:
             self.recorder = RunRecorder(
                 self.history, self.history.new_conversation(self.kind), self.settings
             )
+
+
+class _NoticesAfterStart:
+    """Shows `notices` (about what the user sent) right after the run starts, so they are
+    shown and recorded with the run."""
+
+    def __init__(self, show: Show, notices: list[str]) -> None:
+        self._show = show
+        self._notices = list(notices)
+
+    def show(self, event: Event) -> None:
+        self._show(event)
+        if isinstance(event, RunStarted):
+            for message in self._notices:
+                self._show(Notice(kind="attachment", message=message))
+            self._notices = []
 
 
 class _Renderer:

@@ -27,6 +27,8 @@ from agent.events import Answer, Event, RunFinished, RunStarted, ToolCall, ToolR
 from agent.history.schema import migrate
 
 BUSY_TIMEOUT_MS = 30_000
+# Marks a run's message that came before its prompt (an MCP prompt's earlier messages).
+BEFORE_PROMPT = "before_prompt"
 _RUN_COLUMNS = (
     "id, conversation_id, turn, started_at, finished_at, status, model, backend, thinking, "
     "prompt, answer, prompt_tokens, completion_tokens"
@@ -305,9 +307,15 @@ class History:
             "SELECT id, prompt, messages FROM runs WHERE conversation_id = ? ORDER BY turn",
             (conversation,),
         ):
+            stored = json.loads(messages) if messages else []
+            found.extend(
+                {k: v for k, v in m.items() if k != BEFORE_PROMPT}
+                for m in stored
+                if m.get(BEFORE_PROMPT)
+            )
             found.append({"role": "user", "content": prompt})
             if messages:
-                found.extend(json.loads(messages))
+                found.extend(m for m in stored if not m.get(BEFORE_PROMPT))
             else:  # a run that died before it ended: its answer so far, if any
                 answer = self.run(run).answer
                 if answer:

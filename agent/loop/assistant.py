@@ -139,7 +139,7 @@ class AgentAssistant(Assistant):
             last_step = step == self.max_steps
             if last_step:
                 messages.append(Message(USER, STEP_LIMIT_PROMPT.format(steps=self.max_steps)))
-                self._notify(
+                self.notify(
                     "step_limit",
                     f"{self.max_steps} tool steps used; the model must answer now, tools off",
                 )
@@ -160,7 +160,7 @@ class AgentAssistant(Assistant):
             messages.extend(output)
             calls = [message for message in output if message.function_call]
             if last_step and not any(message_text(m.model_dump()) for m in output):
-                self._notify("no_answer", f"no final answer after {self.max_steps} tool steps")
+                self.notify("no_answer", f"no final answer after {self.max_steps} tool steps")
             if not calls:
                 break
             for message in calls:
@@ -188,7 +188,8 @@ class AgentAssistant(Assistant):
             cfg[TOOL_CHOICE_KEY] = REQUIRED
         return cfg
 
-    def _notify(self, kind: str, message: str) -> None:
+    def notify(self, kind: str, message: str) -> None:
+        """A `notice` event in the running turn (from any thread)."""
         if self.tool_listener:
             self.tool_listener.notice(kind, message)
 
