@@ -381,6 +381,17 @@ class Settings:
     tool_result_limit: int = setting(
         20_000, "characters of a tool result the model sees", bounds=Bounds(low=0, low_open=True)
     )
+    resource_limit: int = setting(
+        20_000,
+        "characters of an MCP resource attached to a message (--attach, @server:uri) the model "
+        "sees",
+        bounds=Bounds(low=0, low_open=True),
+    )
+    sampling_max_tokens: int = setting(
+        1024,
+        "most tokens the model generates for an MCP server's sampling request",
+        bounds=Bounds(low=0, low_open=True),
+    )
     system_prompt: str = setting("You are a helpful assistant.", "the system prompt")
     compact_at: float = setting(
         0.8,
@@ -412,8 +423,8 @@ class Settings:
     )
     approve: str = setting(
         "auto",
-        "chat: ask before tool calls: auto (all but the read-only tools), all, code, none, "
-        "or tool names",
+        "ask before tool calls (chat) and MCP sampling requests (SERVER-sampling; chat and "
+        "run): auto (all but the read-only tools), all, code, none, or tool names",
         flag=True,
         group="chat",
         metavar="WHICH",

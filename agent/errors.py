@@ -22,6 +22,11 @@ class MCPServerError(AgentError):
     """An MCP server failed to start or answer (fatal only with --strict-mcp)."""
 
 
+class MCPReferenceError(AgentError):
+    """A prompt or resource the user named (`--prompt-from`, `--attach`, `/prompt`,
+    `@server:uri`) does not exist, lacks an argument, or its server could not give it."""
+
+
 class ModelLoadError(AgentError):
     """The model could not be found, downloaded or loaded."""
 

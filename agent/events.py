@@ -96,7 +96,9 @@ class Notice(Event):
     `context` (old turns left out), `compacted` (older turns replaced by a summary the model
     wrote, or older tool results cut), `waiting` (another run has the model), `time_limit` (a
     job's run stopped at its time limit) or `hook` (a hook failed, or had a line to show:
-    agent/loop/hook_calls.py)."""
+    agent/loop/hook_calls.py); or an MCP server's doing: `sampling` (it asked the model for a
+    completion, or was refused), `elicitation` (its form was refused), `attachment` (a
+    resource was cut)."""
 
     type: ClassVar[str] = "notice"
     kind: str

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agent.config import CONTEXT_TOKENS, Settings
 from agent.events import Event, Notice, RunFinished, RunStarted
 from agent.history.recorder import RunRecorder
-from agent.history.store import History, RunOrigin
+from agent.history.store import BEFORE_PROMPT, History, RunOrigin
 from agent.history.transcript import trailing_calls
+from agent.tools.mcp_context import ResourceContent, UserTurn
+from agent.tools.mcp_requests import Questions
 
 if TYPE_CHECKING:
     from agent.loop.assistant import AgentAssistant
@@ -56,13 +58,25 @@ class Session(Protocol):
         on from), showing each event."""
         ...
 
+    def get_prompt(self, server: str, name: str, arguments: dict[str, str]) -> list[dict[str, str]]:
+        """An MCP server's prompt, rendered by it with `arguments` (role and text messages)."""
+        ...
+
+    def read_resource(self, server: str, uri: str) -> list[ResourceContent]:
+        """An MCP server's resource, read."""
+        ...
+
     def close(self) -> None: ...
 
 
 class LocalSession:
     """A session in this process: the loaded model, the open tools, the assistant over them,
     and the hooks in force: installed plugins', the user's hook commands (run with `environ`,
-    else this process's environment) and, with `ask`, chat's approval."""
+    else this process's environment) and, with `ask`, chat's approval.
+
+    `ask` is asked before the tool calls the approval policy names (None: no approvals);
+    `questions` answers what the MCP servers ask during a turn (None: nobody can be asked,
+    so a sampling request the policy would ask about, and every form, are refused)."""
 
     def __init__(
         self,
@@ -71,12 +85,15 @@ class LocalSession:
         toolset: Toolset,
         ask: Ask | None,
         environ: Mapping[str, str] | None = None,
+        questions: Questions | None = None,
     ) -> None:
         from agent.loop.approval import Approver
         from agent.loop.assistant import build_assistant
         from agent.loop.context import reserve_for
         from agent.loop.hook_commands import CommandHooks
         from agent.loop.runner import run_info
+        from agent.loop.sampler import completion_sampler
+        from agent.loop.server_requests import RequestAnswerer
         from agent.plugins import plugin_manager
 
         commands = CommandHooks(settings.hooks, settings.hook_timeout, environ)
@@ -89,6 +106,15 @@ class LocalSession:
         self.reserve = reserve_for(settings, toolset)
         self.assistant.context_budget = int(settings.compact_at * CONTEXT_TOKENS) - self.reserve
         self.tool_names = [tool.name for tool in toolset.tools]
+        # Bound now the model is built: the servers started while it loaded.
+        self.answerer = RequestAnswerer(
+            policy=settings.approve,
+            max_tokens=settings.sampling_max_tokens,
+            model=settings.model,
+            sampler=completion_sampler(llm, settings),
+            questions=questions,
+            notify=self.assistant.notify,
+        )
 
     def turn(
         self,
@@ -138,8 +164,15 @@ class LocalSession:
             on_stop=self.toolset.interrupt,
             notices=notices,
         )
-        status = show_run(events, _ContextLevel(show, self.fixed_tokens, sent, added).show)
+        with self.toolset.answering(self.answerer):  # the servers' requests reach this turn
+            status = show_run(events, _ContextLevel(show, self.fixed_tokens, sent, added).show)
         return TurnResult(status, sent[: len(sent) - trailing_calls(sent)], added)
+
+    def get_prompt(self, server: str, name: str, arguments: dict[str, str]) -> list[dict[str, str]]:
+        return self.toolset.servers().get_prompt(server, name, arguments)
+
+    def read_resource(self, server: str, uri: str) -> list[ResourceContent]:
+        return self.toolset.servers().read_resource(server, uri)
 
     @property
     def fixed_tokens(self) -> int:
@@ -173,17 +206,18 @@ def open_local_session(
     environ: Mapping[str, str] | None = None,
     mcp: Any = None,
     kernels: Any = None,
+    questions: Questions | None = None,
 ) -> Iterator[LocalSession]:
     """Load the model while the tools start (the servers' environment from `environ`, else
     this process's; MCP connections from the `mcp` pool, else started for this session; the
     code interpreter's kernel from the `kernels` spares, else started on its first call). The
-    user's hook commands run with `environ` too."""
+    user's hook commands run with `environ` too. `ask` and `questions`: see `LocalSession`."""
     from agent.loop.assistant import build_llm
     from agent.tools.toolset import open_tools_while
 
     loading = open_tools_while(lambda: build_llm(settings), settings, environ, mcp, kernels)
     with loading as (llm, toolset):
-        yield LocalSession(settings, llm, toolset, ask, environ)
+        yield LocalSession(settings, llm, toolset, ask, environ, questions)
 
 
 class _ContextLevel:
@@ -245,9 +279,12 @@ class Conversation:
         """The conversation's id in the run history (None with history off)."""
         return self.recorder.conversation if self.recorder else None
 
-    def turn(self, text: str, show: Show, time_limit_s: float | None = None) -> str:
-        """Run one user turn, showing and recording its events; the run's status."""
-        return self._run([{"role": "user", "content": text}], show, time_limit_s)
+    def turn(self, message: str | UserTurn, show: Show, time_limit_s: float | None = None) -> str:
+        """Run one user turn (its text, or a `UserTurn` with a prompt's earlier messages and
+        notices), showing and recording its events; the run's status."""
+        turn = message if isinstance(message, UserTurn) else UserTurn(message)
+        new = [*turn.context, {"role": "user", "content": turn.text}]
+        return self._run(new, show, time_limit_s, before=turn.context, notices=turn.notices)
 
     def go_on(
         self,
@@ -267,22 +304,29 @@ class Conversation:
         show: Show,
         time_limit_s: float | None,
         prompt: str | None = None,
+        before: list[dict[str, Any]] | None = None,
+        notices: list[str] | None = None,
     ) -> str:
+        """`before`: an MCP prompt's messages before the user's (kept with the run, marked);
+        `notices`: about what the user sent, shown right after the run starts."""
+
         def shown(event: Event) -> None:
             if prompt is not None and isinstance(event, RunStarted):
                 event = replace(event, prompt=prompt)
-            if self.recorder:
-                self.recorder.show(event)
-            if isinstance(event, RunFinished) and event.context:
-                self.context = dict(event.context)
-            show(event)
+            for each in [event, *_notices_after(event, notices)]:
+                if self.recorder:
+                    self.recorder.show(each)
+                if isinstance(each, RunFinished) and each.context:
+                    self.context = dict(each.context)
+                show(each)
 
         if self.recorder:
             self.recorder.continues = prompt is not None
         result = self.session.turn([*self.messages, *new], shown, time_limit_s)
         self.messages = [*result.sent, *result.added]
         if self.history is not None and self.recorder and self.recorder.run:
-            self.history.set_messages(self.recorder.run, result.added)
+            marked = [{**message, BEFORE_PROMPT: True} for message in before or []]
+            self.history.set_messages(self.recorder.run, [*marked, *result.added])
         return result.status
 
     def reset(self) -> None:
@@ -293,3 +337,10 @@ class Conversation:
             self.recorder = RunRecorder(
                 self.history, self.history.new_conversation(self.kind), self.settings
             )
+
+
+def _notices_after(event: Event, notices: list[str] | None) -> list[Notice]:
+    """The `attachment` notices to show right after `run_started` (so the run records them)."""
+    if not notices or not isinstance(event, RunStarted):
+        return []
+    return [Notice(kind="attachment", message=message) for message in notices]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,23 +19,33 @@ from agent.cli.options import (
     settings_from,
     tool_options,
 )
+from agent.cli.questions import TERMINAL_QUESTIONS, ask_on_terminal
 from agent.cli.run import open_history, read_prompt
-from agent.errors import ConfigError
+from agent.errors import AgentError, ConfigError
 from agent.history.store import History
 from agent.history.views import replay
 from agent.paths import chat_input_history, write_atomically
 from agent.render import TerminalRenderer, visible
+from agent.tools.mcp_context import (
+    UserTurn,
+    mentions,
+    parse_prompt_arguments,
+    prompt_turn,
+    with_attachments,
+)
 
 if TYPE_CHECKING:
-    from agent.session import Conversation
+    from agent.session import Conversation, Show
 
 HELP = """\
 commands: /help  /tools  /context (how full the model's window is)  /reset (forget the
           conversation)  /save FILE (as Markdown)  /exit
+          /prompt SERVER/PROMPT [KEY=VALUE ...]: send an MCP server's prompt
 keys: Enter sends · Alt+Enter or Ctrl-J: a new line · Up/Down and Ctrl-R: what you typed before
       Ctrl-C stops the answer (at an empty prompt: leaves) · Ctrl-D leaves
+@SERVER:URI in a message attaches that MCP resource (agent tools list shows them)
 /think and /no_think in a message switch the model's thinking for that turn"""
-OUR_COMMANDS = ("/help", "/tools", "/context", "/reset", "/save", "/exit", "/quit")
+OUR_COMMANDS = ("/help", "/tools", "/context", "/reset", "/save", "/prompt", "/exit", "/quit")
 
 
 class LineInput:
@@ -81,23 +91,6 @@ class LineInput:
         return text if text is None else str(text)
 
 
-def ask_on_terminal(name: str, arguments: dict[str, Any]) -> str:
-    """Show the call with its exact arguments and ask: y, n or a (always for this tool)."""
-    shown = visible(f"{name} {json.dumps(arguments, ensure_ascii=False)}")
-    if sys.stdin is None or not sys.stdin.isatty():
-        print(f"refused (no terminal to ask): {shown}", file=sys.stderr)
-        return "n"
-    print(f"allow {shown}?", file=sys.stderr)
-    while True:
-        print("[y]es, [n]o, [a]lways for this tool: ", end="", file=sys.stderr, flush=True)
-        try:
-            answer = input().strip().lower()[:1]
-        except EOFError:
-            return "n"
-        if answer in ("y", "n", "a"):
-            return answer
-
-
 @click.command("chat")
 @click.argument("prompt", required=False)
 @click.option("--continue", "go_on", is_flag=True, help="go on with the last chat")
@@ -119,7 +112,7 @@ def chat(prompt: str | None, go_on: bool, resume: str | None, **flags: Any) -> i
     history = open_history(settings)
     conversation, messages = _resumed(history, go_on, resume)
     renderer = TerminalRenderer(settings.show_thinking)
-    with open_session(settings, ask_on_terminal) as session:
+    with open_session(settings, ask_on_terminal, TERMINAL_QUESTIONS) as session:
         talk = Conversation(session, settings, history, "chat", conversation, messages)
         if history is not None and conversation is not None:
             _show_transcript(history, conversation, renderer)
@@ -131,8 +124,8 @@ def chat(prompt: str | None, go_on: bool, resume: str | None, **flags: Any) -> i
                 text = lines.read() if lines is not None else None
                 if text is None:
                     break
-            if text.strip() and not _command(text, talk):
-                talk.turn(text, renderer.show)
+            if text.strip() and not _command(text, talk, renderer.show):
+                _send(talk, UserTurn(text), renderer.show)
             elif text.split()[:1] in (["/exit"], ["/quit"]):
                 break
             text = None
@@ -161,7 +154,40 @@ def _show_transcript(history: History, conversation: str, renderer: TerminalRend
         replay(history, run, renderer)
 
 
-def _command(text: str, talk: Conversation) -> bool:
+def _send(talk: Conversation, turn: UserTurn, show: Show) -> None:
+    """Send a turn with the resources its `@server:uri` name; a reference that cannot be
+    read is one line, and nothing is sent."""
+    try:
+        turn = with_attachments(
+            talk.session, turn, mentions(turn.text), talk.settings.resource_limit
+        )
+    except AgentError as exc:
+        print(f"error: {visible(str(exc))}", file=sys.stderr)
+        return
+    talk.turn(turn, show)
+
+
+def _send_prompt(talk: Conversation, rest: str, show: Show) -> None:
+    """`/prompt SERVER/PROMPT KEY=VALUE ...`: the server renders it; it is the next message."""
+    try:
+        words = shlex.split(rest)
+    except ValueError as exc:
+        print(f"/prompt: {exc}", file=sys.stderr)
+        return
+    if not words:
+        print(
+            "/prompt needs SERVER/PROMPT [KEY=VALUE ...], e.g. /prompt notes/recap", file=sys.stderr
+        )
+        return
+    try:
+        turn = prompt_turn(talk.session, words[0], parse_prompt_arguments(words[1:]))
+    except AgentError as exc:
+        print(f"error: {visible(str(exc))}", file=sys.stderr)
+        return
+    talk.turn(turn, show)
+
+
+def _command(text: str, talk: Conversation, show: Show) -> bool:
     """Handle one of our commands; False when `text` is a message for the model."""
     words = text.strip().split(maxsplit=1)
     if not words or not words[0].startswith("/") or words[0] in ("/think", "/no_think"):
@@ -180,6 +206,8 @@ def _command(text: str, talk: Conversation) -> bool:
         print("conversation forgotten; the code interpreter keeps its state", file=sys.stderr)
     elif name == "/save":
         _save(talk.messages, words[1] if len(words) > 1 else "")
+    elif name == "/prompt":
+        _send_prompt(talk, words[1] if len(words) > 1 else "", show)
     return True
 
 

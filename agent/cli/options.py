@@ -86,6 +86,19 @@ def _group(name: str) -> Callable[[F], F]:
     return add
 
 
+def setting_options(name: str) -> Callable[[F], F]:
+    """The flags of one setting, for a command that takes it outside its group (`agent run
+    --approve`)."""
+    (item,) = [item for item in fields(Settings) if item.name == name]
+
+    def add(command: F) -> F:
+        for option in reversed(_options(item)):
+            command = option(command)
+        return command
+
+    return add
+
+
 model_options = _group("model")
 tool_options = _group("tools")
 selection_options = _group("selection")

@@ -15,6 +15,7 @@ from agent.cli.options import (
     model_options,
     selection_options,
     service_options,
+    setting_options,
     settings_from,
     tool_options,
 )
@@ -23,6 +24,14 @@ from agent.errors import ConfigError
 from agent.events import Answer, Event
 from agent.history.recorder import RunRecorder
 from agent.history.store import History
+from agent.tools.mcp_context import (
+    UserTurn,
+    parse_prompt_arguments,
+    parse_prompt_ref,
+    parse_resource_ref,
+    prompt_turn,
+    with_attachments,
+)
 
 if TYPE_CHECKING:
     from agent.session import Ask
@@ -46,16 +55,38 @@ if TYPE_CHECKING:
     metavar="KEY=VALUE",
     help="a parameter of the task file (repeatable)",
 )
+@click.option(
+    "--prompt-from",
+    metavar="SERVER/PROMPT",
+    help="the task is this MCP server's prompt, rendered by the server (PROMPT is added to it)",
+)
+@click.option(
+    "--arg",
+    "prompt_args",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="an argument of the --prompt-from prompt (repeatable)",
+)
+@click.option(
+    "--attach",
+    multiple=True,
+    metavar="SERVER:URI",
+    help="add this MCP resource to the task (repeatable)",
+)
 @json_option("print JSON Lines events on stdout")
 @model_options
 @tool_options
 @selection_options
 @history_options
 @service_options
+@setting_options("approve")
 def run(
     prompt: str | None,
     task_file: Path | None,
     params: tuple[str, ...],
+    prompt_from: str | None,
+    prompt_args: tuple[str, ...],
+    attach: tuple[str, ...],
     as_json: bool,
     **flags: Any,
 ) -> int:
@@ -64,8 +95,10 @@ def run(
     PROMPT is the task; with `-`, or when standard input is piped, what comes in on standard
     input is the task too (after PROMPT: `cat notes.txt | agent run "Summarize this"`). With
     `-t FILE`, a task file is the task: its prompt with `--param` values, its settings (flags
-    still win), its time limit and its output.
+    still win), its time limit and its output. With --prompt-from, an MCP server's prompt is
+    the task, and PROMPT is added to it.
     """
+    from agent.cli.questions import TERMINAL_QUESTIONS
     from agent.loop.context import check_task_fits
     from agent.render import JsonLinesRenderer, TerminalRenderer
     from agent.service.client import open_session
@@ -73,13 +106,19 @@ def run(
     from agent.tasks import bind, deliver, load_task, parse_params, render_prompt, task_settings
 
     task, record, ask = None, None, None
+    if prompt_args and not prompt_from:
+        raise ConfigError("--arg gives an argument of --prompt-from's prompt; add --prompt-from")
+    arguments = parse_prompt_arguments(prompt_args)
+    if prompt_from:
+        parse_prompt_ref(prompt_from)
+    attachments = [parse_resource_ref(ref) for ref in attach]
     if task_file is None:
         if params:
             raise click.UsageError("--param goes with a task file (-t FILE)")
-        text = read_prompt(prompt)
+        text = read_prompt(prompt, required=not prompt_from)
         settings = settings_from(flags)
     else:
-        if prompt is not None:
+        if prompt is not None or prompt_from:
             raise click.UsageError("give a PROMPT or a task file (-t FILE), not both")
         task = load_task(task_file)
         values = bind(task, parse_params(params))
@@ -91,10 +130,14 @@ def run(
     history = open_history(settings)
     renderer = JsonLinesRenderer() if as_json else TerminalRenderer(settings.show_thinking)
     answers = _Answers(renderer.show)
-    with open_session(settings, ask) as session:
+    with open_session(settings, ask, questions=TERMINAL_QUESTIONS) as session:
+        turn = UserTurn(text)
+        if prompt_from:
+            turn = with_text(prompt_turn(session, prompt_from, arguments), text)
+        turn = with_attachments(session, turn, attachments, settings.resource_limit)
         recorder = _recorder(history, settings, record)
         talk = Conversation(session, settings, history, "run", recorder=recorder)
-        status = talk.turn(text, answers.show, task.time_limit_s if task else None)
+        status = talk.turn(turn, answers.show, task.time_limit_s if task else None)
     if status == "cancelled":
         return EXIT_CANCELLED
     if status != "answered":
@@ -138,14 +181,14 @@ def _recorder(
     return RunRecorder(history, history.new_conversation("run"), settings, extra=record)
 
 
-def read_prompt(prompt: str | None) -> str:
+def read_prompt(prompt: str | None, required: bool = True) -> str:
     """The task: PROMPT, then standard input when it is `-` or piped (not a terminal)."""
     parts = [] if prompt in (None, "-") else [prompt]
     piped = sys.stdin is not None and not sys.stdin.isatty()
     if prompt == "-" or (piped and sys.stdin is not None):
         parts.append(sys.stdin.read())
     text = "\n\n".join(part.strip("\n") for part in parts if part and part.strip())
-    if not text:
+    if not text and required:
         raise ConfigError('no task: give it as an argument (agent run "...") or on standard input')
     return text
 
@@ -153,3 +196,10 @@ def read_prompt(prompt: str | None) -> str:
 def open_history(settings: Settings) -> History | None:
     """The run history, unless logging is off (`--no-log`, `log = false`)."""
     return History(settings.history) if settings.log else None
+
+
+def with_text(turn: UserTurn, text: str) -> UserTurn:
+    """`turn` with `text` added after its own (a note on a server's prompt)."""
+    if not text:
+        return turn
+    return UserTurn(f"{turn.text}\n\n{text}", turn.context, turn.notices)

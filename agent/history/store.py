@@ -28,6 +28,8 @@ from agent.history.schema import migrate
 from agent.history.transcript import messages_from_events, split_pending
 
 BUSY_TIMEOUT_MS = 30_000
+# Marks a run's message that came before its prompt (an MCP prompt's earlier messages).
+BEFORE_PROMPT = "before_prompt"
 _RUN_COLUMNS = (
     "id, conversation_id, turn, started_at, finished_at, status, model, backend, thinking, "
     "prompt, answer, prompt_tokens, completion_tokens, origin, origin_run, origin_step, continues"
@@ -361,9 +363,15 @@ class History:
             (conversation, before_turn if before_turn is not None else 2**62),
         ).fetchall()
         for run, prompt, continues in runs:
+            kept = split_pending(self.run_messages(run))[0]
+            found.extend(  # an MCP prompt's messages, sent before the run's own prompt
+                {key: value for key, value in m.items() if key != BEFORE_PROMPT}
+                for m in kept
+                if m.get(BEFORE_PROMPT)
+            )
             if not continues:
                 found.append({"role": "user", "content": prompt})
-            found.extend(split_pending(self.run_messages(run))[0])
+            found.extend(m for m in kept if not m.get(BEFORE_PROMPT))
         return found
 
     def delete(self, some_id: str) -> str:

@@ -144,7 +144,7 @@ class AgentAssistant(Assistant):
             last_step = step == self.max_steps
             if last_step:
                 messages.append(Message(USER, STEP_LIMIT_PROMPT.format(steps=self.max_steps)))
-                self._notify(
+                self.notify(
                     "step_limit",
                     f"{self.max_steps} tool steps used; the model must answer now, tools off",
                 )
@@ -166,7 +166,7 @@ class AgentAssistant(Assistant):
             messages.extend(output)
             calls = [message for message in output if message.function_call]
             if last_step and not any(message_text(m.model_dump()) for m in output):
-                self._notify("no_answer", f"no final answer after {self.max_steps} tool steps")
+                self.notify("no_answer", f"no final answer after {self.max_steps} tool steps")
             if not calls:
                 break
             for message in calls:
@@ -176,7 +176,7 @@ class AgentAssistant(Assistant):
                 response.append(reply)
                 yield response
                 for note in hook_notes:  # after the result is shown
-                    self._notify(NOTE_KIND, note)
+                    self.notify(NOTE_KIND, note)
         yield response
 
     def _run_pending(
@@ -202,7 +202,7 @@ class AgentAssistant(Assistant):
             response.append(reply)
             yield response
             for note in hook_notes:  # after the result is shown
-                self._notify(NOTE_KIND, note)
+                self.notify(NOTE_KIND, note)
 
     def _refuse_call(self, call: FunctionCall, reason: str) -> str:
         """A call shown and answered with `Error: reason`, never run."""
@@ -216,7 +216,7 @@ class AgentAssistant(Assistant):
         with no model: how a recorded run is replayed. The outcome goes to `tool_listener`."""
         content, hook_notes = self._run_call(FunctionCall(name=name, arguments=arguments), repeats)
         for note in hook_notes:
-            self._notify(NOTE_KIND, note)
+            self.notify(NOTE_KIND, note)
         return content
 
     def _step_cfg(
@@ -238,13 +238,14 @@ class AgentAssistant(Assistant):
         from agent.loop.compaction import cut_old_results
 
         if cut := cut_old_results(messages, self.context_budget):
-            self._notify(
+            self.notify(
                 "compacted",
                 f"{cut} older tool result{'s' if cut > 1 else ''} cut to stay within the context "
                 "window (the whole results are in the run history)",
             )
 
-    def _notify(self, kind: str, message: str) -> None:
+    def notify(self, kind: str, message: str) -> None:
+        """A `notice` event in the running turn (from any thread)."""
         if self.tool_listener:
             self.tool_listener.notice(kind, message)
 

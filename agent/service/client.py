@@ -40,6 +40,8 @@ from agent.service.protocol import (
     start_lock_path,
 )
 from agent.session import Ask, Session, Show, TurnResult, open_local_session
+from agent.tools.mcp_context import ResourceContent
+from agent.tools.mcp_requests import ElicitationRequest, Questions, RequestRefused
 
 log = logging.getLogger("agent")
 
@@ -220,9 +222,12 @@ def request(message: dict[str, Any]) -> dict[str, Any]:
 class ServiceSession:
     """A session in the resident service, over one connection (see `agent.session.Session`)."""
 
-    def __init__(self, channel: Channel, ask: Ask | None) -> None:
+    def __init__(
+        self, channel: Channel, ask: Ask | None, questions: Questions | None = None
+    ) -> None:
         self.channel = channel
         self.ask = ask
+        self.questions = questions
         self.tool_names: list[str] = []
 
     def open(self, settings: Settings) -> None:
@@ -234,6 +239,7 @@ class ServiceSession:
                 "cwd": os.getcwd(),
                 "env": dict(os.environ),
                 "ask": self.ask is not None,
+                "questions": self.questions is not None,
             }
         )
         while True:
@@ -262,16 +268,61 @@ class ServiceSession:
                     started = started or isinstance(event, RunStarted)
                     show(event)
                 elif reply["op"] == "ask":
-                    answer = self.ask(reply["name"], reply["arguments"]) if self.ask else "n"
-                    self._send({"op": "answer", "answer": answer})
+                    self._send({"op": "answer", **self._answer(reply)})
+                elif reply["op"] == "elicit":
+                    self._send({"op": "elicited", **self._elicited(reply)})
                 elif reply["op"] == "done":
                     return TurnResult(reply["status"], reply["sent"], reply["added"])
             except KeyboardInterrupt:
                 self._send({"op": "cancel"})
 
+    def get_prompt(self, server: str, name: str, arguments: dict[str, str]) -> list[dict[str, str]]:
+        """The MCP prompt, rendered by the service's server."""
+        self._send({"op": "prompt", "server": server, "name": name, "arguments": arguments})
+        reply = self._reply("prompt")
+        return [
+            {"role": str(m.get("role")), "content": str(m.get("content"))}
+            for m in reply.get("messages", [])
+        ]
+
+    def read_resource(self, server: str, uri: str) -> list[ResourceContent]:
+        """The MCP resource, read by the service's server."""
+        self._send({"op": "resource", "server": server, "uri": uri})
+        reply = self._reply("resource")
+        return [ResourceContent.from_dict(item) for item in reply.get("contents", [])]
+
     def close(self) -> None:
         """End the session: the service closes its tools and kills its kernel."""
         self.channel.close()
+
+    def _reply(self, op: str) -> dict[str, Any]:
+        """The service's reply `op` to a request (its `error` raised as ServiceError)."""
+        while True:
+            reply = self._receive()
+            if reply["op"] == op:
+                return reply
+
+    def _answer(self, asked: dict[str, Any]) -> dict[str, Any]:
+        """The user's y/n/a to a tool call, or (`about`: sampling) to a server's request, or
+        why nobody answers."""
+        if asked.get("about") == "sampling":
+            approve = self.questions.approve if self.questions else None
+        else:
+            approve = self.ask
+        try:
+            return {"answer": approve(asked["name"], asked["arguments"]) if approve else "n"}
+        except RequestRefused as exc:
+            return {"answer": "n", "refused": str(exc)}
+
+    def _elicited(self, asked: dict[str, Any]) -> dict[str, Any]:
+        """The user's answer to a server's form, or why nobody answers."""
+        if self.questions is None:
+            return {"refused": "nobody can answer the form"}
+        try:
+            answer = self.questions.elicit(ElicitationRequest.from_dict(asked))
+        except RequestRefused as exc:
+            return {"refused": str(exc)}
+        return {"action": answer.action, "content": answer.content}
 
     def _died(self, show: Show, started: bool) -> TurnResult:
         """The service went away mid-turn: said in one line, the run recorded as interrupted."""
@@ -305,18 +356,21 @@ class ServiceSession:
 
 
 @contextlib.contextmanager
-def open_session(settings: Settings, ask: Ask | None = None) -> Iterator[Session]:
+def open_session(
+    settings: Settings, ask: Ask | None = None, questions: Questions | None = None
+) -> Iterator[Session]:
     """The session for one command: the resident service's when it is on and answers, else
     one in this process. `ask` is asked before the tool calls the approval policy names
-    (None: no approvals, as for `agent run` and jobs)."""
+    (None: no approvals, as for `agent run` and jobs); `questions` answers what MCP servers
+    ask (None: nobody, as for jobs)."""
     remote = None
     if settings.service == "required" or (settings.service == "auto" and not _download(settings)):
-        remote = connect_session(settings, ask)
+        remote = connect_session(settings, ask, questions)
     if remote is not None:
         with contextlib.closing(remote):
             yield remote
         return
-    with open_local_session(settings, ask) as session:
+    with open_local_session(settings, ask, questions=questions) as session:
         yield session
 
 
@@ -335,7 +389,9 @@ def _download(settings: Settings) -> bool:
     return True
 
 
-def connect_session(settings: Settings, ask: Ask | None) -> ServiceSession | None:
+def connect_session(
+    settings: Settings, ask: Ask | None, questions: Questions | None = None
+) -> ServiceSession | None:
     """A session in the resident service; None (and a note why) when this command should run
     in-process instead. With `service = required`, ServiceError instead of None."""
     try:
@@ -345,7 +401,7 @@ def connect_session(settings: Settings, ask: Ask | None) -> ServiceSession | Non
             raise ServiceError(f"{exc} (service = required)") from None
         log.warning("note: %s; running in this process", exc)
         return None
-    session = ServiceSession(channel, ask)
+    session = ServiceSession(channel, ask, questions)
     try:
         session.open(settings)
     except BaseException:

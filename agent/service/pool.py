@@ -10,10 +10,16 @@ Each server's tool list is also kept on disk (`cache/mcp-tools/`). A server that
 running but whose list is known is started in the background: the run's prompt is built from
 the list at once, and a call to one of its tools waits for the server (a failed start is that
 call's error result). So a cold service does not wait for `uvx` before the model's first token.
+Prompts and resources are not kept on disk: they are asked of the running server when wanted.
+
+The servers' requests (sampling, elicitation) reach the session whose turn is running: every
+pooled server sends them to the pool's one `TurnRouter`, which a session's turn points at
+itself (`PooledTools.answering`); the service runs one turn at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,14 +31,19 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Settings
-from agent.errors import ToolError
+from agent.errors import MCPServerError, ToolError
 from agent.paths import cache_dir, write_atomically
+from agent.tools.mcp_context import ResourceContent
+from agent.tools.mcp_requests import ServerRequests, TurnRouter
 from agent.tools.mcp_tools import (
     MCPConnections,
     MCPServerSpec,
     MCPTool,
+    PromptInfo,
+    ResourceInfo,
     load_mcp_config,
     server_environment,
+    unknown_server,
 )
 
 log = logging.getLogger("agent")
@@ -40,14 +51,43 @@ log = logging.getLogger("agent")
 
 @dataclass
 class PooledTools:
-    """A toolset's share of the pool: its tools and the servers that failed (closing it leaves
-    the servers running)."""
+    """A toolset's share of the pool: its tools, its servers (running, or starting) and
+    those that failed (closing it leaves the servers running)."""
 
+    router: TurnRouter
     tools: list[MCPTool] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
+    servers: dict[str, Future[MCPConnections]] = field(default_factory=dict)
 
     def close(self) -> None:
         """Nothing to stop: the pool owns the servers."""
+
+    def answering(self, answerer: ServerRequests) -> contextlib.AbstractContextManager[None]:
+        """The pooled servers' requests go to `answerer` while the block runs (a turn)."""
+        return self.router.serving(answerer)
+
+    def list_prompts(self) -> list[PromptInfo]:
+        return [p for name in self.servers for p in self._connections(name).list_prompts()]
+
+    def list_resources(self) -> list[ResourceInfo]:
+        return [r for name in self.servers for r in self._connections(name).list_resources()]
+
+    def get_prompt(self, server: str, name: str, arguments: dict[str, str]) -> list[dict[str, str]]:
+        return self._connections(server).get_prompt(server, name, arguments)
+
+    def read_resource(self, server: str, uri: str) -> list[ResourceContent]:
+        return self._connections(server).read_resource(server, uri)
+
+    def _connections(self, server: str) -> MCPConnections:
+        """The server's connections, once it has started (waited for)."""
+        starting = self.servers.get(server)
+        if starting is None:
+            raise unknown_server(server, self.servers)
+        connections = starting.result()
+        if connections.failures:
+            reason = "; ".join(connections.failures.values())
+            raise MCPServerError(f"the MCP server did not start: {reason}")
+        return connections
 
 
 class MCPPool:
@@ -59,6 +99,7 @@ class MCPPool:
         self._starting: dict[str, Future[MCPConnections]] = {}
         self._starter = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mcp-start")
         self._lock = threading.Lock()
+        self.router = TurnRouter()
 
     def __call__(
         self,
@@ -72,7 +113,7 @@ class MCPPool:
         parallel."""
         specs = [s for s in load_mcp_config(settings.mcp_config) if only is None or s.name in only]
         keys = [_key(spec, settings, environ) for spec in specs]
-        result = PooledTools()
+        result = PooledTools(self.router)
         with self._lock:
             for key in keys:
                 if key in self._servers and not self._servers[key][1].alive:
@@ -98,8 +139,10 @@ class MCPPool:
                 later = self._starting.get(key)
             if running is not None:
                 result.tools.extend(running[1].tools)
+                result.servers[running[0].name] = _done(running[1])
             elif later is not None and (known := _known_tools(key)) is not None:
                 result.tools.extend(self._deferred(known, later))
+                result.servers[specs[keys.index(key)].name] = later
         return result
 
     def _deferred(
@@ -139,6 +182,7 @@ class MCPPool:
             call_timeout=settings.tool_timeout,
             log_dir=self.log_dir,
             environ=environ,
+            router=self.router,
         )
         try:
             connections.start()
@@ -176,6 +220,12 @@ class MCPPool:
             servers, self._servers = list(self._servers.values()), {}
         for _, connections in servers:
             connections.close()
+
+
+def _done(connections: MCPConnections) -> Future[MCPConnections]:
+    future: Future[MCPConnections] = Future()
+    future.set_result(connections)
+    return future
 
 
 def _key(spec: MCPServerSpec, settings: Settings, environ: Mapping[str, str] | None) -> str:

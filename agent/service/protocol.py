@@ -3,12 +3,17 @@
 One JSON object per line on a Unix socket, each with an `op`:
 
 client → service: `hello` (protocol, build), `open` (the resolved settings, working directory,
-environment, whether tool calls may be asked about), `turn` (messages, time limit), `answer`
-(to an `ask`), `cancel`, `status`, `stop` (`idle`: only when no run is going).
+environment, whether tool calls may be asked about, whether the MCP servers' `questions` may
+be), `turn` (messages, time limit), `answer` (to an `ask`), `elicited` (to an `elicit`: action
+and content, or `refused` with why nobody answers), `prompt` (server, name, arguments: an MCP
+prompt to render), `resource` (server, uri: an MCP resource to read), `cancel`, `status`,
+`stop` (`idle`: only when no run is going).
 service → client: `hello` (protocol, build, version, pid), `opened` (tool names, and the
-one-line problems of tools that did not load), `event` (one
-run event, as `--json` prints it), `ask` (a tool call to approve), `done` (status, the messages
-sent and added), `error` (message, exit code), `status`, `stopping`, `busy`.
+one-line problems of tools that did not load), `event` (one run event, as `--json` prints it),
+`ask` (a tool call to approve; `about: "sampling"` for an MCP server's sampling request),
+`elicit` (an MCP server's form: server, message, schema or url), `prompt` (its messages),
+`resource` (its contents: text, or the size of binary data), `done` (status, the messages sent
+and added), `error` (message, exit code), `status`, `stopping`, `busy`.
 
 The build id changes whenever the installed code does, so a client never talks to a service
 left running by an older build. This module imports nothing heavy: the client is light.

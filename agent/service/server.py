@@ -40,6 +40,7 @@ from agent.service.protocol import (
     settings_from_wire,
     socket_path,
 )
+from agent.tools.mcp_requests import ElicitationRequest, Elicited, Questions, RequestRefused
 
 log = logging.getLogger("agent")
 
@@ -182,7 +183,9 @@ class Connection:
         self.channel = Channel(sock)
         self.client_pid = client_pid
         self.requests: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.answers: queue.Queue[str] = queue.Queue()
+        self.answers: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.elicited: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._sending = threading.Lock()  # events, and questions from the servers' requests
         self.stop = threading.Event()  # the current turn is cancelled (or the client left)
         self.finished = threading.Event()
         self.session: Any = None
@@ -215,7 +218,9 @@ class Connection:
                 if message["op"] == "cancel":
                     self.stop.set()
                 elif message["op"] == "answer":
-                    self.answers.put(str(message.get("answer", "n")))
+                    self.answers.put(message)
+                elif message["op"] == "elicited":
+                    self.elicited.put(message)
                 else:
                     self.requests.put(message)
         except (OSError, ProtocolError) as exc:
@@ -233,7 +238,8 @@ class Connection:
 
     def _send(self, message: dict[str, Any]) -> bool:
         try:
-            self.channel.send(message)
+            with self._sending:
+                self.channel.send(message)
             return True
         except OSError:  # the client left: its turn is cancelled by the reader
             self.stop.set()
@@ -265,6 +271,18 @@ class Connection:
             self._open(request, resources)
         elif op == "turn" and self.session is not None:
             self._turn(request)
+        elif op == "prompt" and self.session is not None:
+            messages = self.session.get_prompt(
+                str(request.get("server")),
+                str(request.get("name")),
+                {str(k): str(v) for k, v in dict(request.get("arguments") or {}).items()},
+            )
+            self._send({"op": "prompt", "messages": messages})
+        elif op == "resource" and self.session is not None:
+            contents = self.session.read_resource(
+                str(request.get("server")), str(request.get("uri"))
+            )
+            self._send({"op": "resource", "contents": [item.to_dict() for item in contents]})
         else:
             raise ProtocolError(f"unexpected request {op!r}")
         return True
@@ -277,11 +295,18 @@ class Connection:
         environ = {str(k): str(v) for k, v in dict(request.get("env") or {}).items()}
         self.cwd = str(request.get("cwd") or self.cwd)
         ask = self._ask if request.get("ask") else None
+        questions = (
+            Questions(approve=self._ask_about_sampling, elicit=self._elicit)
+            if request.get("questions")
+            else None
+        )
         self.service.touch(sessions=+1)
         resources.callback(self.service.touch, sessions=-1)
         with self._model():
             self.session = resources.enter_context(
-                open_local_session(settings, ask, environ, self.service.pool, self.service.kernels)
+                open_local_session(
+                    settings, ask, environ, self.service.pool, self.service.kernels, questions
+                )
             )
             for name in unload_beyond(self.service.memory_bytes):
                 log.info("unloaded %s (over the service's memory budget)", name)
@@ -323,14 +348,42 @@ class Connection:
     def _show(self, event: Event) -> None:
         self._send({"op": "event", "event": event.to_dict()})
 
-    def _ask(self, name: str, arguments: dict[str, Any]) -> str:
-        """Ask the client about a tool call; no answer (it left, or cancelled) is a no."""
-        if not self._send({"op": "ask", "name": name, "arguments": arguments}):
-            return "n"
+    def _ask(self, name: str, arguments: dict[str, Any], about: str = "tool") -> str:
+        """Ask the client about a tool call (or a server's sampling request); no answer (it
+        left, or cancelled) is a no; a `refused` answer (nobody there) RequestRefused."""
+        asked = {"op": "ask", "name": name, "arguments": arguments, "about": about}
+        answer = self._question(asked, self.answers) or {}
+        if answer.get("refused"):
+            raise RequestRefused(str(answer["refused"]))
+        return str(answer.get("answer", "n"))
+
+    def _ask_about_sampling(self, name: str, arguments: dict[str, Any]) -> str:
+        return self._ask(name, arguments, about="sampling")
+
+    def _elicit(self, request: ElicitationRequest) -> Elicited:
+        """Ask the client to have the user fill in a server's form; no answer is a cancel."""
+        answer = self._question({"op": "elicit", **request.to_dict()}, self.elicited)
+        if answer is None:
+            return Elicited("cancel")
+        if answer.get("refused"):
+            raise RequestRefused(str(answer["refused"]))
+        content = answer.get("content")
+        return Elicited(
+            str(answer.get("action", "cancel")),
+            dict(content) if isinstance(content, dict) else None,
+        )
+
+    def _question(
+        self, message: dict[str, Any], answers: queue.Queue[dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """Send a question to the client and wait for its answer; None when the client left
+        or the turn was cancelled."""
+        if not self._send(message):
+            return None
         while not self.stop.is_set():
             with contextlib.suppress(queue.Empty):
-                return self.answers.get(timeout=ASK_POLL_S)
-        return "n"
+                return answers.get(timeout=ASK_POLL_S)
+        return None
 
 
 @contextlib.contextmanager

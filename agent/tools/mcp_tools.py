@@ -1,29 +1,37 @@
-"""MCP servers from `mcp_config.json`, as Qwen-Agent tools.
+"""MCP servers from `mcp_config.json`: their tools as Qwen-Agent tools, their prompts and
+resources, and their requests to us (sampling, elicitation).
 
 Our own adapter on the official `mcp` SDK (Qwen-Agent's `MCPManager` fails with `mcp` 2.x).
 All servers run on one background thread with an asyncio event loop, start in parallel under
 one deadline, and each MCP tool becomes a `BaseTool` named `<server>-<tool>` that the
-synchronous rest of the app calls like any other tool.
+synchronous rest of the app calls like any other tool. A server's `sampling/createMessage` and
+`elicitation/create` requests are answered in a worker thread (the model generates, the user
+is asked, while the loop goes on) by whoever `router` routes them to: the session whose turn
+is running (`answering`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import contextlib
 import json
 import logging
 import math
 import os
 import re
 import threading
-from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO, TypeVar
 
 import anyio
 import mcp_types as types
-from mcp.client.session import ClientSession
+from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.stdio import (
     DEFAULT_INHERITED_ENV_VARS,
@@ -35,9 +43,17 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from qwen_agent.tools.base import BaseTool
 
-from agent.errors import MCPServerError, ToolError
+from agent.errors import AgentError, MCPReferenceError, MCPServerError, ToolError
 from agent.tools.invoke import parse_arguments
 from agent.tools.mcp_config import MCPServerSpec, load_mcp_config
+from agent.tools.mcp_context import ResourceContent, resource_block
+from agent.tools.mcp_requests import (
+    ElicitationRequest,
+    RequestRefused,
+    SamplingRequest,
+    ServerRequests,
+    TurnRouter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +90,37 @@ PASS_THROUGH_ENV_VARS = (
     "no_proxy",
 )
 PASS_THROUGH_ENV_PREFIXES = ("UV_", "NPM_CONFIG_", "npm_config_")
+USER_REFUSED = -1  # the error code MCP suggests for a request the user did not allow
+
+
+@dataclass(frozen=True)
+class PromptArgumentInfo:
+    """One argument of a server's prompt."""
+
+    name: str
+    description: str
+    required: bool
+
+
+@dataclass(frozen=True)
+class PromptInfo:
+    """A prompt a server offers (`agent run --prompt-from SERVER/NAME`)."""
+
+    server: str
+    name: str
+    description: str
+    arguments: list[PromptArgumentInfo]
+
+
+@dataclass(frozen=True)
+class ResourceInfo:
+    """A resource a server lists (`agent run --attach SERVER:URI`)."""
+
+    server: str
+    uri: str
+    name: str
+    mime_type: str
+    description: str
 
 
 # --- environment and schemas -----------------------------------------------------------------
@@ -194,6 +241,56 @@ def _content_text(item: Any) -> str:
     return f"[{getattr(item, 'type', 'content')}]"
 
 
+def resource_content(
+    item: types.TextResourceContents | types.BlobResourceContents,
+) -> ResourceContent:
+    """A resource's content item: its text, or for binary data only its size."""
+    if isinstance(item, types.TextResourceContents):
+        return ResourceContent(item.uri, item.mime_type, item.text, len(item.text))
+    try:
+        size = len(base64.b64decode(item.blob))
+    except (binascii.Error, ValueError):
+        size = len(item.blob) * 3 // 4
+    return ResourceContent(item.uri, item.mime_type, None, size)
+
+
+def prompt_messages(server: str, result: types.GetPromptResult) -> list[dict[str, str]]:
+    """A rendered prompt's messages as role and text; an embedded resource becomes text (a
+    binary one a note), and consecutive messages of one role are joined."""
+    messages: list[dict[str, str]] = []
+    for message in result.messages:
+        item = message.content
+        if isinstance(item, types.EmbeddedResource):
+            content = resource_content(item.resource)
+            text = resource_block(server, content.uri, [content], None)[0]
+        else:
+            text = _content_text(item)
+        if messages and messages[-1]["role"] == message.role:
+            messages[-1]["content"] += "\n\n" + text
+        else:
+            messages.append({"role": message.role, "content": text})
+    return messages
+
+
+def sampling_messages(params: types.CreateMessageRequestParams) -> list[dict[str, str]]:
+    """A sampling request's messages as role and text (non-text content as a placeholder)."""
+    messages = []
+    for message in params.messages:
+        items = message.content if isinstance(message.content, list) else [message.content]
+        messages.append(
+            {"role": message.role, "content": "\n".join(_content_text(i) for i in items)}
+        )
+    return messages
+
+
+def unknown_server(server: str, names: Iterable[str]) -> MCPReferenceError:
+    """The error for a server this run does not have."""
+    listed = ", ".join(sorted(names)) or "none"
+    return MCPReferenceError(
+        f"no MCP server {server!r} in this run (servers: {listed}); see mcp_config.json and --tools"
+    )
+
+
 # --- connections -----------------------------------------------------------------------------
 
 
@@ -203,6 +300,9 @@ class MCPConnections:
     `tools` holds one `BaseTool` per MCP tool. A server that fails to start is left out and
     its one-line reason kept in `failures` (with `strict=True`, `start` raises instead).
     Each stdio server's stderr goes to `<log_dir>/<server>.log`, or nowhere without `log_dir`.
+    Prompts and resources are asked of the servers when wanted (`list_prompts`,
+    `get_prompt`, `list_resources`, `read_resource`). The servers' requests go to `router`
+    (shared by connections that serve several sessions, as the service's pool does).
     """
 
     def __init__(
@@ -214,9 +314,11 @@ class MCPConnections:
         strict: bool = False,
         log_dir: Path | None = None,
         environ: Mapping[str, str] | None = None,
+        router: TurnRouter | None = None,
     ) -> None:
         self.specs = list(specs)
         self.environ = environ
+        self.router = router or TurnRouter()
         self.start_timeout = start_timeout
         self.call_timeout = call_timeout
         self.strict = strict
@@ -228,6 +330,7 @@ class MCPConnections:
         self._lifetimes: list[anyio.CancelScope] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._logs: list[TextIO] = []
+        self._sessions: dict[str, ClientSession] = {}
         self._closed = False
 
     def __enter__(self) -> MCPConnections:
@@ -319,10 +422,14 @@ class MCPConnections:
         """
         try:
             with lifetime:
-                async with self._transport(spec) as (read, write), ClientSession(read, write) as s:
+                async with (
+                    self._transport(spec) as (read, write),
+                    ClientSession(read, write, **self._callbacks(spec.name)) as s,
+                ):
                     await s.initialize()
-                    listed = await _list_tools(s)
+                    listed = await _all_pages(s.list_tools, "tools")
                     lifetime.deadline = math.inf
+                    self._sessions[spec.name] = s
                     ready.set_result(self._make_tools(spec, s, listed))
                     await anyio.sleep_forever()
         except Exception as exc:
@@ -420,17 +527,195 @@ class MCPConnections:
         with anyio.fail_after(self.call_timeout):
             return await session.call_tool(name, arguments)
 
+    # --- prompts and resources -------------------------------------------------------------
 
-async def _list_tools(session: ClientSession) -> list[types.Tool]:
-    tools: list[types.Tool] = []
+    @property
+    def servers(self) -> list[str]:
+        """The servers that started, by name."""
+        return list(self._sessions)
+
+    def list_prompts(self) -> list[PromptInfo]:
+        """Every running server's prompts (a server that fails to list them is logged)."""
+        return [
+            PromptInfo(
+                server,
+                prompt.name,
+                prompt.description or prompt.title or "",
+                [
+                    PromptArgumentInfo(a.name, a.description or "", bool(a.required))
+                    for a in prompt.arguments or []
+                ],
+            )
+            for server in self.servers
+            for prompt in self._listed(server, "prompts")
+        ]
+
+    def list_resources(self) -> list[ResourceInfo]:
+        """Every running server's listed resources (a server that fails to list is logged)."""
+        return [
+            ResourceInfo(
+                server,
+                resource.uri,
+                resource.title or resource.name,
+                resource.mime_type or "",
+                resource.description or "",
+            )
+            for server in self.servers
+            for resource in self._listed(server, "resources")
+        ]
+
+    def get_prompt(self, server: str, name: str, arguments: dict[str, str]) -> list[dict[str, str]]:
+        """The server's prompt `name` rendered with `arguments`, as role and text messages;
+        `MCPReferenceError` for an unknown prompt, or an argument missing or unknown."""
+        prompts = {prompt.name: prompt for prompt in self._prompts_of(server)}
+        prompt = prompts.get(name)
+        if prompt is None:
+            listed = ", ".join(sorted(prompts)) or "none"
+            raise MCPReferenceError(
+                f"MCP server {server!r} has no prompt {name!r} (its prompts: {listed})"
+            )
+        declared = prompt.arguments or []
+        unknown = sorted(set(arguments) - {a.name for a in declared})
+        if unknown:
+            known = ", ".join(a.name for a in declared) or "none"
+            raise MCPReferenceError(
+                f"prompt {server}/{name} has no argument {', '.join(unknown)} (its arguments: "
+                f"{known})"
+            )
+        missing = [a.name for a in declared if a.required and a.name not in arguments]
+        if missing:
+            raise MCPReferenceError(
+                f"prompt {server}/{name} needs the argument {', '.join(missing)}; give it as "
+                f"{missing[0]}=VALUE"
+            )
+        result = self._ask(
+            server, f"prompt {server}/{name}", lambda s: s.get_prompt(name, arguments)
+        )
+        return prompt_messages(server, result)
+
+    def read_resource(self, server: str, uri: str) -> list[ResourceContent]:
+        """The resource's content items; `MCPReferenceError` when the server cannot give it."""
+        result = self._ask(server, f"resource {server}:{uri}", lambda s: s.read_resource(uri))
+        return [resource_content(item) for item in result.contents]
+
+    def answering(self, answerer: ServerRequests) -> contextlib.AbstractContextManager[None]:
+        """The servers' requests go to `answerer` while the block runs (a session's turn)."""
+        return self.router.serving(answerer)
+
+    def _prompts_of(self, server: str) -> list[types.Prompt]:
+        session = self._session(server)
+        capabilities = session.server_capabilities
+        if capabilities is None or capabilities.prompts is None:
+            raise MCPReferenceError(f"MCP server {server!r} offers no prompts")
+        return list(
+            self._ask(server, "its prompts", lambda s: _all_pages(s.list_prompts, "prompts"))
+        )
+
+    def _listed(self, server: str, kind: str) -> list[Any]:
+        """A server's prompts or resources, or none (and a warning) when it fails to list."""
+        capabilities = self._session(server).server_capabilities
+        if capabilities is None or getattr(capabilities, kind) is None:
+            return []
+        try:
+            return list(
+                self._ask(
+                    server, f"its {kind}", lambda s: _all_pages(getattr(s, f"list_{kind}"), kind)
+                )
+            )
+        except AgentError as exc:
+            logger.warning("MCP server %s did not list its %s: %s", server, kind, exc)
+            return []
+
+    def _session(self, server: str) -> ClientSession:
+        if self._closed:
+            raise MCPServerError("the MCP servers have been shut down")
+        session = self._sessions.get(server)
+        if session is None:
+            raise unknown_server(server, self._sessions)
+        return session
+
+    def _ask(self, server: str, what: str, request: Callable[[ClientSession], Awaitable[_T]]) -> _T:
+        """Send one request to `server` and wait for its answer (within the call timeout)."""
+        session = self._session(server)
+
+        async def timed() -> _T:
+            with anyio.fail_after(self.call_timeout):
+                return await request(session)
+
+        try:
+            return self._run(timed())
+        except TimeoutError:
+            raise MCPServerError(
+                f"MCP server {server!r} did not answer within {self.call_timeout:g} s ({what})"
+            ) from None
+        except MCPError as exc:
+            if exc.code == types.CONNECTION_CLOSED:
+                raise MCPServerError(f"the MCP server {server!r} has stopped") from None
+            raise MCPReferenceError(f"{what}: {exc.error.message}") from None
+
+    # --- the servers' requests -------------------------------------------------------------
+
+    def _callbacks(self, server: str) -> dict[str, Any]:
+        """The SDK callbacks that answer `server`'s sampling and elicitation requests."""
+
+        async def sampling(
+            context: ClientRequestContext, params: types.CreateMessageRequestParams
+        ) -> types.CreateMessageResult | types.ErrorData:
+            request = SamplingRequest(
+                server=server,
+                messages=sampling_messages(params),
+                max_tokens=params.max_tokens,
+                system_prompt=params.system_prompt,
+            )
+            answered = await _in_worker(self.router.sample, request)
+            if isinstance(answered, types.ErrorData):
+                return answered
+            return types.CreateMessageResult(
+                role="assistant",
+                content=types.TextContent(type="text", text=answered.text),
+                model=answered.model,
+                stop_reason="endTurn",
+            )
+
+        async def elicitation(
+            context: ClientRequestContext, params: types.ElicitRequestParams
+        ) -> types.ElicitResult | types.ErrorData:
+            if isinstance(params, types.ElicitRequestURLParams):
+                request = ElicitationRequest(server, params.message, url=params.url)
+            else:
+                request = ElicitationRequest(server, params.message, dict(params.requested_schema))
+            answered = await _in_worker(self.router.elicit, request)
+            if isinstance(answered, types.ErrorData):
+                return answered
+            content = answered.content if answered.action == "accept" else None
+            return types.ElicitResult(action=answered.action, content=content)  # type: ignore[arg-type]
+
+        return {"sampling_callback": sampling, "elicitation_callback": elicitation}
+
+
+async def _in_worker(answer: Callable[[Any], _T], request: Any) -> _T | types.ErrorData:
+    """`answer(request)` in a worker thread (it asks the user, or has the model generate,
+    while the loop serves the other servers); a refusal or failure as the request's error."""
+    try:
+        return await anyio.to_thread.run_sync(answer, request, abandon_on_cancel=True)
+    except RequestRefused as exc:
+        return types.ErrorData(code=USER_REFUSED, message=str(exc))
+    except Exception as exc:  # the model failed: the server gets the reason
+        logger.warning("answering an MCP server's request failed: %s", exc)
+        return types.ErrorData(code=types.INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}")
+
+
+async def _all_pages(list_page: Callable[..., Awaitable[Any]], items: str) -> list[Any]:
+    """Every item of a paginated list (`tools`, `prompts`, `resources`)."""
+    found: list[Any] = []
     cursor: str | None = None
     while True:
         params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-        page = await session.list_tools(params=params)
-        tools.extend(page.tools)
+        page = await list_page(params=params)
+        found.extend(getattr(page, items))
         cursor = page.next_cursor
         if not cursor:
-            return tools
+            return found
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

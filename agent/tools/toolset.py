@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from qwen_agent.tools.base import BaseTool
 
 from agent.config import Settings
-from agent.errors import PluginError, UnknownToolError
+from agent.errors import MCPReferenceError, PluginError, UnknownToolError
 from agent.paths import new_run_dir
 
 if TYPE_CHECKING:
     from agent.tools.code_interpreter import KernelSpares
+    from agent.tools.mcp_context import ResourceContent
+    from agent.tools.mcp_requests import ServerRequests
+    from agent.tools.mcp_tools import PromptInfo, ResourceInfo
 
 log = logging.getLogger("agent")
 
@@ -42,10 +45,13 @@ class ToolEntry:
 
 @dataclass
 class Toolset:
-    """Open tools; `close()` stops every server and kernel they started."""
+    """Open tools; `close()` stops every server and kernel they started. `mcp` is where the
+    MCP servers' prompts and resources are asked for, and their requests answered (None with
+    no tools at all)."""
 
     entries: list[ToolEntry] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    mcp: MCPServers | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -59,6 +65,16 @@ class Toolset:
                 return entry.tool
         names = ", ".join(entry.tool.name for entry in self.entries) or "none"
         raise UnknownToolError(f"no tool named {name!r}; available: {names}")
+
+    def servers(self) -> MCPServers:
+        """The MCP servers; `MCPReferenceError` when this toolset has none."""
+        if self.mcp is None:
+            raise MCPReferenceError("this run has no MCP servers (--no-tools)")
+        return self.mcp
+
+    def answering(self, answerer: ServerRequests) -> contextlib.AbstractContextManager[None]:
+        """The MCP servers' requests go to `answerer` while the block runs."""
+        return self.mcp.answering(answerer) if self.mcp is not None else contextlib.nullcontext()
 
     def interrupt(self) -> None:
         """Interrupt what the tools run now (the code interpreter's code)."""
@@ -81,6 +97,23 @@ class Toolset:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class MCPServers(Protocol):
+    """A toolset's MCP servers beyond their tools: started for it (`MCPConnections`) or the
+    resident service's pool (`PooledTools`)."""
+
+    def list_prompts(self) -> list[PromptInfo]: ...
+
+    def list_resources(self) -> list[ResourceInfo]: ...
+
+    def get_prompt(
+        self, server: str, name: str, arguments: dict[str, str]
+    ) -> list[dict[str, str]]: ...
+
+    def read_resource(self, server: str, uri: str) -> list[ResourceContent]: ...
+
+    def answering(self, answerer: ServerRequests) -> contextlib.AbstractContextManager[None]: ...
 
 
 class MCPSource(Protocol):
@@ -150,6 +183,7 @@ def open_toolset(
         only = None if settings.tools is None else _server_names(settings.tools)
         connections = (mcp or start_mcp_servers)(settings, only, environ, log_dir)
         toolset._closers.append(connections.close)
+        toolset.mcp = connections
         found = [
             *(ToolEntry(tool, f"mcp:{tool.server}", tool.server) for tool in connections.tools),
             ToolEntry(interpreter, "builtin"),
