@@ -508,7 +508,8 @@ def test_cli_selection_flags_config_and_mcp_servers(tmp_path: Path) -> None:
     def names(*flags: str) -> list[str]:
         done = agent_cli("tools", "list", "--json", *flags, home=tmp_path)
         assert done.returncode == 0, done.stderr
-        return [json.loads(line)["name"] for line in done.stdout.splitlines()]
+        rows = [json.loads(line) for line in done.stdout.splitlines()]
+        return [row["name"] for row in rows if "kind" not in row]  # tools (not prompts)
 
     assert names() == ["time-get_current_time", "time-convert_time", "calculator"]
     assert names("--tools", "fetch-fetch,code_interpreter") == ["fetch-fetch", "code_interpreter"]

@@ -194,7 +194,7 @@ def test_the_service_killed_mid_run_is_said_and_recorded(
     assert client.returncode == 1
     last = [json.loads(line) for line in out.splitlines()][-2:]
     assert last[0]["type"] == "error" and "service stopped during the run" in last[0]["message"]
-    assert last[1] == {"type": "run_finished", "status": "interrupted", "usage": {}, "timings": {}}
+    assert last[1]["type"] == "run_finished" and last[1]["status"] == "interrupted"
     assert "Traceback" not in err
     runs = agent_cli("runs", "list", "--json", home=service_home, env=ON)
     assert json.loads(runs.stdout.splitlines()[0])["status"] == "interrupted"
