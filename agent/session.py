@@ -11,7 +11,6 @@ records the events (a `RunRecorder` among the renderers) and keeps the conversat
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -22,6 +21,7 @@ from agent.events import Event, Notice, RunFinished, RunStarted
 from agent.history.recorder import RunRecorder
 from agent.history.store import BEFORE_PROMPT, History, RunOrigin
 from agent.history.transcript import trailing_calls
+from agent.loop.approval import Ask
 from agent.tools.mcp_context import ResourceContent, UserTurn
 from agent.tools.mcp_requests import Questions
 
@@ -29,10 +29,7 @@ if TYPE_CHECKING:
     from agent.loop.assistant import AgentAssistant
     from agent.tools.toolset import Toolset
 
-log = logging.getLogger("agent")
-
 Show = Callable[[Event], None]
-Ask = Callable[[str, dict[str, Any]], str]  # shows a tool call, returns "y", "n" or "a" (always)
 
 
 @dataclass

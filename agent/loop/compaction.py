@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.config import CONTEXT_TOKENS
-from agent.loop.context import message_tokens
+from agent.loop.context import message_tokens, turns_of
 
 SUMMARY_PROMPT = (
     "You summarize conversations. Write a concise summary of the conversation below: what the "
@@ -39,16 +39,6 @@ class Compaction:
     compacted_turns: int = 0
     compacted_tokens: int = 0
     summary: str = ""
-
-
-def turns_of(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """The messages grouped in turns: a user message and what followed it."""
-    turns: list[list[dict[str, Any]]] = []
-    for message in messages:
-        if message.get("role") == "user" or not turns:
-            turns.append([])
-        turns[-1].append(message)
-    return turns
 
 
 def conversation_tokens(messages: list[dict[str, Any]]) -> int:

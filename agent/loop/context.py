@@ -55,16 +55,22 @@ def check_task_fits(text: str, settings: Settings) -> None:
     )
 
 
-def trim_turns(messages: list[dict[str, Any]], reserve: int) -> tuple[list[dict[str, Any]], int]:
-    """`messages` (earlier turns, then the current user turn last) with the oldest turns
-    dropped until they fit in the window beside `reserve` tokens; and how many were dropped.
-
-    A turn is a user message and what followed it. The current turn is always kept."""
+def turns_of(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The messages grouped in turns: a user message and what followed it."""
     turns: list[list[dict[str, Any]]] = []
     for message in messages:
         if message.get("role") == "user" or not turns:
             turns.append([])
         turns[-1].append(message)
+    return turns
+
+
+def trim_turns(messages: list[dict[str, Any]], reserve: int) -> tuple[list[dict[str, Any]], int]:
+    """`messages` (earlier turns, then the current user turn last) with the oldest turns
+    dropped until they fit in the window beside `reserve` tokens; and how many were dropped.
+
+    A turn is a user message and what followed it. The current turn is always kept."""
+    turns = turns_of(messages)
     sizes = [sum(message_tokens(m) for m in turn) for turn in turns]
     dropped = 0
     while dropped < len(turns) - 1 and sum(sizes[dropped:]) + reserve > CONTEXT_TOKENS:

@@ -65,7 +65,6 @@ class Service:
         self.memory_bytes = memory_bytes
         self.started = time.monotonic()
         self.last_active = self.started
-        self.connections = 0
         self.sessions = 0  # connections with a session open: the service is not idle
         self.turns: dict[int, RunningTurn] = {}
         self.model_lock = threading.Lock()  # one model call at a time: loads and turns
@@ -106,12 +105,22 @@ class Service:
         if kernels is not None:
             kernels.close()
 
-    def touch(self, connections: int = 0, sessions: int = 0) -> None:
-        """A connection or session came (+1) or went (-1), or a request came (0)."""
+    def touch(self, sessions: int = 0) -> None:
+        """A session came (+1) or went (-1), or a request came (0)."""
         with self._lock:
-            self.connections += connections
             self.sessions += sessions
             self.last_active = time.monotonic()
+
+    def serve(self, connection: Connection) -> None:
+        """Serve one client until it leaves; `end_connections` can hang it up meanwhile."""
+        with self._lock:
+            self.open.add(connection)
+        try:
+            connection.serve()
+        finally:
+            with self._lock:
+                self.open.discard(connection)
+            self.touch()
 
     def end_connections(self, wait_s: float) -> None:
         """Cancel every turn and close every session (their kernels stop), waiting `wait_s`."""
@@ -408,14 +417,7 @@ def _accept(service: Service, sock: socket.socket) -> None:
             )
         sock.close()
         return
-    connection = Connection(service, sock, pid)
-    service.touch(connections=+1)
-    service.open.add(connection)
-    try:
-        connection.serve()
-    finally:
-        service.open.discard(connection)
-        service.touch(connections=-1)
+    service.serve(Connection(service, sock, pid))
 
 
 def _hold_lock() -> IO[str] | None:
