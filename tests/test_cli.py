@@ -1,14 +1,15 @@
 """The command line as a user meets it: tool commands, bad input, offline model."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import click
-import psutil
 import pytest
 
 from agent.cli import cli
-from tests.clirun import agent_cli
+from tests.clirun import agent_argv, agent_cli, agent_env
 
 FLAGS_BEFORE_CLICK = Path(__file__).parent / "fixtures" / "cli_flags.json"
 
@@ -189,20 +190,35 @@ def test_nothing_written_to_the_current_directory(tmp_path: Path, monkeypatch) -
     assert list((tmp_path / "home" / "runs").glob("*/work/out.txt"))
 
 
-def test_no_child_process_outlives_a_command(tmp_path: Path) -> None:
-    before = {p.pid for p in psutil.process_iter()}
-    done = agent_cli("tools", "call", "code_interpreter", '{"code": "print(1)"}', home=tmp_path)
-    assert done.returncode == 0
-    leftovers = [
-        p.cmdline()
-        for p in psutil.process_iter()
-        if p.pid not in before and any("mcp-server" in a or "ipykernel" in a for a in _cmdline(p))
-    ]
-    assert leftovers == []
-
-
-def _cmdline(process: psutil.Process) -> list[str]:
+# Runs a command as a child subreaper (PR_SET_CHILD_SUBREAPER): whatever the command leaves
+# running is re-parented here, not to init, so only the command's own leftovers are seen, not
+# the processes of tests running beside it.
+SUBREAPER = """
+import ctypes, json, subprocess, sys
+import psutil
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+code = subprocess.call(sys.argv[1:])
+left = []
+for process in psutil.Process().children(recursive=True):
     try:
-        return process.cmdline()
+        if process.status() != psutil.STATUS_ZOMBIE:
+            left.append(process.cmdline())
     except psutil.Error:
-        return []
+        pass
+print(json.dumps({"code": code, "left": left}))
+"""
+
+
+def test_no_child_process_outlives_a_command(tmp_path: Path) -> None:
+    """`agent tools call` starts the MCP servers and a kernel; none is left when it ends."""
+    command = agent_argv("tools", "call", "code_interpreter", '{"code": "print(1)"}')
+    done = subprocess.run(
+        [sys.executable, "-c", SUBREAPER, *command],
+        capture_output=True,
+        text=True,
+        env=agent_env(tmp_path),
+        timeout=300,
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0, done.stderr
+    assert report["left"] == []
