@@ -49,10 +49,15 @@ class Session(Protocol):
     tool_names: list[str]
 
     def turn(
-        self, messages: list[dict[str, Any]], show: Show, time_limit_s: float | None = None
+        self,
+        messages: list[dict[str, Any]],
+        show: Show,
+        time_limit_s: float | None = None,
+        stop: threading.Event | None = None,
     ) -> TurnResult:
         """Run the assistant on `messages` (the current user turn last, or what the model goes
-        on from), showing each event."""
+        on from), showing each event; `stop` set from another thread cancels it as Ctrl-C
+        does (what was shown is kept)."""
         ...
 
     def get_prompt(self, server: str, name: str, arguments: dict[str, str]) -> list[dict[str, str]]:
@@ -276,12 +281,21 @@ class Conversation:
         """The conversation's id in the run history (None with history off)."""
         return self.recorder.conversation if self.recorder else None
 
-    def turn(self, message: str | UserTurn, show: Show, time_limit_s: float | None = None) -> str:
+    def turn(
+        self,
+        message: str | UserTurn,
+        show: Show,
+        time_limit_s: float | None = None,
+        stop: threading.Event | None = None,
+    ) -> str:
         """Run one user turn (its text, or a `UserTurn` with a prompt's earlier messages and
-        notices), showing and recording its events; the run's status."""
+        notices), showing and recording its events; the run's status. `stop`: see
+        `Session.turn`."""
         turn = message if isinstance(message, UserTurn) else UserTurn(message)
         new = [*turn.context, {"role": "user", "content": turn.text}]
-        return self._run(new, show, time_limit_s, before=turn.context, notices=turn.notices)
+        return self._run(
+            new, show, time_limit_s, before=turn.context, notices=turn.notices, stop=stop
+        )
 
     def go_on(
         self,
@@ -303,6 +317,7 @@ class Conversation:
         prompt: str | None = None,
         before: list[dict[str, Any]] | None = None,
         notices: list[str] | None = None,
+        stop: threading.Event | None = None,
     ) -> str:
         """`before`: an MCP prompt's messages before the user's (kept with the run, marked);
         `notices`: about what the user sent, shown right after the run starts."""
@@ -319,7 +334,7 @@ class Conversation:
 
         if self.recorder:
             self.recorder.continues = prompt is not None
-        result = self.session.turn([*self.messages, *new], shown, time_limit_s)
+        result = self.session.turn([*self.messages, *new], shown, time_limit_s, stop)
         self.messages = [*result.sent, *result.added]
         if self.history is not None and self.recorder and self.recorder.run:
             marked = [{**message, BEFORE_PROMPT: True} for message in before or []]

@@ -28,6 +28,7 @@ from agent.cli.serve import serve
 from agent.cli.service import service
 from agent.cli.tasks import tasks
 from agent.cli.tools import tools
+from agent.cli.ui import ui
 from agent.errors import AgentError
 from agent.render import visible
 
@@ -51,6 +52,7 @@ for command in (
     doctor,
     tools,
     tasks,
+    ui,
     evaluate,
 ):
     cli.add_command(command)

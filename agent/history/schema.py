@@ -112,6 +112,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE occurrences ADD COLUMN task_sha256 TEXT;
     """,
+    # 6: when each event was stored (UTC seconds; events come as they happen), for a run's
+    # timeline with its model and tool calls' durations. Older events have none.
+    """
+    ALTER TABLE events ADD COLUMN at REAL;
+    """,
 )
 VERSION = len(MIGRATIONS)
 

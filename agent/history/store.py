@@ -195,8 +195,8 @@ class History:
     def add_event(self, run: str, seq: int, event: Event) -> None:
         """Store one event of `run` (and index what it says for search)."""
         self._conn.execute(
-            "INSERT INTO events (run_id, seq, type, data) VALUES (?, ?, ?, ?)",
-            (run, seq, event.type, json.dumps(event.to_dict(), ensure_ascii=False)),
+            "INSERT INTO events (run_id, seq, type, data, at) VALUES (?, ?, ?, ?, ?)",
+            (run, seq, event.type, json.dumps(event.to_dict(), ensure_ascii=False), time.time()),
         )
         if isinstance(event, ToolCall):
             self._index(run, f"{event.name} {json.dumps(event.arguments, ensure_ascii=False)}")
@@ -337,6 +337,14 @@ class History:
             "SELECT data FROM events WHERE run_id = ? ORDER BY seq", (run,)
         ):
             yield json.loads(data)
+
+    def timed_events(self, run: str) -> Iterator[tuple[float | None, dict[str, Any]]]:
+        """The stored events of a run, in order, with when each was stored (None before
+        the history kept it)."""
+        for at, data in self._conn.execute(
+            "SELECT at, data FROM events WHERE run_id = ? ORDER BY seq", (run,)
+        ):
+            yield at, json.loads(data)
 
     def stored_messages(self, run: str) -> list[dict[str, Any]] | None:
         """The messages `run` added, as kept when its turn ended; None when it never ended."""

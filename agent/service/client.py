@@ -229,6 +229,7 @@ class ServiceSession:
         self.ask = ask
         self.questions = questions
         self.tool_names: list[str] = []
+        self._sending = threading.Lock()
 
     def open(self, settings: Settings) -> None:
         """Open the session: the service loads the model and starts the tools if it must."""
@@ -253,10 +254,36 @@ class ServiceSession:
                 log.info("%s", reply["event"].get("message", ""))
 
     def turn(
-        self, messages: list[dict[str, Any]], show: Show, time_limit_s: float | None = None
+        self,
+        messages: list[dict[str, Any]],
+        show: Show,
+        time_limit_s: float | None = None,
+        stop: threading.Event | None = None,
     ) -> TurnResult:
-        """Run a turn in the service, showing its events here; Ctrl-C cancels it there."""
+        """Run a turn in the service, showing its events here; Ctrl-C (or `stop`, set from
+        another thread) cancels it there."""
         self._send({"op": "turn", "messages": messages, "time_limit_s": time_limit_s})
+        if stop is None:
+            return self._turn_replies(show)
+        done = threading.Event()
+        watcher = threading.Thread(target=self._cancel_on, args=(stop, done), daemon=True)
+        watcher.start()
+        try:
+            return self._turn_replies(show)
+        finally:
+            done.set()
+            watcher.join()
+
+    def _cancel_on(self, stop: threading.Event, done: threading.Event) -> None:
+        """Send `cancel` once `stop` is set, unless the turn is `done` first."""
+        while not done.wait(POLL_S):
+            if stop.is_set():
+                with contextlib.suppress(ServiceError):
+                    self._send({"op": "cancel"})
+                return
+
+    def _turn_replies(self, show: Show) -> TurnResult:
+        """The service's replies to a turn, until it is done."""
         started = False
         while True:
             try:
@@ -335,7 +362,8 @@ class ServiceSession:
 
     def _send(self, message: dict[str, Any]) -> None:
         try:
-            self.channel.send(message)
+            with self._sending:  # a `cancel` from the stop watcher, beside an answer
+                self.channel.send(message)
         except OSError:
             raise ServiceError(f"the agent service has stopped (log: {log_path()})") from None
 

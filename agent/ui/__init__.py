@@ -1,0 +1,1 @@
+"""The browser page: chat, runs and jobs, served on loopback with a token (`agent ui`)."""
