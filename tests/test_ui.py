@@ -45,14 +45,14 @@ def hostile(topic: str) -> str:
 class UiServer:
     """`agent ui --no-open --port 0 ARGS` with its own AGENT_HOME; stopped as Ctrl-C does."""
 
-    def __init__(self, home: Path, *args: str) -> None:
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.home = home
         self.process = subprocess.Popen(
             agent_argv("ui", "--no-open", "--port", "0", *args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=agent_env(home),
+            env=agent_env(home, env),
         )
         assert self.process.stdout is not None
         self.url = self.process.stdout.readline().strip()  # printed once it listens
@@ -61,8 +61,12 @@ class UiServer:
         self.token = self.url.split("token=")[1]
 
     def stop(self) -> tuple[int, str]:
-        """Ctrl-C; its exit code and stderr. No process it started is left."""
+        """Ctrl-C; its exit code and stderr. No process it started is left (but the
+        resident service, which is meant to outlive it)."""
         children = psutil.Process(self.process.pid).children(recursive=True)
+        services = [child for child in children if child.cmdline()[-2:] == ["-m", "agent.service"]]
+        kept = {p.pid for service in services for p in [service, *service.children(recursive=True)]}
+        children = [child for child in children if child.pid not in kept]
         self.process.send_signal(signal.SIGINT)
         _, err = self.process.communicate(timeout=60)
         gone, alive = psutil.wait_procs(children, timeout=10)
@@ -240,14 +244,24 @@ def test_chat_asks_shows_the_tool_card_and_the_answer_then_the_runs_page_finds_i
     assert [turn.prompt for turn in turns] == ["What time is it in Tokyo?", "And now?"]
 
 
+@pytest.fixture(params=["off", "auto"])
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Chats in the page's process, or in the resident service (stopped when the test ends)."""
+    env = {"AGENT_SERVICE": request.param}
+    yield env
+    if request.param != "off":
+        agent_cli("service", "stop", home=tmp_path, env=env, timeout=60)
+
+
 @pytest.mark.slow
 def test_stop_ends_the_answer_and_keeps_what_was_shown(
-    tiny_gptq: Path, tmp_path: Path, page: Page
+    tiny_gptq: Path, tmp_path: Path, page: Page, service: dict[str, str]
 ) -> None:
-    """The untrained tiny model writes until its token limit: Stop cuts it short."""
+    """The untrained tiny model writes until its token limit: Stop cuts it short (in the
+    resident service too: the stop crosses its socket)."""
     ui = UiServer(
         tmp_path, "--model", str(tiny_gptq), "--no-tools", "--seed", "1",
-        "--max-new-tokens", "6000",
+        "--max-new-tokens", "6000", env=service,
     )  # fmt: skip
     try:
         page.goto(ui.url)
