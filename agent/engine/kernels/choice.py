@@ -5,7 +5,9 @@ weights (the fewest bytes), on torch's `aten._weight_int8pack_mm` or on our own 
 for this CPU (agent/engine/kernels/compiled.py), whichever reads them faster. Prefill is bound
 by arithmetic, and
 there a weight dequantized to float32 or bf16 tile by tile, then a plain float matmul, can beat
-the int8 kernel: bf16 on CPUs with avx512_bf16 or AMX, float32 on AVX2-only ones. Attention
+the int8 kernel: bf16 on CPUs with avx512_bf16 or AMX, float32 on AVX2-only ones; and our int8 x
+int8 kernel (int8_gemm.py: activations quantized per row, integer multiply-adds, on AVX-512 VNNI
+or AVX2) does more multiply-adds per instruction than either. Attention
 over a bf16 KV cache (half the bytes of float32) is fast in torch only where the CPU has bf16
 instructions; ours (compiled_kernels.c) computes it in float32 from the bf16 cache. So at load
 each candidate is timed on the model's own weights and shapes, checked against the exact
@@ -30,18 +32,21 @@ import torch
 import torch.nn.functional as F
 
 from agent.engine.kernels.compiled import compiled_attention, compiled_int8, load_library
+from agent.engine.kernels.int8_gemm import PATHS, int8_matmul, runnable_paths
 from agent.engine.kernels.machine import machine_identity
 from agent.paths import write_atomically
 
 log = logging.getLogger("agent")
 
-CHOICE_FORMAT = "agent-cpu-kernels-v6"  # bump when the candidates or what they compute change
+CHOICE_FORMAT = "agent-cpu-kernels-v7"  # bump when the candidates or what they compute change
 # Rows (prompt tokens) the prefill kernels are timed at: a whole prefill chunk (model.py's
 # PREFILL_CHUNK), what a long prompt runs at. At 128 rows int8 and dequantized float32 were
 # within noise on an AVX2 machine (either won), at 512 float32 took 49 ms against int8's 83.
 PREFILL_TIMED_ROWS = 512
 PREFILL_ROWS = 128  # from how many rows the prefill kernel runs, unless measured
-SHORTER_PREFILLS = (16, 32, 64, 128, 256)  # where the chosen kernel may start to win, also timed
+# Where the chosen kernel may start to win, also timed: down to DECODE_ROWS, where the int8 x
+# int8 kernel can beat torch's int8 kernel.
+SHORTER_PREFILLS = (4, 8, 16, 32, 64, 128, 256)
 DECODE_ROWS = 4  # calls of fewer rows (a decoded token; a few, batched) use the decode kernel
 SELF_TEST_CONTEXT = 1024  # cached positions in the timed decode attention
 DEQUANT_TILE_ROWS = 512  # output rows dequantized at a time: the tile stays in the CPU's caches
@@ -95,10 +100,12 @@ def _dequantized(dtype: torch.dtype) -> MatmulKernel:
     return matmul
 
 
+INT8_X_INT8 = {f"int8 x int8 {path}": path for path in PATHS}  # kernel name: its path
 PREFILL_KERNELS: dict[str, MatmulKernel] = {
     "int8": int8pack,
     "dequantized float32": _dequantized(torch.float32),
     "dequantized bf16": _dequantized(torch.bfloat16),
+    **{name: functools.partial(int8_matmul, path=path) for name, path in INT8_X_INT8.items()},
 }
 CACHE_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 COMPILED = "int8 compiled"
@@ -115,6 +122,17 @@ def available_decode_kernels() -> dict[str, MatmulKernel]:
     """The decode kernels this machine can run: torch's, and ours where they build here."""
     usable = load_library() is not None
     return {name: kernel for name, kernel in DECODE_KERNELS.items() if usable or name != COMPILED}
+
+
+def available_prefill_kernels() -> dict[str, MatmulKernel]:
+    """The prefill kernels this machine can run: torch's, and each int8 x int8 path whose
+    instructions this CPU has (where ours build here)."""
+    runnable = runnable_paths()
+    return {
+        name: kernel
+        for name, kernel in PREFILL_KERNELS.items()
+        if name not in INT8_X_INT8 or INT8_X_INT8[name] in runnable
+    }
 
 
 def available_attention() -> list[tuple[str, str]]:
@@ -220,7 +238,7 @@ def fastest_prefill(
     x = torch.randn(PREFILL_TIMED_ROWS, weight.shape[1], generator=generator).to(torch.bfloat16)
     reference = _reference(x, weight, scale)
     timings = {}
-    for name, kernel in PREFILL_KERNELS.items():
+    for name, kernel in available_prefill_kernels().items():
         run = functools.partial(kernel, x, weight, scale)
         if name not in excluded and _correct(run(), reference):
             timings[name] = 1000 * best_seconds(run)
@@ -302,7 +320,7 @@ def _torch_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
 def failing_kernels(checked: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, str]:
     """The matmul kernels that get one of the `checked` shapes wrong here, each with why."""
     checks = ShapeChecks(checked)
-    candidates = {**PREFILL_KERNELS, **available_decode_kernels()}
+    candidates = {**available_prefill_kernels(), **available_decode_kernels()}
     failures = {}
     for name, kernel in candidates.items():
         why = checks.failure(kernel)
@@ -337,7 +355,7 @@ def choose_kernels(
             log.debug("ignoring a damaged kernel choice in %s", path)
         else:
             usable = kept.decode in {*available_decode_kernels(), FALLBACK}
-            usable = usable and kept.prefill in PREFILL_KERNELS
+            usable = usable and kept.prefill in available_prefill_kernels()
             if usable and (kept.cache, kept.attention) in available_attention():
                 return kept
     failures = failing_kernels(checked)

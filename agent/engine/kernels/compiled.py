@@ -27,7 +27,8 @@ from agent.paths import cache_dir
 
 log = logging.getLogger("agent")
 
-SOURCE = Path(__file__).with_name("compiled_kernels.c")
+# Decode's kernels, and prefill's int8 x int8 matmul (int8_gemm.py): one library.
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("compiled_kernels.c", "int8_gemm.c"))
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 LIBRARIES = ("-lm",)
 BUILD_TIMEOUT_S = 120
@@ -43,7 +44,7 @@ def _build(compiler: list[str], target: Path) -> None:
     scratch = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         subprocess.run(
-            [*compiler, *FLAGS, str(SOURCE), "-o", str(scratch), *LIBRARIES],
+            [*compiler, *FLAGS, *map(str, SOURCES), "-o", str(scratch), *LIBRARIES],
             check=True,
             capture_output=True,
             timeout=BUILD_TIMEOUT_S,
@@ -60,8 +61,9 @@ def load_library() -> ctypes.CDLL | None:
     if compiler is None:
         log.info("no C compiler (set CC): decode keeps torch's kernels")
         return None
+    sources = "\n".join(source.read_text() for source in SOURCES)
     key = hashlib.sha256(
-        f"{SOURCE.read_text()}\n{compiler}\n{FLAGS}\n{machine_identity()}".encode()
+        f"{sources}\n{compiler}\n{FLAGS}\n{machine_identity()}".encode()
     ).hexdigest()[:16]
     target = cache_dir() / "kernels" / f"compiled_kernels-{key}.so"
     try:
@@ -83,10 +85,18 @@ def load_library() -> ctypes.CDLL | None:
     library.decode_step.argtypes = (
         [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
     )
+    library.int8_gemm_paths.restype = ctypes.c_int
+    library.int8_gemm_paths.argtypes = []
+    library.int8_gemm.restype = ctypes.c_int
+    library.int8_gemm.argtypes = (
+        [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int, ctypes.c_int]
+    )
+    library.int8_peak.restype = ctypes.c_int64
+    library.int8_peak.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int]
     return library
 
 
-def _library() -> ctypes.CDLL:
+def library() -> ctypes.CDLL:
     library = load_library()
     if library is None:
         raise RuntimeError("a compiled kernel was asked for where they did not build")
@@ -100,7 +110,7 @@ def compiled_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) ->
     x, scale = x.to(torch.bfloat16).contiguous(), scale.contiguous()
     rows, out = x.shape[0], weight.shape[0]
     y = torch.empty(rows, out, dtype=torch.bfloat16)
-    status = _library().int8_gemv(
+    status = library().int8_gemv(
         weight.data_ptr(),
         scale.data_ptr(),
         x.data_ptr(),
@@ -135,7 +145,7 @@ def compiled_attention(
         raise ValueError("compiled_attention: mismatched query, keys or values")
     query = query.float().contiguous()
     out = torch.empty(heads, dim)
-    status = _library().attend_one(
+    status = library().attend_one(
         query.data_ptr(),
         keys.data_ptr(),
         values.data_ptr(),

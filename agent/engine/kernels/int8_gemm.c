@@ -1,0 +1,332 @@
+/* Prefill's int8 x int8 matmul, built with compiled_kernels.c into one library (compiled.py).
+ *
+ * int8_gemm: y = (x @ W.T) * scale for a block of rows. W is int8 [out, in] with one bf16 scale
+ * per output row, x and y are bf16. Each row of x is quantized to int8 with one float scale
+ * (round(x * 127 / max|x|), dynamic), the products are summed exactly in int32, and
+ * y = sum * x_scale * w_scale, rounded to bf16 to nearest even. Two instruction paths compute
+ * the same integers, so they give the same bits:
+ *   - AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes, four at a time into int32;
+ *     the activations are stored as q + 128 (unsigned) and 128 * sum(W row) taken off after.
+ *   - AVX2: activations stored as int16, each weight sign-extended to int16, vpmaddwd.
+ * Each function carries its own target attribute and runs only where the CPU has it
+ * (int8_gemm_paths), so the file builds and runs on AVX2-only CPUs too.
+ *
+ * int8_peak: the multiply-add rate of a path's instruction (vpdpbusd or vpmaddwd) in
+ * registers, for the benchmark's bound.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { PATH_AVX2 = 1, PATH_VNNI = 2 };
+enum { TILE_OUT = 4 };       /* output channels per register tile, both paths */
+enum { VNNI_ROWS = 6 };      /* rows per tile: 6 x 4 accumulators, 4 weights, 1 input */
+enum { AVX2_ROWS = 2 };      /* 2 x 4 accumulators of 16 ymm registers */
+enum { BLOCK_OUT = 16 };     /* output channels a thread takes at a time: their weights stay
+                                in L1/L2 while every row of x passes over them */
+
+static inline float gemm_bf16_to_float(uint16_t bits) {
+    uint32_t wide = (uint32_t)bits << 16;
+    float value;
+    memcpy(&value, &wide, sizeof value);
+    return value;
+}
+
+static inline uint16_t gemm_float_to_bf16(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    bits += 0x7FFF + ((bits >> 16) & 1);
+    return (uint16_t)(bits >> 16);
+}
+
+/* Row r of x as int8 values q (stored by `store`) and its scale max|x| / 127. */
+static float quantize_row(const uint16_t *x, int64_t in, void *q, int path) {
+    float top = 0.0f;
+    for (int64_t k = 0; k < in; k++) top = fmaxf(top, fabsf(gemm_bf16_to_float(x[k])));
+    float inverse = top > 0.0f ? 127.0f / top : 0.0f;
+    for (int64_t k = 0; k < in; k++) {
+        int value = (int)nearbyintf(gemm_bf16_to_float(x[k]) * inverse);
+        if (path == PATH_VNNI) {
+            ((uint8_t *)q)[k] = (uint8_t)(value + 128);
+        } else {
+            ((int16_t *)q)[k] = (int16_t)value;
+        }
+    }
+    return top / 127.0f;
+}
+
+static inline void store_tile(const int32_t *sums, const int32_t *offsets, const float *x_scale,
+                              const uint16_t *scale, uint16_t *y, int64_t row, int rows,
+                              int64_t first, int64_t from, int64_t out) {
+    for (int r = 0; r < rows; r++) {
+        for (int n = (int)(from - first); n < TILE_OUT; n++) {
+            int64_t channel = first + n;
+            float total = (float)(sums[r * TILE_OUT + n] - offsets[n]);
+            y[(row + r) * out + channel] = gemm_float_to_bf16(
+                total * (x_scale[row + r] * gemm_bf16_to_float(scale[channel])));
+        }
+    }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define AVX2_TARGET __attribute__((target("avx2,fma")))
+
+/* acc + a . b by groups of four bytes (a unsigned, b signed): vpdpbusd. In asm because GCC 12
+ * copies the accumulator of _mm512_dpbusd_epi32 to another register and back at every call,
+ * which made the tiles' accumulators spill to memory. */
+VNNI_TARGET static inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    return acc;
+}
+
+/* [sum(a), sum(b), sum(c), sum(d)] of four vectors of 16 int32. */
+VNNI_TARGET static inline __m128i sum4_512(__m512i a, __m512i b, __m512i c, __m512i d) {
+    __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+    __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+    __m512i all = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+    __m256i half = _mm256_add_epi32(_mm512_castsi512_si256(all), _mm512_extracti64x4_epi64(all, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
+}
+
+/* The tiles below keep each accumulator in a variable of its own (an array of them stayed in
+ * memory): row r's four are c<r>0..c<r>3, its steps guarded by `rows > r`, which is a
+ * constant where the tile is inlined for one row count. */
+#define VNNI_ROW_STEP(r)                                                  \
+    if (rows > r) {                                                       \
+        __m512i ak = _mm512_loadu_si512(a + r * stride + k);              \
+        c##r##0 = dpbusd(c##r##0, ak, w0);                   \
+        c##r##1 = dpbusd(c##r##1, ak, w1);                   \
+        c##r##2 = dpbusd(c##r##2, ak, w2);                   \
+        c##r##3 = dpbusd(c##r##3, ak, w3);                   \
+    }
+#define VNNI_STEP(mask)                                                   \
+    {                                                                     \
+        __m512i w0 = _mm512_maskz_loadu_epi8(mask, w + k);                \
+        __m512i w1 = _mm512_maskz_loadu_epi8(mask, w + in + k);           \
+        __m512i w2 = _mm512_maskz_loadu_epi8(mask, w + 2 * in + k);       \
+        __m512i w3 = _mm512_maskz_loadu_epi8(mask, w + 3 * in + k);       \
+        VNNI_ROW_STEP(0) VNNI_ROW_STEP(1) VNNI_ROW_STEP(2)                \
+        VNNI_ROW_STEP(3) VNNI_ROW_STEP(4) VNNI_ROW_STEP(5)                \
+    }
+#define VNNI_ROW_ZERO(r) __m512i c##r##0 = zero, c##r##1 = zero, c##r##2 = zero, c##r##3 = zero;
+#define VNNI_ROW_SUM(r) \
+    if (rows > r) _mm_storeu_si128((__m128i *)(sums + r * TILE_OUT), sum4_512(c##r##0, c##r##1, c##r##2, c##r##3));
+
+/* sums [rows, TILE_OUT] = a [rows, in] (q + 128, rows `stride` bytes apart, padded to 64) .
+ * w [TILE_OUT, in]; the weights' tail is read under a mask, never past their end. */
+VNNI_TARGET static inline __attribute__((always_inline)) void vnni_tile(
+    const uint8_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, int32_t *sums) {
+    const __m512i zero = _mm512_setzero_si512();
+    VNNI_ROW_ZERO(0) VNNI_ROW_ZERO(1) VNNI_ROW_ZERO(2)
+    VNNI_ROW_ZERO(3) VNNI_ROW_ZERO(4) VNNI_ROW_ZERO(5)
+    int64_t k = 0;
+    for (; k + 64 <= in; k += 64) VNNI_STEP(~(__mmask64)0)
+    if (k < in) VNNI_STEP(((__mmask64)1 << (in - k)) - 1)
+    VNNI_ROW_SUM(0) VNNI_ROW_SUM(1) VNNI_ROW_SUM(2)
+    VNNI_ROW_SUM(3) VNNI_ROW_SUM(4) VNNI_ROW_SUM(5)
+}
+
+/* 128 * sum(w row) for each of TILE_OUT rows: what the activations' + 128 added. */
+VNNI_TARGET static void vnni_offsets(const int8_t *w, int64_t in, int32_t *offsets) {
+    __m512i ones = _mm512_set1_epi8(1), acc[TILE_OUT];
+    for (int n = 0; n < TILE_OUT; n++) acc[n] = _mm512_setzero_si512();
+    for (int64_t k = 0; k < in; k += 64) {
+        __mmask64 mask = in - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (in - k)) - 1);
+        for (int n = 0; n < TILE_OUT; n++) {
+            acc[n] = dpbusd(acc[n], ones, _mm512_maskz_loadu_epi8(mask, w + n * in + k));
+        }
+    }
+    __m128i sums = sum4_512(acc[0], acc[1], acc[2], acc[3]);
+    _mm_storeu_si128((__m128i *)offsets, _mm_slli_epi32(sums, 7));
+}
+
+#define VNNI_CASE(R) \
+    case R: vnni_tile(a, stride, w, in, R, sums); break;
+
+VNNI_TARGET __attribute__((noinline)) static void vnni_rows(const uint8_t *a, int64_t stride, const int8_t *w, int64_t in,
+                                  int rows, int32_t *sums) {
+    switch (rows) {
+        VNNI_CASE(1) VNNI_CASE(2) VNNI_CASE(3) VNNI_CASE(4) VNNI_CASE(5) VNNI_CASE(6)
+    }
+}
+
+/* [sum(a), sum(b), sum(c), sum(d)] of four vectors of 8 int32. */
+AVX2_TARGET static inline __m128i sum4_256(__m256i a, __m256i b, __m256i c, __m256i d) {
+    __m256i ab = _mm256_hadd_epi32(a, b), cd = _mm256_hadd_epi32(c, d);
+    __m256i all = _mm256_hadd_epi32(ab, cd);
+    return _mm_add_epi32(_mm256_castsi256_si128(all), _mm256_extracti128_si256(all, 1));
+}
+
+#define AVX2_ROW_STEP(r)                                                            \
+    if (rows > r) {                                                                 \
+        __m256i ak = _mm256_loadu_si256((const __m256i *)(a + r * stride + k));     \
+        c##r##0 = _mm256_add_epi32(c##r##0, _mm256_madd_epi16(ak, w0));             \
+        c##r##1 = _mm256_add_epi32(c##r##1, _mm256_madd_epi16(ak, w1));             \
+        c##r##2 = _mm256_add_epi32(c##r##2, _mm256_madd_epi16(ak, w2));             \
+        c##r##3 = _mm256_add_epi32(c##r##3, _mm256_madd_epi16(ak, w3));             \
+    }
+#define AVX2_STEP(w0p, w1p, w2p, w3p)                                               \
+    {                                                                               \
+        __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w0p))); \
+        __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w1p))); \
+        __m256i w2 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w2p))); \
+        __m256i w3 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w3p))); \
+        AVX2_ROW_STEP(0) AVX2_ROW_STEP(1)                                           \
+    }
+#define AVX2_ROW_ZERO(r) __m256i c##r##0 = zero, c##r##1 = zero, c##r##2 = zero, c##r##3 = zero;
+#define AVX2_ROW_SUM(r) \
+    if (rows > r) _mm_storeu_si128((__m128i *)(sums + r * TILE_OUT), sum4_256(c##r##0, c##r##1, c##r##2, c##r##3));
+
+/* sums [rows, TILE_OUT] = a [rows, in] (int16, `stride` apart, zero-padded to 16) . w; the
+ * weights' tail is copied out, never read past their end. */
+AVX2_TARGET static inline __attribute__((always_inline)) void avx2_tile(
+    const int16_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, int32_t *sums) {
+    const __m256i zero = _mm256_setzero_si256();
+    AVX2_ROW_ZERO(0) AVX2_ROW_ZERO(1)
+    int64_t k = 0;
+    for (; k + 16 <= in; k += 16) AVX2_STEP(w + k, w + in + k, w + 2 * in + k, w + 3 * in + k)
+    if (k < in) {
+        int8_t tail[TILE_OUT][16] = {{0}};
+        for (int n = 0; n < TILE_OUT; n++) memcpy(tail[n], w + n * in + k, (size_t)(in - k));
+        AVX2_STEP(tail[0], tail[1], tail[2], tail[3])
+    }
+    AVX2_ROW_SUM(0) AVX2_ROW_SUM(1)
+}
+
+AVX2_TARGET __attribute__((noinline)) static void avx2_rows(const int16_t *a, int64_t stride, const int8_t *w, int64_t in,
+                                  int rows, int32_t *sums) {
+    if (rows == AVX2_ROWS) {
+        avx2_tile(a, stride, w, in, AVX2_ROWS, sums);
+    } else {
+        avx2_tile(a, stride, w, in, 1, sums);
+    }
+}
+
+int int8_gemm_paths(void) {
+    __builtin_cpu_init();
+    int paths = 0;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) paths |= PATH_AVX2;
+    if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni")) {
+        paths |= PATH_VNNI;
+    }
+    return paths;
+}
+#else
+int int8_gemm_paths(void) { return 0; }
+#endif
+
+/* One block of output channels [first, end) (at most BLOCK_OUT) for every row: tiles of
+ * TILE_OUT channels, the last one shifted back to end at `end` (storing only what is not
+ * stored yet); row tiles outermost, so a tile of x is read once for the whole block. */
+static void gemm_block(const void *q, int64_t stride, const float *x_scale, const int8_t *w,
+                       const uint16_t *scale, uint16_t *y, int64_t rows, int64_t out,
+                       int64_t in, int64_t first, int64_t end, int path) {
+    enum { TILES = BLOCK_OUT / TILE_OUT };
+    int32_t sums[VNNI_ROWS * TILE_OUT], offsets[TILES][TILE_OUT];
+    int64_t channels[TILES];
+    int tiles = 0, tile_rows = path == PATH_VNNI ? VNNI_ROWS : AVX2_ROWS;
+    size_t element = path == PATH_VNNI ? 1 : 2;
+    for (int64_t from = first; from < end; from += TILE_OUT, tiles++) {
+        channels[tiles] = from + TILE_OUT <= end ? from : end - TILE_OUT;
+        memset(offsets[tiles], 0, sizeof offsets[tiles]);
+#if defined(__x86_64__) || defined(__i386__)
+        if (path == PATH_VNNI) vnni_offsets(w + channels[tiles] * in, in, offsets[tiles]);
+#endif
+    }
+    for (int64_t row = 0; row < rows; row += tile_rows) {
+        int count = rows - row < tile_rows ? (int)(rows - row) : tile_rows;
+        const char *a = (const char *)q + row * stride * element;
+        for (int t = 0; t < tiles; t++) {
+            const int8_t *wt = w + channels[t] * in;
+#if defined(__x86_64__) || defined(__i386__)
+            if (path == PATH_VNNI) {
+                vnni_rows((const uint8_t *)a, stride, wt, in, count, sums);
+            } else {
+                avx2_rows((const int16_t *)a, stride, wt, in, count, sums);
+            }
+#endif
+            int64_t from = first + t * TILE_OUT;
+            store_tile(sums, offsets[t], x_scale, scale, y, row, count, channels[t], from, out);
+        }
+    }
+}
+
+/* y [rows, out] (bf16) = x [rows, in] (bf16) @ w.T * scale, on `path` (PATH_AVX2 or PATH_VNNI),
+ * which the CPU must have. out must be at least TILE_OUT and in at most 65,536 (int32 sums).
+ * Returns 0; -1 when the quantized copy of x could not be allocated; -2 for a path, `out` or
+ * `in` this function does not take. */
+int int8_gemm(const int8_t *w, const uint16_t *scale, const uint16_t *x, uint16_t *y,
+              int64_t rows, int64_t out, int64_t in, int path, int threads) {
+    if (!(int8_gemm_paths() & path) || out < TILE_OUT || in > 65536) return -2;
+    int64_t stride = path == PATH_VNNI ? (in + 63) / 64 * 64 : (in + 15) / 16 * 16;
+    size_t element = path == PATH_VNNI ? 1 : 2;
+    void *q = calloc((size_t)(rows * stride), element);
+    float *x_scale = malloc(sizeof(float) * (size_t)rows);
+    if (q == NULL || x_scale == NULL) {
+        free(q);
+        free(x_scale);
+        return -1;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            x_scale[r] = quantize_row(x + r * in, in, (char *)q + r * stride * element, path);
+        }
+#pragma omp for schedule(static)
+        for (int64_t first = 0; first < out; first += BLOCK_OUT) {
+            int64_t end = first + BLOCK_OUT < out ? first + BLOCK_OUT : out;
+            gemm_block(q, stride, x_scale, w, scale, y, rows, out, in, first, end, path);
+        }
+    }
+    free(q);
+    free(x_scale);
+    return 0;
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+enum { PEAK_CHAINS = 12 }; /* independent accumulators: more than latency x throughput */
+
+VNNI_TARGET static int64_t vnni_peak(int64_t iterations, int seed) {
+    __m512i a = _mm512_set1_epi8((char)(seed | 1)), b = _mm512_set1_epi8(3), acc[PEAK_CHAINS];
+    for (int c = 0; c < PEAK_CHAINS; c++) acc[c] = _mm512_set1_epi32(c);
+    for (int64_t i = 0; i < iterations; i++) {
+        for (int c = 0; c < PEAK_CHAINS; c++) acc[c] = dpbusd(acc[c], a, b);
+    }
+    for (int c = 1; c < PEAK_CHAINS; c++) acc[0] = _mm512_add_epi32(acc[0], acc[c]);
+    return _mm512_reduce_add_epi32(acc[0]);
+}
+
+AVX2_TARGET static int64_t avx2_peak(int64_t iterations, int seed) {
+    __m256i a = _mm256_set1_epi16((short)(seed | 1)), b = _mm256_set1_epi16(3), acc[PEAK_CHAINS];
+    for (int c = 0; c < PEAK_CHAINS; c++) acc[c] = _mm256_set1_epi32(c);
+    for (int64_t i = 0; i < iterations; i++) {
+        for (int c = 0; c < PEAK_CHAINS; c++) {
+            acc[c] = _mm256_add_epi32(acc[c], _mm256_madd_epi16(a, b));
+        }
+    }
+    for (int c = 1; c < PEAK_CHAINS; c++) acc[0] = _mm256_add_epi32(acc[0], acc[c]);
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc[0]), _mm256_extracti128_si256(acc[0], 1));
+    s = _mm_hadd_epi32(s, s);
+    return _mm_cvtsi128_si32(_mm_hadd_epi32(s, s));
+}
+
+static volatile int64_t peak_sink; /* the sums, kept so that the loops are not dropped */
+
+/* Runs `iterations` rounds of PEAK_CHAINS multiply-add instructions of `path` on each of
+ * `threads` threads and returns the multiply-adds done per thread per round (the caller times
+ * it), or -1 for a path this CPU lacks. */
+int64_t int8_peak(int path, int64_t iterations, int threads) {
+    if (!(int8_gemm_paths() & path)) return -1;
+    int64_t checksum = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : checksum)
+    checksum += path == PATH_VNNI ? vnni_peak(iterations, threads) : avx2_peak(iterations, threads);
+    peak_sink = checksum;
+    return PEAK_CHAINS * (path == PATH_VNNI ? 64 : 16);
+}
+#else
+int64_t int8_peak(int path, int64_t iterations, int threads) { return -1; }
+#endif
