@@ -26,6 +26,11 @@ enum { AVX2_ROWS = 2 };      /* 2 x 4 accumulators of 16 ymm registers */
 enum { BLOCK_OUT = 16 };     /* output channels a thread takes at a time: their weights stay
                                 in L1/L2 while every row of x passes over them */
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define AVX2_TARGET __attribute__((target("avx2,fma")))
+
 static inline float gemm_bf16_to_float(uint16_t bits) {
     uint32_t wide = (uint32_t)bits << 16;
     float value;
@@ -40,12 +45,38 @@ static inline uint16_t gemm_float_to_bf16(float value) {
     return (uint16_t)(bits >> 16);
 }
 
-/* Row r of x as int8 values q (stored by `store`) and its scale max|x| / 127. */
-static float quantize_row(const uint16_t *x, int64_t in, void *q, int path) {
-    float top = 0.0f;
-    for (int64_t k = 0; k < in; k++) top = fmaxf(top, fabsf(gemm_bf16_to_float(x[k])));
+AVX2_TARGET static inline __m256 widen8_bf16(const uint16_t *x) {
+    __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)x));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+/* A row of x as int8 values q (stored as q + 128 in bytes for the VNNI path, as int16 for the
+ * AVX2 path: what each path's tiles read) and its scale max|x| / 127; rounded to nearest even
+ * by vcvtps2dq and, for a tail, by nearbyintf alike. */
+AVX2_TARGET static float quantize_row(const uint16_t *x, int64_t in, void *q, int path) {
+    __m256 top8 = _mm256_setzero_ps(), sign = _mm256_set1_ps(-0.0f);
+    int64_t k = 0;
+    for (; k + 8 <= in; k += 8) top8 = _mm256_max_ps(top8, _mm256_andnot_ps(sign, widen8_bf16(x + k)));
+    __m128 top4 = _mm_max_ps(_mm256_castps256_ps128(top8), _mm256_extractf128_ps(top8, 1));
+    top4 = _mm_max_ps(top4, _mm_movehl_ps(top4, top4));
+    float top = fmaxf(_mm_cvtss_f32(top4), _mm_cvtss_f32(_mm_shuffle_ps(top4, top4, 1)));
+    for (; k < in; k++) top = fmaxf(top, fabsf(gemm_bf16_to_float(x[k])));
     float inverse = top > 0.0f ? 127.0f / top : 0.0f;
-    for (int64_t k = 0; k < in; k++) {
+    __m256 inverse8 = _mm256_set1_ps(inverse);
+    for (k = 0; k + 16 <= in; k += 16) {
+        __m256i low = _mm256_cvtps_epi32(_mm256_mul_ps(widen8_bf16(x + k), inverse8));
+        __m256i high = _mm256_cvtps_epi32(_mm256_mul_ps(widen8_bf16(x + k + 8), inverse8));
+        __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(low, high), 0xD8);
+        if (path == PATH_VNNI) {
+            words = _mm256_add_epi16(words, _mm256_set1_epi16(128));
+            __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(words),
+                                             _mm256_extracti128_si256(words, 1));
+            _mm_storeu_si128((__m128i *)((uint8_t *)q + k), bytes);
+        } else {
+            _mm256_storeu_si256((__m256i *)((int16_t *)q + k), words);
+        }
+    }
+    for (; k < in; k++) {
         int value = (int)nearbyintf(gemm_bf16_to_float(x[k]) * inverse);
         if (path == PATH_VNNI) {
             ((uint8_t *)q)[k] = (uint8_t)(value + 128);
@@ -56,23 +87,35 @@ static float quantize_row(const uint16_t *x, int64_t in, void *q, int path) {
     return top / 127.0f;
 }
 
-static inline void store_tile(const int32_t *sums, const int32_t *offsets, const float *x_scale,
-                              const uint16_t *scale, uint16_t *y, int64_t row, int rows,
-                              int64_t first, int64_t from, int64_t out) {
-    for (int r = 0; r < rows; r++) {
-        for (int n = (int)(from - first); n < TILE_OUT; n++) {
-            int64_t channel = first + n;
-            float total = (float)(sums[r * TILE_OUT + n] - offsets[n]);
-            y[(row + r) * out + channel] = gemm_float_to_bf16(
-                total * (x_scale[row + r] * gemm_bf16_to_float(scale[channel])));
+/* y for `rows` rows from `row` and channels [from, first + TILE_OUT) of a tile that starts at
+ * channel `first`: (sum - offset) * (x_scale * w_scale), rounded to bf16 to nearest even. */
+AVX2_TARGET static inline void store_tile(const int32_t *sums, const int32_t *offsets,
+                                          const float *x_scale, const uint16_t *scale,
+                                          uint16_t *y, int64_t row, int rows, int64_t first,
+                                          int64_t from, int64_t out) {
+    if (from != first) { /* the shifted last tile: only its new channels */
+        for (int r = 0; r < rows; r++) {
+            for (int n = (int)(from - first); n < TILE_OUT; n++) {
+                float total = (float)(sums[r * TILE_OUT + n] - offsets[n]);
+                y[(row + r) * out + first + n] = gemm_float_to_bf16(
+                    total * (x_scale[row + r] * gemm_bf16_to_float(scale[first + n])));
+            }
         }
+        return;
+    }
+    __m128i offset4 = _mm_loadu_si128((const __m128i *)offsets);
+    __m128 w_scale = _mm_castsi128_ps(
+        _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(scale + first))), 16));
+    for (int r = 0; r < rows; r++) {
+        __m128i sum4 = _mm_sub_epi32(_mm_loadu_si128((const __m128i *)(sums + r * TILE_OUT)), offset4);
+        __m128 value = _mm_mul_ps(_mm_cvtepi32_ps(sum4), _mm_mul_ps(_mm_set1_ps(x_scale[row + r]), w_scale));
+        __m128i bits = _mm_castps_si128(value);
+        __m128i odd = _mm_and_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(1));
+        bits = _mm_add_epi32(bits, _mm_add_epi32(_mm_set1_epi32(0x7FFF), odd));
+        __m128i halves = _mm_packus_epi32(_mm_srli_epi32(bits, 16), _mm_setzero_si128());
+        _mm_storel_epi64((__m128i *)(y + (row + r) * out + first), halves);
     }
 }
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
-#define AVX2_TARGET __attribute__((target("avx2,fma")))
 
 /* acc + a . b by groups of four bytes (a unsigned, b signed): vpdpbusd. In asm because GCC 12
  * copies the accumulator of _mm512_dpbusd_epi32 to another register and back at every call,
@@ -214,9 +257,6 @@ int int8_gemm_paths(void) {
     }
     return paths;
 }
-#else
-int int8_gemm_paths(void) { return 0; }
-#endif
 
 /* One block of output channels [first, end) (at most BLOCK_OUT) for every row: tiles of
  * TILE_OUT channels, the last one shifted back to end at `end` (storing only what is not
@@ -232,22 +272,18 @@ static void gemm_block(const void *q, int64_t stride, const float *x_scale, cons
     for (int64_t from = first; from < end; from += TILE_OUT, tiles++) {
         channels[tiles] = from + TILE_OUT <= end ? from : end - TILE_OUT;
         memset(offsets[tiles], 0, sizeof offsets[tiles]);
-#if defined(__x86_64__) || defined(__i386__)
         if (path == PATH_VNNI) vnni_offsets(w + channels[tiles] * in, in, offsets[tiles]);
-#endif
     }
     for (int64_t row = 0; row < rows; row += tile_rows) {
         int count = rows - row < tile_rows ? (int)(rows - row) : tile_rows;
         const char *a = (const char *)q + row * stride * element;
         for (int t = 0; t < tiles; t++) {
             const int8_t *wt = w + channels[t] * in;
-#if defined(__x86_64__) || defined(__i386__)
             if (path == PATH_VNNI) {
                 vnni_rows((const uint8_t *)a, stride, wt, in, count, sums);
             } else {
                 avx2_rows((const int16_t *)a, stride, wt, in, count, sums);
             }
-#endif
             int64_t from = first + t * TILE_OUT;
             store_tile(sums, offsets[t], x_scale, scale, y, row, count, channels[t], from, out);
         }
@@ -287,36 +323,50 @@ int int8_gemm(const int8_t *w, const uint16_t *scale, const uint16_t *x, uint16_
     return 0;
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-enum { PEAK_CHAINS = 12 }; /* independent accumulators: more than latency x throughput */
+/* The peak loops: independent chains, each in a variable of its own (arrays of them stayed in
+ * memory), more of them than latency x throughput. */
+#define SIX(M) M(0) M(1) M(2) M(3) M(4) M(5)
+#define TWELVE(M) SIX(M) M(6) M(7) M(8) M(9) M(10) M(11)
+enum { VNNI_PEAK_CHAINS = 12, AVX2_PEAK_CHAINS = 6 };
 
-VNNI_TARGET static int64_t vnni_peak(int64_t iterations, int seed) {
-    __m512i a = _mm512_set1_epi8((char)(seed | 1)), b = _mm512_set1_epi8(3), acc[PEAK_CHAINS];
-    for (int c = 0; c < PEAK_CHAINS; c++) acc[c] = _mm512_set1_epi32(c);
+VNNI_TARGET __attribute__((noinline)) static int64_t vnni_peak(int64_t iterations, int seed) {
+    __m512i a = _mm512_set1_epi8((char)(seed | 1)), b = _mm512_set1_epi8(3);
+#define VNNI_CHAIN(c) __m512i acc##c = _mm512_set1_epi32(c);
+#define VNNI_PEAK_STEP(c) acc##c = dpbusd(acc##c, a, b);
+#define VNNI_PEAK_SUM(c) total = _mm512_add_epi32(total, acc##c);
+    TWELVE(VNNI_CHAIN)
     for (int64_t i = 0; i < iterations; i++) {
-        for (int c = 0; c < PEAK_CHAINS; c++) acc[c] = dpbusd(acc[c], a, b);
+        TWELVE(VNNI_PEAK_STEP)
     }
-    for (int c = 1; c < PEAK_CHAINS; c++) acc[0] = _mm512_add_epi32(acc[0], acc[c]);
-    return _mm512_reduce_add_epi32(acc[0]);
+    __m512i total = _mm512_setzero_si512();
+    TWELVE(VNNI_PEAK_SUM)
+    return _mm512_reduce_add_epi32(total);
 }
 
-AVX2_TARGET static int64_t avx2_peak(int64_t iterations, int seed) {
-    __m256i a = _mm256_set1_epi16((short)(seed | 1)), b = _mm256_set1_epi16(3), acc[PEAK_CHAINS];
-    for (int c = 0; c < PEAK_CHAINS; c++) acc[c] = _mm256_set1_epi32(c);
+/* acc + vpmaddwd(a, b), in asm so that the multiply stays in the loop (its inputs do not
+ * change) and the sum stays in its register. */
+#define AVX2_PEAK_STEP(c)                                                        \
+    __asm__("vpmaddwd %[b], %[a], %[t]\n\tvpaddd %[t], %[acc], %[acc]"           \
+            : [acc] "+x"(acc##c), [t] "=&x"(t##c)                                 \
+            : [a] "x"(a), [b] "x"(b));
+AVX2_TARGET __attribute__((noinline)) static int64_t avx2_peak(int64_t iterations, int seed) {
+    __m256i a = _mm256_set1_epi16((short)(seed | 1)), b = _mm256_set1_epi16(3);
+#define AVX2_CHAIN(c) __m256i acc##c = _mm256_set1_epi32(c), t##c;
+#define AVX2_PEAK_SUM(c) total = _mm256_add_epi32(total, acc##c);
+    SIX(AVX2_CHAIN)
     for (int64_t i = 0; i < iterations; i++) {
-        for (int c = 0; c < PEAK_CHAINS; c++) {
-            acc[c] = _mm256_add_epi32(acc[c], _mm256_madd_epi16(a, b));
-        }
+        SIX(AVX2_PEAK_STEP)
     }
-    for (int c = 1; c < PEAK_CHAINS; c++) acc[0] = _mm256_add_epi32(acc[0], acc[c]);
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc[0]), _mm256_extracti128_si256(acc[0], 1));
+    __m256i total = _mm256_setzero_si256();
+    SIX(AVX2_PEAK_SUM)
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
     s = _mm_hadd_epi32(s, s);
     return _mm_cvtsi128_si32(_mm_hadd_epi32(s, s));
 }
 
 static volatile int64_t peak_sink; /* the sums, kept so that the loops are not dropped */
 
-/* Runs `iterations` rounds of PEAK_CHAINS multiply-add instructions of `path` on each of
+/* Runs `iterations` rounds of a peak loop's multiply-add instructions of `path` on each of
  * `threads` threads and returns the multiply-adds done per thread per round (the caller times
  * it), or -1 for a path this CPU lacks. */
 int64_t int8_peak(int path, int64_t iterations, int threads) {
@@ -325,8 +375,15 @@ int64_t int8_peak(int path, int64_t iterations, int threads) {
 #pragma omp parallel num_threads(threads) reduction(+ : checksum)
     checksum += path == PATH_VNNI ? vnni_peak(iterations, threads) : avx2_peak(iterations, threads);
     peak_sink = checksum;
-    return PEAK_CHAINS * (path == PATH_VNNI ? 64 : 16);
+    return path == PATH_VNNI ? VNNI_PEAK_CHAINS * 64 : AVX2_PEAK_CHAINS * 16;
 }
-#else
+#else /* not x86: no path runs */
+int int8_gemm_paths(void) { return 0; }
+
+int int8_gemm(const int8_t *w, const uint16_t *scale, const uint16_t *x, uint16_t *y,
+              int64_t rows, int64_t out, int64_t in, int path, int threads) {
+    return -2;
+}
+
 int64_t int8_peak(int path, int64_t iterations, int threads) { return -1; }
 #endif
