@@ -196,6 +196,16 @@ VNNI_TARGET __attribute__((noinline)) static void vnni_rows(const uint8_t *a, in
     }
 }
 
+/* acc + vpmaddwd(a, b), in asm for the reason dpbusd is: GCC 12 copied each sum to another
+ * register and back at every step. */
+AVX2_TARGET static inline __m256i madd_add(__m256i acc, __m256i a, __m256i b) {
+    __m256i product;
+    __asm__("vpmaddwd %[b], %[a], %[p]\n\tvpaddd %[p], %[acc], %[acc]"
+            : [acc] "+x"(acc), [p] "=&x"(product)
+            : [a] "x"(a), [b] "x"(b));
+    return acc;
+}
+
 /* [sum(a), sum(b), sum(c), sum(d)] of four vectors of 8 int32. */
 AVX2_TARGET static inline __m128i sum4_256(__m256i a, __m256i b, __m256i c, __m256i d) {
     __m256i ab = _mm256_hadd_epi32(a, b), cd = _mm256_hadd_epi32(c, d);
@@ -206,10 +216,10 @@ AVX2_TARGET static inline __m128i sum4_256(__m256i a, __m256i b, __m256i c, __m2
 #define AVX2_ROW_STEP(r)                                                            \
     if (rows > r) {                                                                 \
         __m256i ak = _mm256_loadu_si256((const __m256i *)(a + r * stride + k));     \
-        c##r##0 = _mm256_add_epi32(c##r##0, _mm256_madd_epi16(ak, w0));             \
-        c##r##1 = _mm256_add_epi32(c##r##1, _mm256_madd_epi16(ak, w1));             \
-        c##r##2 = _mm256_add_epi32(c##r##2, _mm256_madd_epi16(ak, w2));             \
-        c##r##3 = _mm256_add_epi32(c##r##3, _mm256_madd_epi16(ak, w3));             \
+        c##r##0 = madd_add(c##r##0, ak, w0);                                        \
+        c##r##1 = madd_add(c##r##1, ak, w1);                                        \
+        c##r##2 = madd_add(c##r##2, ak, w2);                                        \
+        c##r##3 = madd_add(c##r##3, ak, w3);                                        \
     }
 #define AVX2_STEP(w0p, w1p, w2p, w3p)                                               \
     {                                                                               \
