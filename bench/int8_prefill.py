@@ -35,6 +35,7 @@ from bench.random_checkpoint import cached_checkpoint
 from bench.speed import VOCAB_TEXT_IDS, agent_prompts
 
 PREFILL_TOKENS = 1024
+WARM_UP_TOKENS = 64
 PEAK_ITERATIONS = 2_000_000  # rounds of the peak loop: about a second on one core
 PREFIX_CACHE_BYTES = 1 << 30
 
@@ -123,8 +124,10 @@ def measure(rounds: int) -> dict[str, Any]:
         label: CpuQwen3(weights, PREFIX_CACHE_BYTES, kernels=choice)
         for label, choice in choices.items()
     }
+    for engine in engines.values():  # warm-up: kernels built, memory touched
+        _prefill_s(engine, prompt[:WARM_UP_TOKENS])
     samples: dict[str, dict[str, list[float]]] = {label: {} for label in engines}
-    for round_index in range(-1, rounds):  # round -1 warms up, its figures dropped
+    for round_index in range(rounds):
         for label in sorted(engines, reverse=round_index % 2 == 1):  # who goes first alternates
             engine = engines[label]
             figures = {
@@ -133,9 +136,8 @@ def measure(rounds: int) -> dict[str, Any]:
                 "second_step_full_prefill_s": _prefill_s(engine, second),
             }
             print(f"round {round_index}: {label} {figures}", file=sys.stderr, flush=True)
-            if round_index >= 0:
-                for key, value in figures.items():
-                    samples[label].setdefault(key, []).append(value)
+            for key, value in figures.items():
+                samples[label].setdefault(key, []).append(value)
     macs = layer_macs_per_token(weights)
     best_peak = max(  # every core, the fastest path's instruction
         (rates[f"{threads[-1]} threads"] for rates in report["int8_peak_gmac_s"].values()),
@@ -175,8 +177,11 @@ def _figures(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.int8_prefill", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench/int8_prefill.json"))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch's and our kernels' (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report = measure(args.rounds)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "kernels"}, indent=2))
