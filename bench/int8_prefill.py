@@ -6,8 +6,9 @@ architecture with random weights (bench/random_checkpoint.py): the rate of the i
 instruction each int8 x int8 path uses (vpdpbusd, vpmaddwd), in registers, on one thread and on
 every core; then, round after round, a 1k-token prefill and an agent's second step (its first
 token after the first step ran, and the same prompt from an empty cache) on the prefill kernel
-the self-test picks without the int8 x int8 kernels ("before") and with them ("now"). The matmul
-rate of a prefill counts every layer's multiply-adds (not the lm_head's, run for one row).
+the self-test picks without the int8 x int8 kernels ("before") and with them ("now"), and each
+one's logits after the 1k tokens against transformers + GPTQModel's. The matmul rate of a
+prefill counts every layer's multiply-adds (not the lm_head's, run for one row).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from bench.random_checkpoint import cached_checkpoint
 from bench.speed import VOCAB_TEXT_IDS, agent_prompts
 
 PREFILL_TOKENS = 1024
-WARM_UP_TOKENS = 64
 PEAK_ITERATIONS = 2_000_000  # rounds of the peak loop: about a second on one core
 PREFIX_CACHE_BYTES = 1 << 30
 
@@ -76,12 +76,19 @@ def layer_macs_per_token(weights: Qwen3Weights) -> int:
     return sum(linear.weight.numel() for linear in weights.linears[:-1])
 
 
-def _prefill_s(engine: CpuQwen3, prompt: list[int]) -> float:
+def _prefill(engine: CpuQwen3, prompt: list[int]) -> tuple[float, torch.Tensor]:
+    """Seconds to the last position's logits from an empty cache, and the logits."""
     engine.prefix_cache.clear()
     cache = engine.new_cache(len(prompt))
     started = time.perf_counter()
-    engine.forward(prompt, cache)
-    return time.perf_counter() - started
+    logits = engine.forward(prompt, cache)
+    return time.perf_counter() - started, logits
+
+
+def reference_logits(model: Path, prompt: list[int]) -> torch.Tensor:
+    """transformers + GPTQModel's logits after `prompt` (what the engine is tested against)."""
+    reference = load_local_model(str(model), device="cpu", engine="transformers").engine
+    return reference.forward(prompt, reference.checkout(prompt))
 
 
 def _second_step_s(engine: CpuQwen3, first: list[int], second: list[int]) -> float:
@@ -124,16 +131,23 @@ def measure(rounds: int) -> dict[str, Any]:
         label: CpuQwen3(weights, PREFIX_CACHE_BYTES, kernels=choice)
         for label, choice in choices.items()
     }
-    for engine in engines.values():  # warm-up: kernels built, memory touched
-        _prefill_s(engine, prompt[:WARM_UP_TOKENS])
+    expected = reference_logits(model, prompt)
+    numerics = {}
+    for label, engine in engines.items():  # also the warm-up: kernels built, memory touched
+        logits = _prefill(engine, prompt)[1]
+        numerics[label] = {
+            "max_abs_logit_diff_vs_reference": round(float((logits - expected).abs().max()), 4),
+            "reference_max_abs_logit": round(float(expected.abs().max()), 4),
+            "same_argmax_as_reference": int(logits.argmax()) == int(expected.argmax()),
+        }
     samples: dict[str, dict[str, list[float]]] = {label: {} for label in engines}
     for round_index in range(rounds):
         for label in sorted(engines, reverse=round_index % 2 == 1):  # who goes first alternates
             engine = engines[label]
             figures = {
-                "prefill_s": _prefill_s(engine, prompt),
+                "prefill_s": _prefill(engine, prompt)[0],
                 "second_step_first_token_s": _second_step_s(engine, first, second),
-                "second_step_full_prefill_s": _prefill_s(engine, second),
+                "second_step_full_prefill_s": _prefill(engine, second)[0],
             }
             print(f"round {round_index}: {label} {figures}", file=sys.stderr, flush=True)
             for key, value in figures.items():
@@ -144,7 +158,8 @@ def measure(rounds: int) -> dict[str, Any]:
         default=None,
     )
     report["kernels"] = {
-        label: _figures(choices[label], samples[label], macs, best_peak) for label in engines
+        label: {**_figures(choices[label], samples[label], macs, best_peak), **numerics[label]}
+        for label in engines
     }
     before, now = (report["kernels"][label] for label in ("before", "now"))
     report["prefill_speedup_now_over_before"] = round(

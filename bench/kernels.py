@@ -97,10 +97,10 @@ def engine_choices() -> dict[str, object]:
     time, and decode tok/s at 1k of context; and the choice this machine's self-test makes."""
     from agent.engine.kernels.choice import (
         CACHE_DTYPES,
-        PREFILL_KERNELS,
         KernelChoice,
         available_attention,
         available_decode_kernels,
+        available_prefill_kernels,
     )
     from agent.engine.loading import load_local_model
     from agent.engine.model import CpuQwen3
@@ -112,7 +112,7 @@ def engine_choices() -> dict[str, object]:
     prompt = [(i * 7919) % 150_000 for i in range(ENGINE_PREFILL_TOKENS)]
     expected = reference.engine.forward(prompt, reference.engine.checkout(prompt))
     report: dict[str, object] = {"chosen_here": chosen.kernel}
-    for prefill in PREFILL_KERNELS:
+    for prefill in available_prefill_kernels():
         for cache in CACHE_DTYPES:
             choice = KernelChoice(prefill=prefill, cache=cache)
             engine = CpuQwen3(chosen.engine.weights, prefix_cache_bytes=0, kernels=choice)
