@@ -4,11 +4,12 @@ machine's int8 multiply-add peak, in one run.
 `python -m bench.int8_prefill --out bench/int8_prefill.json`. On Qwen3-0.6B's full-size
 architecture with random weights (bench/random_checkpoint.py): the rate of the int8 multiply-add
 instruction each int8 x int8 path uses (vpdpbusd, vpmaddwd), in registers, on one thread and on
-every core; then, round after round, a 1k-token prefill and an agent's second step (its first
-token after the first step ran, and the same prompt from an empty cache) on the prefill kernel
-the self-test picks without the int8 x int8 kernels ("before") and with them ("now"), and each
-one's logits after the 1k tokens against transformers + GPTQModel's. The matmul rate of a
-prefill counts every layer's multiply-adds (not the lm_head's, run for one row).
+every core; the prefill kernel the self-test picks without the int8 x int8 kernels ("before")
+and with them ("now"), and the widest matmul (gate/up) alone on each; then, round after round,
+on each, a 1k-token prefill and an agent's second step (its first token after the first step
+ran, and the same prompt from an empty cache), and each one's logits after the 1k tokens
+against transformers + GPTQModel's. The matmul rate of a prefill counts every layer's
+multiply-adds (not the lm_head's, run for one row).
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from typing import Any
 
 import torch
 
-from agent.engine.kernels.choice import INT8_X_INT8, KernelChoice, fastest_prefill
+from agent.engine.kernels.choice import (
+    INT8_X_INT8,
+    MATMUL_KERNELS,
+    KernelChoice,
+    best_seconds,
+    fastest_prefill,
+)
 from agent.engine.kernels.compiled import library
 from agent.engine.kernels.int8_gemm import PATHS, runnable_paths
 from agent.engine.loading import load_local_model
@@ -50,6 +57,19 @@ def int8_peak_gmac_s(path: str, threads: int) -> float:
         per_round = peak(PATHS[path], PEAK_ITERATIONS, threads)
         best = min(best, time.perf_counter() - started)
     return per_round * PEAK_ITERATIONS * threads / best / 1e9
+
+
+def matmul_gmac_s(kernel: str, weight: torch.Tensor, scale: torch.Tensor, threads: int) -> float:
+    """Multiply-adds per second of `kernel` on `weight` at a prefill chunk's 512 rows."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(512, weight.shape[1], generator=torch.Generator().manual_seed(0))
+        x = x.to(torch.bfloat16)
+        seconds = best_seconds(lambda: MATMUL_KERNELS[kernel](x, weight, scale))
+        return 512 * weight.numel() / seconds / 1e9
+    finally:
+        torch.set_num_threads(previous)
 
 
 def cpu_features() -> dict[str, object]:
@@ -117,42 +137,28 @@ def measure(rounds: int) -> dict[str, Any]:
     model = cached_checkpoint("full")
     native = load_local_model(str(model), device="cpu", engine="native", disk_cache_mb=0).engine
     assert isinstance(native, CpuQwen3)
-    weights = native.weights
-    gate_up = weights.layers[0].gate_up
+    choices = _before_and_now(native)
+    gate_up = native.weights.layers[0].gate_up
     assert gate_up.scale is not None
-    choices = {}
-    for label, excluded in (("before", frozenset(INT8_X_INT8)), ("now", frozenset())):
-        prefill, rows, _ = fastest_prefill(gate_up.weight, gate_up.scale, excluded)
-        choices[label] = dataclasses.replace(native.kernels, prefill=prefill, prefill_rows=rows)
-    rng = random.Random(0)
-    prompt = [rng.randrange(VOCAB_TEXT_IDS) for _ in range(PREFILL_TOKENS)]
-    first, second = agent_prompts(model)
+    report["widest_matmul_gmac_s_at_512_rows"] = {
+        choice.prefill: {
+            f"{n} threads": round(
+                matmul_gmac_s(choice.prefill, gate_up.weight, gate_up.scale, n), 1
+            )
+            for n in threads
+        }
+        for choice in choices.values()
+    }
     engines = {
-        label: CpuQwen3(weights, PREFIX_CACHE_BYTES, kernels=choice)
+        label: CpuQwen3(native.weights, PREFIX_CACHE_BYTES, kernels=choice)
         for label, choice in choices.items()
     }
-    expected = reference_logits(model, prompt)
-    numerics = {}
-    for label, engine in engines.items():  # also the warm-up: kernels built, memory touched
-        logits = _prefill(engine, prompt)[1]
-        numerics[label] = {
-            "max_abs_logit_diff_vs_reference": round(float((logits - expected).abs().max()), 4),
-            "reference_max_abs_logit": round(float(expected.abs().max()), 4),
-            "same_argmax_as_reference": int(logits.argmax()) == int(expected.argmax()),
-        }
-    samples: dict[str, dict[str, list[float]]] = {label: {} for label in engines}
-    for round_index in range(rounds):
-        for label in sorted(engines, reverse=round_index % 2 == 1):  # who goes first alternates
-            engine = engines[label]
-            figures = {
-                "prefill_s": _prefill(engine, prompt)[0],
-                "second_step_first_token_s": _second_step_s(engine, first, second),
-                "second_step_full_prefill_s": _prefill(engine, second)[0],
-            }
-            print(f"round {round_index}: {label} {figures}", file=sys.stderr, flush=True)
-            for key, value in figures.items():
-                samples[label].setdefault(key, []).append(value)
-    macs = layer_macs_per_token(weights)
+    rng = random.Random(0)
+    prompt = [rng.randrange(VOCAB_TEXT_IDS) for _ in range(PREFILL_TOKENS)]
+    numerics = _logits_against_reference(engines, reference_logits(model, prompt), prompt)
+    first, second = agent_prompts(model)
+    samples = _rounds(engines, rounds, prompt, (first, second))
+    macs = layer_macs_per_token(native.weights)
     best_peak = max(  # every core, the fastest path's instruction
         (rates[f"{threads[-1]} threads"] for rates in report["int8_peak_gmac_s"].values()),
         default=None,
@@ -168,6 +174,56 @@ def measure(rounds: int) -> dict[str, Any]:
     report["second_step_shape"] = {"first_prompt": len(first), "second_prompt": len(second)}
     report["load_average_at_end"] = os.getloadavg()
     return report
+
+
+def _before_and_now(native: CpuQwen3) -> dict[str, KernelChoice]:
+    """The engine's kernels with the prefill kernel the self-test picks without the int8 x int8
+    kernels (before) and with them (now), each from the rows it picks."""
+    gate_up = native.weights.layers[0].gate_up
+    assert gate_up.scale is not None
+    choices = {}
+    for label, excluded in (("before", frozenset(INT8_X_INT8)), ("now", frozenset())):
+        prefill, rows, _ = fastest_prefill(gate_up.weight, gate_up.scale, excluded)
+        choices[label] = dataclasses.replace(native.kernels, prefill=prefill, prefill_rows=rows)
+    return choices
+
+
+def _logits_against_reference(
+    engines: dict[str, CpuQwen3], expected: torch.Tensor, prompt: list[int]
+) -> dict[str, dict[str, object]]:
+    """Each engine's logits after `prompt` against the reference's (also the warm-up)."""
+    numerics: dict[str, dict[str, object]] = {}
+    for label, engine in engines.items():
+        logits = _prefill(engine, prompt)[1]
+        numerics[label] = {
+            "max_abs_logit_diff_vs_reference": round(float((logits - expected).abs().max()), 4),
+            "reference_max_abs_logit": round(float(expected.abs().max()), 4),
+            "same_argmax_as_reference": int(logits.argmax()) == int(expected.argmax()),
+        }
+    return numerics
+
+
+def _rounds(
+    engines: dict[str, CpuQwen3],
+    rounds: int,
+    prompt: list[int],
+    agent: tuple[list[int], list[int]],
+) -> dict[str, dict[str, list[float]]]:
+    """Seconds of each measurement on each engine, engine after engine, round after round (who
+    goes first alternates)."""
+    samples: dict[str, dict[str, list[float]]] = {label: {} for label in engines}
+    for round_index in range(rounds):
+        for label in sorted(engines, reverse=round_index % 2 == 1):
+            engine = engines[label]
+            figures = {
+                "prefill_s": _prefill(engine, prompt)[0],
+                "second_step_first_token_s": _second_step_s(engine, *agent),
+                "second_step_full_prefill_s": _prefill(engine, agent[1])[0],
+            }
+            print(f"round {round_index}: {label} {figures}", file=sys.stderr, flush=True)
+            for key, value in figures.items():
+                samples[label].setdefault(key, []).append(value)
+    return samples
 
 
 def _figures(

@@ -1,4 +1,5 @@
-"""Decode's compiled kernels (compiled_kernels.c): built once per machine, loaded with ctypes.
+"""Our compiled kernels (compiled_kernels.c for decode, int8_gemm.c for prefill's int8 x int8
+matmul, see int8_gemm.py): built once per machine into one library, loaded with ctypes.
 
 torch's `_weight_int8pack_mm` reads int8 weights at about half the memory bandwidth at batch 1
 on our CPUs, and its attention over a bf16 cache is slow where the CPU has no bf16
@@ -97,10 +98,11 @@ def load_library() -> ctypes.CDLL | None:
 
 
 def library() -> ctypes.CDLL:
-    library = load_library()
-    if library is None:
+    """The compiled kernels, which the caller knows were built here."""
+    built = load_library()
+    if built is None:
         raise RuntimeError("a compiled kernel was asked for where they did not build")
-    return library
+    return built
 
 
 def compiled_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
