@@ -179,13 +179,18 @@ def test_a_foreign_host_or_origin_and_a_change_without_the_page_header_are_refus
         assert refused.status_code == 403
 
 
-def test_a_port_in_use_is_one_line_and_exit_2(idle_ui: UiServer, tmp_path: Path) -> None:
+def test_a_port_in_use_or_a_foreign_host_is_one_line_and_exit_2(
+    idle_ui: UiServer, tmp_path: Path
+) -> None:
     port = idle_ui.base.rsplit(":", 1)[1]
     done = agent_cli("ui", "--no-open", "--port", port, home=tmp_path, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use; pick another --port"
     ]
+    done = agent_cli("ui", "--no-open", "--host", "no-such-host.invalid", home=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith("error: --host no-such-host.invalid: ")
 
 
 # --- the chat, the runs, the jobs, in a real browser ---------------------------------------

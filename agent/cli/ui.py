@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 import sys
@@ -25,6 +26,12 @@ from agent.cli.options import (
 from agent.errors import ConfigError
 
 log = logging.getLogger("agent")
+
+
+class PortTaken(ConfigError):
+    """The port cannot be listened on (taken, or not ours to take)."""
+
+
 DEFAULT_PORT = 8770
 GRACE_S = 10  # how long Ctrl-C waits for the page's open requests before it closes them
 
@@ -94,9 +101,10 @@ def ui(port: int | None, host: str, open_browser: bool, **flags: Any) -> int:
 def _listen(host: str, port: int | None) -> socket.socket:
     """A listening socket on `host`: `port`; without one, the default port, else a free one."""
     if port is None:
-        with contextlib.suppress(ConfigError):
+        try:
             return _bound(host, DEFAULT_PORT)
-        port = 0
+        except PortTaken:
+            port = 0
     return _bound(host, port)
 
 
@@ -106,10 +114,14 @@ def _bound(host: str, port: int) -> socket.socket:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port just freed is free
     try:
         listener.bind((host, port))
-    except OSError as exc:
+    except (socket.gaierror, OSError) as exc:
         listener.close()
+        if not isinstance(exc, socket.gaierror) and exc.errno != errno.EADDRNOTAVAIL:
+            raise PortTaken(
+                f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port"
+            ) from None
         raise ConfigError(
-            f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port"
+            f"--host {host}: {exc.strerror}; give an address of this machine"
         ) from None
     listener.listen(64)
     return listener
