@@ -17,7 +17,7 @@ import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import Settings
 from agent.errors import AgentError
@@ -25,6 +25,9 @@ from agent.events import Answer, Event, Text, ToolCall, ToolResult, event_from_d
 from agent.history.store import History
 from agent.ui.markdown import render_markdown
 from agent.ui.timeline import pretty
+
+if TYPE_CHECKING:
+    from agent.session import Conversation
 
 POLL_S = 0.25
 APPROVAL_ANSWERS = ("y", "n", "a")
@@ -114,7 +117,7 @@ class Chat:
     id: str
     resumed: str | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
-    talk: Any = None  # agent.session.Conversation, made on the worker thread
+    talk: Conversation | None = None  # made on the worker thread
     feed: TurnFeed | None = None
 
 
@@ -195,7 +198,7 @@ class ChatRoom:
                 self._current = None
                 feed.end(status)
 
-    def _conversation(self, chat: Chat, feed: TurnFeed) -> Any:
+    def _conversation(self, chat: Chat, feed: TurnFeed) -> Conversation:
         """The chat's Conversation (the session opened first, if this is the first turn)."""
         from agent.session import Conversation
 
