@@ -253,33 +253,38 @@ static void widen(const uint16_t *x, float *out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = bf16_to_float(x[i]);
 }
 
-/* y [out] = x [in] @ w.T, split among the threads of the enclosing parallel region. */
+/* y [rows, out] = x [rows, in] @ w.T, split among the threads of the enclosing parallel region:
+ * each weight row is read from memory once for all the rows of x. */
 static void gemv_shared(const int8_t *w, const uint16_t *scale, const float *x, uint16_t *y,
-                        int64_t out, int64_t in) {
+                        int64_t rows, int64_t out, int64_t in) {
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < out; r++) gemv_row(w, scale, x, y, r, 1, out, in);
+    for (int64_t r = 0; r < out; r++) gemv_row(w, scale, x, y, r, rows, out, in);
 }
 
-/* hidden [shape->hidden] (bf16, in and out) through every layer at `position`, writing its keys
- * and values into the bf16 caches [layers, kv_heads, capacity, dim] and attending over
- * [0, position]; cos and sin [dim] are the position's rotation. Returns 0, or -1 when the
- * scratch memory could not be allocated. */
+/* `rows` consecutive positions, from `position` on, through every layer: hidden [rows,
+ * shape->hidden] (bf16, in and out); their keys and values are written into the bf16 caches
+ * [layers, kv_heads, capacity, dim], and row r attends over [0, position + r]; cos and sin
+ * [rows, dim] are the positions' rotations. Each row's arithmetic is exactly what it is when
+ * that row runs alone (one decoded token), so a block of drafted tokens verified at once gives
+ * the logits decoding them one by one gives. Returns 0, or -1 when the scratch memory could
+ * not be allocated. */
 int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *hidden,
                 uint16_t *keys, uint16_t *values, int64_t capacity, int64_t position,
-                const uint16_t *cos, const uint16_t *sin, int threads) {
+                int64_t rows, const uint16_t *cos, const uint16_t *sin, int threads) {
     const int64_t dim = shape->dim, heads = shape->heads, kv_heads = shape->kv_heads;
-    const int64_t width = shape->hidden, inter = shape->intermediate, length = position + 1;
+    const int64_t width = shape->hidden, inter = shape->intermediate, longest = position + rows;
     const int64_t q_width = heads * dim, qkv_width = (heads + 2 * kv_heads) * dim;
     const int64_t group = heads / kv_heads, layer_cache = kv_heads * capacity * dim;
+    const float scale = (float)(1.0 / sqrt((double)dim));
     int64_t widest = width > q_width ? width : q_width;
     widest = widest > inter ? widest : inter;
-    float *xf = malloc(sizeof(float) * (size_t)widest);
-    float *attended = malloc(sizeof(float) * (size_t)q_width);
-    float *scores = malloc(sizeof(float) * (size_t)(heads * length));
-    uint16_t *normed = malloc(sizeof(uint16_t) * (size_t)width);
-    uint16_t *qkv = malloc(sizeof(uint16_t) * (size_t)qkv_width);
-    uint16_t *gate_up = malloc(sizeof(uint16_t) * (size_t)(2 * inter));
-    uint16_t *projected = malloc(sizeof(uint16_t) * (size_t)width);
+    float *xf = malloc(sizeof(float) * (size_t)(rows * widest));
+    float *attended = malloc(sizeof(float) * (size_t)(rows * q_width));
+    float *scores = malloc(sizeof(float) * (size_t)(rows * heads * longest));
+    uint16_t *normed = malloc(sizeof(uint16_t) * (size_t)(rows * width));
+    uint16_t *qkv = malloc(sizeof(uint16_t) * (size_t)(rows * qkv_width));
+    uint16_t *gate_up = malloc(sizeof(uint16_t) * (size_t)(rows * 2 * inter));
+    uint16_t *projected = malloc(sizeof(uint16_t) * (size_t)(rows * width));
     uint16_t *row = malloc(sizeof(uint16_t) * (size_t)dim);
     int status = -1;
     if (!xf || !attended || !scores || !normed || !qkv || !gate_up || !projected || !row) {
@@ -291,48 +296,60 @@ int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *h
         uint16_t *k_cache = keys + l * layer_cache, *v_cache = values + l * layer_cache;
 #pragma omp single
         {
-            rms_norm_rows(hidden, layer->input_norm, 0, normed, 1, width, shape->eps);
-            widen(normed, xf, width);
+            rms_norm_rows(hidden, layer->input_norm, 0, normed, rows, width, shape->eps);
+            widen(normed, xf, rows * width);
         }
-        gemv_shared(layer->qkv, layer->qkv_scale, xf, qkv, qkv_width, width);
+        gemv_shared(layer->qkv, layer->qkv_scale, xf, qkv, rows, qkv_width, width);
 #pragma omp single
-        {
+        for (int64_t b = 0; b < rows; b++) {
             /* q and k heads side by side: normed per head, then rotated. */
-            rms_norm_rows(qkv, layer->qk_norm, dim, qkv, heads + kv_heads, dim, shape->eps);
-            rotate_heads(qkv, cos, sin, heads + kv_heads, dim, row);
+            uint16_t *qkv_b = qkv + b * qkv_width;
+            rms_norm_rows(qkv_b, layer->qk_norm, dim, qkv_b, heads + kv_heads, dim, shape->eps);
+            rotate_heads(qkv_b, cos + b * dim, sin + b * dim, heads + kv_heads, dim, row);
             for (int64_t h = 0; h < kv_heads; h++) {
-                const uint16_t *k = qkv + q_width + h * dim, *v = k + kv_heads * dim;
-                memcpy(k_cache + (h * capacity + position) * dim, k, sizeof(uint16_t) * dim);
-                memcpy(v_cache + (h * capacity + position) * dim, v, sizeof(uint16_t) * dim);
+                const uint16_t *k = qkv_b + q_width + h * dim, *v = k + kv_heads * dim;
+                int64_t at = h * capacity + position + b;
+                memcpy(k_cache + at * dim, k, sizeof(uint16_t) * dim);
+                memcpy(v_cache + at * dim, v, sizeof(uint16_t) * dim);
             }
-            widen(qkv, xf, q_width);
+            widen(qkv_b, xf + b * q_width, q_width);
         }
-#pragma omp for schedule(static)
-        for (int64_t h = 0; h < kv_heads; h++) {
-            attend_head(xf + h * group * dim, k_cache + h * capacity * dim,
-                        v_cache + h * capacity * dim, attended + h * group * dim,
-                        scores + h * group * length, group, length, dim,
-                        (float)(1.0 / sqrt((double)dim)));
+#pragma omp for schedule(static) collapse(2)
+        for (int64_t b = 0; b < rows; b++) {
+            for (int64_t h = 0; h < kv_heads; h++) {
+                attend_head(xf + (b * heads + h * group) * dim, k_cache + h * capacity * dim,
+                            v_cache + h * capacity * dim,
+                            attended + (b * heads + h * group) * dim,
+                            scores + (b * heads + h * group) * longest, group, position + b + 1,
+                            dim, scale);
+            }
         }
 #pragma omp single
-        for (int64_t i = 0; i < q_width; i++) xf[i] = bf16_to_float(float_to_bf16(attended[i]));
-        gemv_shared(layer->o, layer->o_scale, xf, projected, width, q_width);
+        for (int64_t i = 0; i < rows * q_width; i++) {
+            xf[i] = bf16_to_float(float_to_bf16(attended[i]));
+        }
+        gemv_shared(layer->o, layer->o_scale, xf, projected, rows, width, q_width);
 #pragma omp single
         {
-            for (int64_t i = 0; i < width; i++) hidden[i] = bf16_add(hidden[i], projected[i]);
-            rms_norm_rows(hidden, layer->post_norm, 0, normed, 1, width, shape->eps);
-            widen(normed, xf, width);
+            for (int64_t i = 0; i < rows * width; i++) {
+                hidden[i] = bf16_add(hidden[i], projected[i]);
+            }
+            rms_norm_rows(hidden, layer->post_norm, 0, normed, rows, width, shape->eps);
+            widen(normed, xf, rows * width);
         }
-        gemv_shared(layer->gate_up, layer->gate_up_scale, xf, gate_up, 2 * inter, width);
+        gemv_shared(layer->gate_up, layer->gate_up_scale, xf, gate_up, rows, 2 * inter, width);
 #pragma omp single
-        for (int64_t i = 0; i < inter; i++) {
-            float gate = bf16_to_float(gate_up[i]);
-            uint16_t silu = float_to_bf16(gate / (1.0f + expf(-gate)));
-            xf[i] = bf16_to_float(bf16_mul(silu, gate_up[inter + i]));
+        for (int64_t b = 0; b < rows; b++) {
+            const uint16_t *gu = gate_up + b * 2 * inter;
+            for (int64_t i = 0; i < inter; i++) {
+                float gate = bf16_to_float(gu[i]);
+                uint16_t silu = float_to_bf16(gate / (1.0f + expf(-gate)));
+                xf[b * inter + i] = bf16_to_float(bf16_mul(silu, gu[inter + i]));
+            }
         }
-        gemv_shared(layer->down, layer->down_scale, xf, projected, width, inter);
+        gemv_shared(layer->down, layer->down_scale, xf, projected, rows, width, inter);
 #pragma omp single
-        for (int64_t i = 0; i < width; i++) hidden[i] = bf16_add(hidden[i], projected[i]);
+        for (int64_t i = 0; i < rows * width; i++) hidden[i] = bf16_add(hidden[i], projected[i]);
     }
     status = 0;
 done:
