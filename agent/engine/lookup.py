@@ -1,0 +1,106 @@
+"""Prompt-lookup drafts: the tokens that followed the latest earlier occurrence of the answer's
+last few tokens in the context (the prompt, its tool results, the answer so far).
+
+An agent's answer often quotes its tool results (a time, a path, a JSON field, a page's
+sentence): once its first tokens are written, the rest is already in the context. The engine
+verifies a draft in one pass (agent/engine/generate.py), so each accepted token saves a decode
+step. Where drafts keep failing, `DraftLength` stops drafting, retrying now and then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NGRAM_SIZES = (3, 2)  # the longest match is tried first; one token alone matches too loosely
+MAX_DRAFT = 8  # drafted tokens per verification, at most
+FIRST_DRAFT = 4
+MISSES_TO_PAUSE = 3  # drafts in a row with nothing accepted before drafting pauses
+FIRST_PAUSE = 16  # tokens decoded plainly after such misses; doubled at each pause in a row
+LONGEST_PAUSE = 256
+
+
+class NgramIndex:
+    """A growing token sequence, and where each of its n-grams (n in NGRAM_SIZES) last
+    occurred with a token after it."""
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens: list[int] = []
+        self._next: dict[tuple[int, ...], int] = {}  # n-gram: the index of the token after it
+        self.extend(tokens)
+
+    def extend(self, tokens: list[int]) -> None:
+        """Append `tokens`."""
+        for token in tokens:
+            end = len(self.tokens)
+            for n in NGRAM_SIZES:
+                if end >= n:
+                    self._next[tuple(self.tokens[end - n : end])] = end
+            self.tokens.append(token)
+
+    def continuation(self, limit: int) -> list[int]:
+        """Up to `limit` tokens that followed the latest earlier occurrence of the sequence's
+        last n tokens, for the longest n that occurred before; [] where none did."""
+        for n in NGRAM_SIZES:
+            if len(self.tokens) <= n:
+                continue
+            start = self._next.get(tuple(self.tokens[-n:]))
+            if start is not None:
+                return self.tokens[start : start + limit]
+        return []
+
+
+@dataclass
+class DraftLength:
+    """How many tokens to draft next: more while drafts are accepted whole, fewer after a
+    rejection, none for a while after `MISSES_TO_PAUSE` drafts in a row accepted nothing
+    (text that does not quote its context), then one try again."""
+
+    length: int = FIRST_DRAFT
+    misses: int = 0
+    paused_for: int = 0  # tokens still to decode before drafting again
+    pause: int = FIRST_PAUSE  # the next pause's length
+
+    def allowed(self) -> int:
+        """Tokens to draft now (0: decode plainly)."""
+        return 0 if self.paused_for else self.length
+
+    def decoded(self, tokens: int) -> None:
+        """`tokens` were decoded without a draft."""
+        self.paused_for = max(0, self.paused_for - tokens)
+
+    def verified(self, drafted: int, accepted: int) -> None:
+        """A draft of `drafted` tokens had its first `accepted` accepted."""
+        if accepted == drafted:
+            self.length = min(MAX_DRAFT, self.length + 2)
+        else:
+            self.length = max(1, accepted + 1)
+        if accepted:
+            self.misses, self.pause = 0, FIRST_PAUSE
+            return
+        self.misses += 1
+        if self.misses >= MISSES_TO_PAUSE:
+            self.paused_for, self.misses = self.pause, MISSES_TO_PAUSE - 1  # one try after it
+            self.pause = min(LONGEST_PAUSE, 2 * self.pause)
+
+
+class LookupDrafter:
+    """Drafts for one generation: the context's continuation of its last tokens, as long as
+    `DraftLength` allows."""
+
+    def __init__(self, prompt: list[int]) -> None:
+        self.context = NgramIndex(prompt)
+        self.length = DraftLength()
+
+    def draft(self, room: int) -> list[int]:
+        """The tokens to verify after the ones generated so far (at most `room`)."""
+        limit = min(room, self.length.allowed())
+        return self.context.continuation(limit) if limit > 0 else []
+
+    def generated(self, tokens: list[int], drafted: int, accepted: int) -> None:
+        """`tokens` were generated after a draft of `drafted` tokens (0: none) of which the
+        first `accepted` were taken."""
+        self.context.extend(tokens)
+        if drafted:
+            self.length.verified(drafted, accepted)
+        else:
+            self.length.decoded(len(tokens))
