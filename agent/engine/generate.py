@@ -265,7 +265,7 @@ def generate_token_ids(
                     yield token
                 produced += len(chosen.tokens)
                 usage.completion_tokens += len(chosen.tokens)
-                if chosen.stopped or produced >= max_new_tokens:
+                if chosen.stopped:
                     return
                 fed = [token for token, _ in chosen.tokens[chosen.accepted :]]
                 if drafter is not None:

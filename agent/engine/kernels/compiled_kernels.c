@@ -74,29 +74,60 @@ static inline __m256 exp8(__m256 x) {
 }
 #endif
 
-static float dot(const int8_t *w, const float *x, int64_t in) {
+/* The dot products of one int8 weight row with `count` (1 to 4) rows of x, `in` apart, into
+ * out[0, count): each weight is widened once for all of them (a block of drafted tokens costs
+ * little more than one), and each row's sum is added up in the same order whatever `count` is
+ * (four accumulators over 32-weight steps, then the tail), so a row's result is bit for bit the
+ * same alone or in a block. */
+static inline __attribute__((always_inline)) void dot_rows(const int8_t *w, const float *x,
+                                                           int64_t in, const int count,
+                                                           float *out) {
     int64_t k = 0;
-    float total = 0.0f;
+    float totals[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #ifdef __AVX2__
-    /* Four accumulators: one would wait on the latency of the previous multiply-add. */
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (; k + 32 <= in; k += 32) {
-        a0 = _mm256_fmadd_ps(widen8(w + k), _mm256_loadu_ps(x + k), a0);
-        a1 = _mm256_fmadd_ps(widen8(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
-        a2 = _mm256_fmadd_ps(widen8(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
-        a3 = _mm256_fmadd_ps(widen8(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
+    /* Four accumulators a row: one would wait on the latency of the previous multiply-add. */
+    __m256 a[4][4];
+    for (int b = 0; b < count; b++) {
+        for (int j = 0; j < 4; j++) a[b][j] = _mm256_setzero_ps();
     }
-    total = sum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; k + 32 <= in; k += 32) {
+        __m256 w0 = widen8(w + k), w1 = widen8(w + k + 8);
+        __m256 w2 = widen8(w + k + 16), w3 = widen8(w + k + 24);
+        for (int b = 0; b < count; b++) {
+            const float *xb = x + b * in + k;
+            a[b][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xb), a[b][0]);
+            a[b][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), a[b][1]);
+            a[b][2] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), a[b][2]);
+            a[b][3] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), a[b][3]);
+        }
+    }
+    for (int b = 0; b < count; b++) {
+        totals[b] = sum8(_mm256_add_ps(_mm256_add_ps(a[b][0], a[b][1]),
+                                       _mm256_add_ps(a[b][2], a[b][3])));
+    }
 #endif
-    for (; k < in; k++) total += (float)w[k] * x[k];
-    return total;
+    for (int b = 0; b < count; b++) {
+        float total = totals[b];
+        for (int64_t i = k; i < in; i++) total += (float)w[i] * x[b * in + i];
+        out[b] = total;
+    }
 }
 
 static inline void gemv_row(const int8_t *w, const uint16_t *scale, const float *xf,
                             uint16_t *y, int64_t r, int64_t rows, int64_t out, int64_t in) {
-    float s = bf16_to_float(scale[r]);
-    for (int64_t b = 0; b < rows; b++) {
-        y[b * out + r] = float_to_bf16(dot(w + r * in, xf + b * in, in) * s);
+    float s = bf16_to_float(scale[r]), sums[4];
+    for (int64_t b = 0; b < rows; b += 4) {
+        const int64_t count = rows - b < 4 ? rows - b : 4;
+        const int8_t *wr = w + r * in;
+        const float *xb = xf + b * in;
+        /* Each count its own copy, so the compiler unrolls the rows and keeps them in registers. */
+        switch (count) {
+            case 1: dot_rows(wr, xb, in, 1, sums); break;
+            case 2: dot_rows(wr, xb, in, 2, sums); break;
+            case 3: dot_rows(wr, xb, in, 3, sums); break;
+            default: dot_rows(wr, xb, in, 4, sums); break;
+        }
+        for (int64_t i = 0; i < count; i++) y[(b + i) * out + r] = float_to_bf16(sums[i] * s);
     }
 }
 
