@@ -180,30 +180,42 @@ static void softmax(float *scores, int64_t length) {
     for (t = 0; t < length; t++) scores[t] *= inverse;
 }
 
-/* One kv head's share of attend_one: its `group` query heads qh [group, dim] over positions
- * [0, length) of k and v [capacity, dim]; s holds group * length scores. */
-static void attend_head(const float *qh, const uint16_t *k, const uint16_t *v, float *oh,
-                        float *s, int64_t group, int64_t length, int64_t dim, float scale) {
-    for (int64_t t = 0; t < length; t++) {
-        for (int64_t g = 0; g < group; g++) {
-            s[g * length + t] = dot_bf16(k + t * dim, qh + g * dim, dim) * scale;
+/* One kv head's share of attention for `rows` consecutive positions: row b's `group` query
+ * heads, at q + b * stride ([group, dim]), over positions [0, length + b) of k and v
+ * [capacity, dim], into out + b * stride; s holds rows * group * (length + rows - 1) scores.
+ * Each key and value is read once for every row (a verified block of drafted tokens reads the
+ * cache once), and each query's arithmetic is what it is alone. */
+static void attend_head(const float *q, const uint16_t *k, const uint16_t *v, float *out,
+                        float *s, int64_t rows, int64_t group, int64_t length, int64_t stride,
+                        int64_t dim, float scale) {
+    const int64_t longest = length + rows - 1;
+    for (int64_t t = 0; t < longest; t++) {
+        for (int64_t b = t < length ? 0 : t - length + 1; b < rows; b++) {
+            for (int64_t g = 0; g < group; g++) {
+                s[(b * group + g) * longest + t] =
+                    dot_bf16(k + t * dim, q + b * stride + g * dim, dim) * scale;
+            }
         }
     }
-    for (int64_t g = 0; g < group; g++) softmax(s + g * length, length);
-    memset(oh, 0, sizeof(float) * (size_t)(group * dim));
-    for (int64_t t = 0; t < length; t++) {
+    for (int64_t b = 0; b < rows; b++) {
+        for (int64_t g = 0; g < group; g++) softmax(s + (b * group + g) * longest, length + b);
+        memset(out + b * stride, 0, sizeof(float) * (size_t)(group * dim));
+    }
+    for (int64_t t = 0; t < longest; t++) {
         const uint16_t *vt = v + t * dim;
-        for (int64_t g = 0; g < group; g++) {
-            float weight = s[g * length + t], *og = oh + g * dim;
-            int64_t i = 0;
+        for (int64_t b = t < length ? 0 : t - length + 1; b < rows; b++) {
+            for (int64_t g = 0; g < group; g++) {
+                float weight = s[(b * group + g) * longest + t], *og = out + b * stride + g * dim;
+                int64_t i = 0;
 #ifdef __AVX2__
-            __m256 w8 = _mm256_set1_ps(weight);
-            for (; i + 8 <= dim; i += 8) {
-                __m256 sum = _mm256_fmadd_ps(widen_bf16(vt + i), w8, _mm256_loadu_ps(og + i));
-                _mm256_storeu_ps(og + i, sum);
-            }
+                __m256 w8 = _mm256_set1_ps(weight);
+                for (; i + 8 <= dim; i += 8) {
+                    __m256 sum = _mm256_fmadd_ps(widen_bf16(vt + i), w8, _mm256_loadu_ps(og + i));
+                    _mm256_storeu_ps(og + i, sum);
+                }
 #endif
-            for (; i < dim; i++) og[i] += weight * bf16_to_float(vt[i]);
+                for (; i < dim; i++) og[i] += weight * bf16_to_float(vt[i]);
+            }
         }
     }
 }
@@ -220,7 +232,7 @@ int attend_one(const float *q, const uint16_t *keys, const uint16_t *values, flo
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t h = 0; h < kv_heads; h++) {
         attend_head(q + h * group * dim, keys + h * capacity * dim, values + h * capacity * dim,
-                    out + h * group * dim, scores + h * group * length, group, length, dim,
+                    out + h * group * dim, scores + h * group * length, 1, group, length, 0, dim,
                     scale);
     }
     free(scores);
@@ -345,15 +357,12 @@ int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *h
             }
             widen(qkv_b, xf + b * q_width, q_width);
         }
-#pragma omp for schedule(static) collapse(2)
-        for (int64_t b = 0; b < rows; b++) {
-            for (int64_t h = 0; h < kv_heads; h++) {
-                attend_head(xf + (b * heads + h * group) * dim, k_cache + h * capacity * dim,
-                            v_cache + h * capacity * dim,
-                            attended + (b * heads + h * group) * dim,
-                            scores + (b * heads + h * group) * longest, group, position + b + 1,
-                            dim, scale);
-            }
+#pragma omp for schedule(static)
+        for (int64_t h = 0; h < kv_heads; h++) {
+            attend_head(xf + h * group * dim, k_cache + h * capacity * dim,
+                        v_cache + h * capacity * dim, attended + h * group * dim,
+                        scores + h * rows * group * longest, rows, group, position + 1, q_width,
+                        dim, scale);
         }
 #pragma omp single
         for (int64_t i = 0; i < rows * q_width; i++) {
