@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 NGRAM_SIZES = (3, 2)  # the longest match is tried first; one token alone matches too loosely
 MAX_DRAFT = 8  # drafted tokens per verification, at most
-FIRST_DRAFT = 4
+FIRST_DRAFT = 1  # a probe: a miss costs least, a hit doubles the next draft
 MISSES_TO_PAUSE = 3  # drafts in a row with nothing accepted before drafting pauses
 FIRST_PAUSE = 16  # tokens decoded plainly after such misses; doubled at each pause in a row
 LONGEST_PAUSE = 256
@@ -51,9 +51,9 @@ class NgramIndex:
 
 @dataclass
 class DraftLength:
-    """How many tokens to draft next: more while drafts are accepted whole, fewer after a
-    rejection, none for a while after `MISSES_TO_PAUSE` drafts in a row accepted nothing
-    (text that does not quote its context), then one try again."""
+    """How many tokens to draft next: twice as many while drafts are accepted whole, one more
+    than were accepted after a rejection, none for a while after `MISSES_TO_PAUSE` drafts in a
+    row accepted nothing (text that does not quote its context), then one try again."""
 
     length: int = FIRST_DRAFT
     misses: int = 0
@@ -71,7 +71,7 @@ class DraftLength:
     def verified(self, drafted: int, accepted: int) -> None:
         """A draft of `drafted` tokens had its first `accepted` accepted."""
         if accepted == drafted:
-            self.length = min(MAX_DRAFT, self.length + 2)
+            self.length = min(MAX_DRAFT, 2 * self.length)
         else:
             self.length = max(1, accepted + 1)
         if accepted:

@@ -328,7 +328,7 @@ int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *h
     uint16_t *qkv = malloc(sizeof(uint16_t) * (size_t)(rows * qkv_width));
     uint16_t *gate_up = malloc(sizeof(uint16_t) * (size_t)(rows * 2 * inter));
     uint16_t *projected = malloc(sizeof(uint16_t) * (size_t)(rows * width));
-    uint16_t *row = malloc(sizeof(uint16_t) * (size_t)dim);
+    uint16_t *row = malloc(sizeof(uint16_t) * (size_t)(rows * dim));
     int status = -1;
     if (!xf || !attended || !scores || !normed || !qkv || !gate_up || !projected || !row) {
         goto done;
@@ -337,18 +337,21 @@ int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *h
     for (int64_t l = 0; l < shape->layers; l++) {
         const DecodeLayer *layer = layers + l;
         uint16_t *k_cache = keys + l * layer_cache, *v_cache = values + l * layer_cache;
-#pragma omp single
-        {
-            rms_norm_rows(hidden, layer->input_norm, 0, normed, rows, width, shape->eps);
-            widen(normed, xf, rows * width);
+        /* Between the matmuls, each row's work by one thread (the rows spread over them). */
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < rows; b++) {
+            const int64_t at = b * width;
+            rms_norm_rows(hidden + at, layer->input_norm, 0, normed + at, 1, width, shape->eps);
+            widen(normed + at, xf + at, width);
         }
         gemv_shared(layer->qkv, layer->qkv_scale, xf, qkv, rows, qkv_width, width);
-#pragma omp single
+#pragma omp for schedule(static)
         for (int64_t b = 0; b < rows; b++) {
             /* q and k heads side by side: normed per head, then rotated. */
             uint16_t *qkv_b = qkv + b * qkv_width;
             rms_norm_rows(qkv_b, layer->qk_norm, dim, qkv_b, heads + kv_heads, dim, shape->eps);
-            rotate_heads(qkv_b, cos + b * dim, sin + b * dim, heads + kv_heads, dim, row);
+            rotate_heads(qkv_b, cos + b * dim, sin + b * dim, heads + kv_heads, dim,
+                         row + b * dim);
             for (int64_t h = 0; h < kv_heads; h++) {
                 const uint16_t *k = qkv_b + q_width + h * dim, *v = k + kv_heads * dim;
                 int64_t at = h * capacity + position + b;
@@ -364,21 +367,22 @@ int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *h
                         scores + h * rows * group * longest, rows, group, position + 1, q_width,
                         dim, scale);
         }
-#pragma omp single
+#pragma omp for schedule(static)
         for (int64_t i = 0; i < rows * q_width; i++) {
             xf[i] = bf16_to_float(float_to_bf16(attended[i]));
         }
         gemv_shared(layer->o, layer->o_scale, xf, projected, rows, width, q_width);
-#pragma omp single
-        {
-            for (int64_t i = 0; i < rows * width; i++) {
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < rows; b++) {
+            const int64_t at = b * width;
+            for (int64_t i = at; i < at + width; i++) {
                 hidden[i] = bf16_add(hidden[i], projected[i]);
             }
-            rms_norm_rows(hidden, layer->post_norm, 0, normed, rows, width, shape->eps);
-            widen(normed, xf, rows * width);
+            rms_norm_rows(hidden + at, layer->post_norm, 0, normed + at, 1, width, shape->eps);
+            widen(normed + at, xf + at, width);
         }
         gemv_shared(layer->gate_up, layer->gate_up_scale, xf, gate_up, rows, 2 * inter, width);
-#pragma omp single
+#pragma omp for schedule(static)
         for (int64_t b = 0; b < rows; b++) {
             const uint16_t *gu = gate_up + b * 2 * inter;
             for (int64_t i = 0; i < inter; i++) {
@@ -388,7 +392,7 @@ int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *h
             }
         }
         gemv_shared(layer->down, layer->down_scale, xf, projected, rows, width, inter);
-#pragma omp single
+#pragma omp for schedule(static)
         for (int64_t i = 0; i < rows * width; i++) hidden[i] = bf16_add(hidden[i], projected[i]);
     }
     status = 0;
