@@ -1,7 +1,7 @@
 """Lookup decoding (agent/engine/lookup.py): what it saves on answers that quote their tool
 results, and what it costs on text that quotes nothing.
 
-    python -m bench.lookup_decoding [--quick] [--out bench/lookup_decoding.json]
+    python -m bench.lookup_decoding [--quick] [--threads N] [--out bench/lookup_decoding.json]
 
 Random weights measure cost, not behaviour (DESIGN.md), so the figures come in three parts,
 each labelled in the JSON:
@@ -356,7 +356,9 @@ def measure(quick: bool) -> dict[str, Any]:
     accepted = acceptance(trained, 1 if quick else 4)
     replayed = replay(load_local_model(str(trained), device="cpu").tokenizer)
     return {
-        "command": "python -m bench.lookup_decoding" + (" --quick" if quick else ""),
+        "command": "python -m bench.lookup_decoding"
+        + (" --quick" if quick else "")
+        + f" --threads {torch.get_num_threads()}",
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": machine(),
         "cost (random weights)": cost,
@@ -374,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.lookup_decoding", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="cost on the tiny architecture")
     parser.add_argument("--out", type=Path, default=Path("bench/lookup_decoding.json"))
+    parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2))
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if not args.out.parent.is_dir():
         parser.error(f"--out: directory {args.out.parent} does not exist")
     report = measure(args.quick)

@@ -4,7 +4,8 @@ for its next token, so the weights are read once for all of them.
 Each request still runs `generate_token_ids` in its own thread, unchanged; its engine is this
 wrapper. A one-token `forward` waits (at most `wait_s`) for the other active sequences to
 reach theirs, then one of them runs the batch and hands each its logits. Prompts (several
-tokens) and the verification of drafted tokens (agent/engine/lookup.py) run alone. Sequences join at `checkout` and leave at `checkin`, as they start and end.
+tokens) and verifications of drafted tokens (agent/engine/lookup.py) run alone. Sequences join
+at `checkout` and leave at `checkin`, as they start and end.
 """
 
 from __future__ import annotations
