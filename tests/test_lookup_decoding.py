@@ -172,6 +172,8 @@ def test_the_draft_is_what_followed_the_latest_longest_match() -> None:
     index.extend([8])
     assert index.continuation(3) == []  # "2 3 8" and "3 8" never came before
     assert NgramIndex([7, 8, 1, 7, 8, 2, 7, 8]).continuation(2) == [2, 7]  # the latest "7 8"
+    # Running into the end: text that repeats itself goes on repeating.
+    assert NgramIndex([5, 1, 2, 1, 2, 1, 2]).continuation(5) == [1, 2, 1, 2, 1]
 
 
 def test_the_draft_grows_while_accepted_and_shrinks_on_a_rejection() -> None:

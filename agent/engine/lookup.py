@@ -38,14 +38,19 @@ class NgramIndex:
             self.tokens.append(token)
 
     def continuation(self, limit: int) -> list[int]:
-        """Up to `limit` tokens that followed the latest earlier occurrence of the sequence's
-        last n tokens, for the longest n that occurred before; [] where none did."""
+        """`limit` tokens that followed the latest earlier occurrence of the sequence's last n
+        tokens, for the longest n that occurred before ([] where none did). Where they run
+        into the sequence's end, the text repeats itself: the draft goes on copying itself."""
         for n in NGRAM_SIZES:
             if len(self.tokens) <= n:
                 continue
             start = self._next.get(tuple(self.tokens[-n:]))
             if start is not None:
-                return self.tokens[start : start + limit]
+                draft = self.tokens[start : start + limit]
+                period = len(self.tokens) - start
+                while len(draft) < limit:
+                    draft.append(draft[len(draft) - period])
+                return draft
         return []
 
 
