@@ -12,12 +12,19 @@ each labelled in the JSON:
 - `acceptance` (the trained tiny model, which copies values from tool results): its answers to
   held-out agent tasks, generated greedy and sampled (Qwen3's preset, presence penalty 1.5),
   with lookup decoding on and off: drafted and accepted tokens, tokens per verification, and
-  whether greedy output stayed the same;
+  whether greedy output stayed the same (the drafter judges what pays by the tiny model's own
+  timings, where verifying is relatively cheaper);
 - `replay` (no model): the drafter run over reference answers that quote real tool outputs (a
   JSON record, a directory listing, a time, a page excerpt) and over answers that quote
-  nothing, as if the model wrote them (greedy), after prompts made by the product's template.
+  nothing, as if the model wrote them (greedy), after prompts made by the product's template,
+  told the time of each pass as the measured costs price it (it stops drafting where drafts
+  do not pay);
 `estimate` combines them: each set of drafts and acceptances priced at the full-size costs
 against plain decoding's one step a token (an estimate, not a timing of a full-size answer).
+`end-to-end check` (random weights) runs the real loop on the same architecture, lookup
+decoding off and on: the same greedy output, and its measured speed-up beside the estimate's
+for its counts (random weights repeat themselves, which drafts catch: not a figure of
+behaviour).
 """
 
 from __future__ import annotations
@@ -280,13 +287,14 @@ def _readme_paragraph(heading: str) -> str:
     return " ".join(text.split())
 
 
-def replay(tokenizer: Any) -> dict[str, Any]:
-    """The drafter over each reference answer, after its prompt, as if the model wrote it."""
+def replay(tokenizer: Any, cost: dict[str, Any]) -> dict[str, Any]:
+    """The drafter over each reference answer, after its prompt, as if the model wrote it,
+    its passes timed as `cost` prices them."""
     report = {}
     for name, tool, output, answer in reference_answers():
         prompt = agent_prompt(tokenizer, tool, output)
         target = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        report[name] = {"prompt_tokens": len(prompt), **replay_counts(prompt, target)}
+        report[name] = {"prompt_tokens": len(prompt), **replay_counts(prompt, target, cost)}
     return report
 
 
@@ -312,9 +320,10 @@ def agent_prompt(tokenizer: Any, tool: str, output: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def replay_counts(prompt: list[int], target: list[int]) -> dict[str, Any]:
+def replay_counts(prompt: list[int], target: list[int], cost: dict[str, Any]) -> dict[str, Any]:
     """Drafts and acceptances writing `target` after `prompt`: a drafted token is accepted
-    while it is the target's next one (greedy decoding of a model that writes the target)."""
+    while it is the target's next one (greedy decoding of a model that writes the target);
+    the drafter is told each pass's time as `cost` prices it (none where it has no fit)."""
     drafter = LookupDrafter(prompt)
     written = verifications = drafted = accepted = 0
     while written < len(target):
@@ -323,12 +332,22 @@ def replay_counts(prompt: list[int], target: list[int]) -> dict[str, Any]:
         while taken < len(draft) and draft[taken] == target[written + taken]:
             taken += 1
         new = target[written : written + taken + 1]
-        drafter.generated(new, len(draft), taken)
+        drafter.generated(new, len(draft), taken, _pass_seconds(cost, len(draft)))
         written += len(new)
         verifications += bool(draft)
         drafted += len(draft)
         accepted += taken
     return {"tokens": len(target), **_counts(len(target), verifications, drafted, accepted)}
+
+
+def _pass_seconds(cost: dict[str, Any], drafted: int) -> float | None:
+    """A forward pass's time at the measured costs: a plain step, or a verification."""
+    if "fit" not in cost:
+        return None
+    if not drafted:
+        return float(cost["decode_step_ms"]) / 1000
+    fit = cost["fit"]
+    return float(fit["fixed_ms"] + drafted * fit["per_draft_token_ms"]) / 1000
 
 
 # --- a check of the estimate: the real loop on the full-size architecture --------------------
@@ -404,7 +423,7 @@ def measure(quick: bool) -> dict[str, Any]:
     check = end_to_end(model_dir, quick)
     check["estimated_speedup"] = (estimate(check, cost) or {}).get("speedup_over_plain")
     accepted = acceptance(trained, 1 if quick else 4)
-    replayed = replay(load_local_model(str(trained), device="cpu").tokenizer)
+    replayed = replay(load_local_model(str(trained), device="cpu").tokenizer, cost)
     return {
         "command": "python -m bench.lookup_decoding"
         + (" --quick" if quick else "")

@@ -179,10 +179,25 @@ def test_the_draft_is_what_followed_the_latest_longest_match() -> None:
 def test_the_draft_grows_while_accepted_and_shrinks_on_a_rejection() -> None:
     length = DraftLength()
     first = length.allowed()
-    length.verified(first, first)
+    length.verified(first, first, saved_s=0.01)
     assert length.allowed() > first
-    length.verified(length.allowed(), 1)
+    length.verified(length.allowed(), 1, saved_s=0.01)
     assert length.allowed() == 2
+
+
+def test_drafting_pauses_where_verifying_costs_more_than_it_saves() -> None:
+    drafter = LookupDrafter([1, 2, 3, 4] * 50)  # a text that repeats: every draft is right
+    for _ in range(5):
+        drafter.generated([1], 0, 0, seconds=0.010)  # plain steps of 10 ms
+    verifications = 0
+    for _ in range(60):
+        draft = drafter.draft(8)
+        verifications += bool(draft)
+        # All accepted, but each verification took longer than plain steps for its tokens.
+        seconds = 0.011 * (len(draft) + 1)
+        drafter.generated([*draft, 9], len(draft), len(draft), seconds)
+    assert MISSES_TO_PAUSE <= verifications <= MISSES_TO_PAUSE + 2
+    assert drafter.length.allowed() == 0
 
 
 def test_drafting_turns_itself_off_on_text_that_does_not_follow_its_context() -> None:

@@ -255,6 +255,7 @@ def generate_token_ids(
         decode_started = time.monotonic()
         produced = 0
         rows, draft = logits[None], list[int]()
+        timed: float | None = None  # the last pass's seconds, where it fed one decoded token
         try:
             while produced < max_new_tokens:
                 chosen = choose.round(rows, draft, (max_new_tokens - produced, max_new_tokens))
@@ -269,14 +270,17 @@ def generate_token_ids(
                     return
                 fed = [token for token, _ in chosen.tokens[chosen.accepted :]]
                 if drafter is not None:
-                    drafter.generated([t for t, _ in chosen.tokens], len(draft), chosen.accepted)
+                    tokens = [token for token, _ in chosen.tokens]
+                    drafter.generated(tokens, len(draft), chosen.accepted, timed)
                     draft = _drafted(drafter, constraint, fed, max_new_tokens - produced)
+                started_pass = time.perf_counter()
                 if draft and verify is not None:
                     usage.verifications += 1
                     usage.drafted_tokens += len(draft)
                     rows = verify(fed + draft, cache)
                 else:
                     rows = engine.forward(fed, cache)[None]
+                timed = time.perf_counter() - started_pass if len(fed) == 1 else None
         finally:
             usage.decode_s += time.monotonic() - decode_started
     finally:

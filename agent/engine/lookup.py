@@ -4,7 +4,8 @@ last few tokens in the context (the prompt, its tool results, the answer so far)
 An agent's answer often quotes its tool results (a time, a path, a JSON field, a page's
 sentence): once its first tokens are written, the rest is already in the context. The engine
 verifies a draft in one pass (agent/engine/generate.py), so each accepted token saves a decode
-step. Where drafts keep failing, `DraftLength` stops drafting, retrying now and then.
+step. Where drafts keep failing, or verifying them takes longer than the steps they save,
+`DraftLength` stops drafting, retrying now and then.
 """
 
 from __future__ import annotations
@@ -58,12 +59,15 @@ class NgramIndex:
 class DraftLength:
     """How many tokens to draft next: twice as many while drafts are accepted whole, one more
     than were accepted after a rejection, none for a while after `MISSES_TO_PAUSE` drafts in a
-    row accepted nothing (text that does not quote its context), then one try again."""
+    row that missed (accepted nothing, or left drafting's time balance in the red: text that
+    does not quote its context, or a machine where verifying costs more than it saves), then
+    one try again."""
 
     length: int = FIRST_DRAFT
     misses: int = 0
     paused_for: int = 0  # tokens still to decode before drafting again
     pause: int = FIRST_PAUSE  # the next pause's length
+    balance_s: float = 0.0  # time drafting saved this generation (negative: lost)
 
     def allowed(self) -> int:
         """Tokens to draft now (0: decode plainly)."""
@@ -73,19 +77,39 @@ class DraftLength:
         """`tokens` were decoded without a draft."""
         self.paused_for = max(0, self.paused_for - tokens)
 
-    def verified(self, drafted: int, accepted: int) -> None:
-        """A draft of `drafted` tokens had its first `accepted` accepted."""
+    def verified(self, drafted: int, accepted: int, saved_s: float | None) -> None:
+        """A draft of `drafted` tokens had its first `accepted` accepted; `saved_s` is the
+        time it saved against plain steps (None: not timed)."""
         if accepted == drafted:
             self.length = min(MAX_DRAFT, 2 * self.length)
         else:
             self.length = max(1, accepted + 1)
-        if accepted:
+        self.balance_s += saved_s or 0.0
+        if accepted and (saved_s is None or self.balance_s > 0):
             self.misses, self.pause = 0, FIRST_PAUSE
             return
         self.misses += 1
         if self.misses >= MISSES_TO_PAUSE:
             self.paused_for, self.misses = self.pause, MISSES_TO_PAUSE - 1  # one try after it
             self.pause = min(LONGEST_PAUSE, 2 * self.pause)
+
+
+@dataclass
+class StepTime:
+    """The mean time of this generation's plain decode steps: what a verification's tokens
+    would have cost without it."""
+
+    total_s: float = 0.0
+    steps: int = 0
+
+    def add(self, seconds: float) -> None:
+        self.total_s += seconds
+        self.steps += 1
+
+    def saved(self, seconds: float, tokens: int) -> float | None:
+        """What a pass of `seconds` giving `tokens` tokens saved against plain steps (None
+        before any step was timed)."""
+        return tokens * self.total_s / self.steps - seconds if self.steps else None
 
 
 class LookupDrafter:
@@ -95,17 +119,24 @@ class LookupDrafter:
     def __init__(self, prompt: list[int]) -> None:
         self.context = NgramIndex(prompt)
         self.length = DraftLength()
+        self.step = StepTime()
 
     def draft(self, room: int) -> list[int]:
         """The tokens to verify after the ones generated so far (at most `room`)."""
         limit = min(room, self.length.allowed())
         return self.context.continuation(limit) if limit > 0 else []
 
-    def generated(self, tokens: list[int], drafted: int, accepted: int) -> None:
+    def generated(
+        self, tokens: list[int], drafted: int, accepted: int, seconds: float | None = None
+    ) -> None:
         """`tokens` were generated after a draft of `drafted` tokens (0: none) of which the
-        first `accepted` were taken."""
+        first `accepted` were taken; `seconds`: how long the forward pass that gave them took,
+        where it fed one decoded token (and the draft)."""
         self.context.extend(tokens)
-        if drafted:
-            self.length.verified(drafted, accepted)
-        else:
+        if not drafted:
+            if seconds is not None:
+                self.step.add(seconds)
             self.length.decoded(len(tokens))
+            return
+        saved = None if seconds is None else self.step.saved(seconds, accepted + 1)
+        self.length.verified(drafted, accepted, saved)
