@@ -124,6 +124,18 @@ def test_constrained_calls_stay_valid_and_the_same(trained: LoadedModel, choice:
     assert usages[1].constrained_tokens > 10 and usages[1].accepted_tokens > 0
 
 
+def test_the_grammar_cuts_drafts_where_it_refuses_them(trained: LoadedModel) -> None:
+    tools = grammar_tools(
+        trained.path, trained.tokenizer, trained.engine.vocab_size, trained.stop_ids
+    )
+    constraint = ToolCallConstraint(tools, load_tool_schemas(), AUTO)
+    words = trained.tokenizer(" hello there", add_special_tokens=False)["input_ids"]
+    assert constraint.draftable([*words, tools.ids.call_open, *words]) == len(words)
+    constraint.advance(tools.ids.call_open)  # a call opens: its grammar decides from here
+    good = trained.tokenizer('\n{"name": "fetch', add_special_tokens=False)["input_ids"]
+    assert constraint.draftable([*good, *words]) == len(good)
+
+
 def call_of(text: str) -> dict:
     return json.loads(text.split("<tool_call>", 1)[1].split("</tool_call>", 1)[0])
 
