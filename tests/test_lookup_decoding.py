@@ -54,8 +54,9 @@ def generate(loaded: LoadedModel, prompt, params, lookup: bool, usage: Usage, **
 # --- the engine: a block of rows is each row alone --------------------------------------------
 
 
-def test_verify_gives_the_logits_of_decoding_one_by_one(tiny_gptq: Path) -> None:
-    engine = fused(tiny_gptq).engine
+@pytest.mark.parametrize("fixture", ["tiny_gptq", "tiny_odd_gptq"])  # odd: every tail loop
+def test_verify_gives_the_logits_of_decoding_one_by_one(fixture: str, request) -> None:
+    engine = fused(request.getfixturevalue(fixture)).engine
     assert isinstance(engine, CpuQwen3) and engine.verifies_drafts
     tokens = [(i * 7919) % 150_000 for i in range(40)]
     stepped, blocked = engine.new_cache(64), engine.new_cache(64)
