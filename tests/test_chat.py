@@ -19,10 +19,23 @@ def call(name: str, arguments: dict) -> str:
 
 
 def kernels() -> set[int]:
+    """The code interpreter's kernels running now, but a resident service's (its spare
+    kernels: another test's, running beside this one)."""
     found = set()
     for process in psutil.process_iter(["cmdline"]):
         if any("kernel_boot.py" in part for part in process.info["cmdline"] or []):
             found.add(process.pid)
+    return found - _service_kernels()
+
+
+def _service_kernels() -> set[int]:
+    found = set()
+    for process in psutil.process_iter(["cmdline"]):
+        if (process.info["cmdline"] or [])[-2:] == ["-m", "agent.service"]:
+            try:
+                found.update(child.pid for child in process.children(recursive=True))
+            except psutil.Error:
+                continue
     return found
 
 

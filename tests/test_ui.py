@@ -64,7 +64,7 @@ class UiServer:
         """Ctrl-C; its exit code and stderr. No process it started is left (but the
         resident service, which is meant to outlive it)."""
         children = psutil.Process(self.process.pid).children(recursive=True)
-        services = [child for child in children if child.cmdline()[-2:] == ["-m", "agent.service"]]
+        services = [child for child in children if _command_line(child)[-2:] == _SERVICE]
         kept = {p.pid for service in services for p in [service, *service.children(recursive=True)]}
         children = [child for child in children if child.pid not in kept]
         self.process.send_signal(signal.SIGINT)
@@ -72,6 +72,17 @@ class UiServer:
         gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"left behind: {alive}"
         return self.process.returncode, err
+
+
+_SERVICE = ["-m", "agent.service"]
+
+
+def _command_line(process: psutil.Process) -> list[str]:
+    """Its command line; none for one that has ended (a zombie's cannot be read)."""
+    try:
+        return list(process.cmdline())
+    except psutil.Error:
+        return []
 
 
 @pytest.fixture(scope="module")
