@@ -8,23 +8,14 @@ int8 matmul's threads each read their rows of a weight matrix."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
 
+from agent.engine.kernels.choice import best_seconds
+
 BUFFER_MB = 512
 REPEATS = 5
-
-
-def _best_seconds(run: Callable[[], object]) -> float:
-    run()  # pages touched, threads started
-    best = float("inf")
-    for _ in range(REPEATS):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def _with_threads(threads: int, measure: Callable[[], float]) -> float:
@@ -42,7 +33,7 @@ def copy_bandwidth_gb_s(threads: int, megabytes: int = BUFFER_MB) -> float:
     def measure() -> float:
         source = torch.ones(megabytes << 20, dtype=torch.uint8)
         target = torch.empty_like(source)
-        return 2 * source.nbytes / _best_seconds(lambda: target.copy_(source)) / 1e9
+        return 2 * source.nbytes / best_seconds(lambda: target.copy_(source), REPEATS) / 1e9
 
     return _with_threads(threads, measure)
 
@@ -53,6 +44,6 @@ def read_bandwidth_gb_s(threads: int, megabytes: int = BUFFER_MB) -> float:
 
     def measure() -> float:
         source = torch.ones((megabytes << 20) // 4, dtype=torch.float32)
-        return source.nbytes / _best_seconds(source.sum) / 1e9
+        return source.nbytes / best_seconds(source.sum, REPEATS) / 1e9
 
     return _with_threads(threads, measure)

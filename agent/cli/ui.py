@@ -14,15 +14,7 @@ from typing import Any
 import click
 
 from agent.cli.common import EXIT_OK, setup_logging
-from agent.cli.options import (
-    chat_options,
-    history_options,
-    model_options,
-    selection_options,
-    service_options,
-    settings_from,
-    tool_options,
-)
+from agent.cli.options import conversation_options, settings_from
 from agent.errors import ConfigError
 
 log = logging.getLogger("agent")
@@ -55,12 +47,7 @@ GRACE_S = 10  # how long Ctrl-C waits for the page's open requests before it clo
     show_default=True,
     help="open the page in the browser",
 )
-@model_options
-@tool_options
-@selection_options
-@history_options
-@chat_options
-@service_options
+@conversation_options
 def ui(port: int | None, host: str, open_browser: bool, **flags: Any) -> int:
     """The page in your browser: chat with the agent, look through runs, watch the jobs.
 
