@@ -1,6 +1,7 @@
 """Shared fixtures. Keep each group under its own heading."""
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +26,10 @@ from tests.clirun import agent_cli
 # No installed package's plugins (tools, hooks): a stray one must not change results. A test
 # that wants a package's sets AGENT_LOAD_PLUGINS to its name.
 os.environ["AGENT_LOAD_PLUGINS"] = ""
+# Ctrl-C as a user's terminal sends it: a shell without job control starts background jobs
+# with SIGINT ignored, and every `agent` a test starts would inherit that and never see its
+# Ctrl-C. A handler of ours is reset to the default in each child.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 # Commands run in their own process: a resident service would outlive the test that started
 # it. The service's tests (tests/test_service.py) turn it on and stop it themselves.
 os.environ["AGENT_SERVICE"] = "off"
