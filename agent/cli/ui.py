@@ -54,9 +54,10 @@ def ui(port: int | None, host: str, open_browser: bool, **flags: Any) -> int:
     Prints the page's address with its token; Ctrl-C stops it."""
     import uvicorn
 
+    from agent.server.guard import Access
     from agent.ui.app import build_app
     from agent.ui.chat_room import ChatRoom
-    from agent.ui.guard import host_names, new_token
+    from agent.ui.guard import new_token
 
     settings = settings_from(flags)
     setup_logging(settings.debug)
@@ -68,7 +69,7 @@ def ui(port: int | None, host: str, open_browser: bool, **flags: Any) -> int:
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("note: listening on %s: whoever can reach it still needs the token", host)
     room = ChatRoom(settings)
-    app = build_app(settings, token, host_names(host, bound), room)
+    app = build_app(settings, token, Access(host, bound).hosts(), room)
     config = uvicorn.Config(
         app,
         log_level="debug" if settings.debug else "warning",
