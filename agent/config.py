@@ -242,6 +242,14 @@ class Settings:
         env=True,
         bounds=Bounds(low=0, note="0: off"),
     )
+    lookup_decoding: bool = setting(
+        True,
+        "local native engine: draft tokens from the context (quoted tool results) and verify "
+        "them in one pass; output distributed as without, greedy the same tokens (default on)",
+        flag="--lookup-decoding/--no-lookup-decoding",
+        group="model",
+        env=True,
+    )
     thinking: bool = setting(
         False,
         "let the model think before answering (default off)",

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from bench import fresh_run, llama_cpp
+from bench.bandwidth import copy_bandwidth_gb_s, read_bandwidth_gb_s
 from bench.paths import LlamaCpp, OurBackend, SeedQuickstart
 from bench.random_checkpoint import cached_checkpoint
 
@@ -101,24 +102,6 @@ class Worker:
                 self.process.kill()
 
 
-def copy_bandwidth_gb_s(threads: int, megabytes: int = 512) -> float:
-    """Bytes read plus bytes written per second copying a buffer far larger than the caches."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        source = torch.ones(megabytes << 20, dtype=torch.uint8)
-        target = torch.empty_like(source)
-        target.copy_(source)
-        best = float("inf")
-        for _ in range(5):
-            started = time.perf_counter()
-            target.copy_(source)
-            best = min(best, time.perf_counter() - started)
-        return 2 * source.nbytes / best / 1e9
-    finally:
-        torch.set_num_threads(previous)
-
-
 def decode_bytes_per_token(model_dir: Path) -> int:
     """Weight bytes one decode step reads in our engine (every matmul, int8 lm_head)."""
     from agent.engine.weights import load_qwen3_weights
@@ -177,7 +160,7 @@ def measure(plan: Plan, out: Path) -> dict[str, Any]:
     for name in plan.skip:
         results[name].error = "left out with --skip"
     cold = [cold_start_s(model_dir, plan.threads) for _ in range(2)]  # the first may repack
-    bandwidth: list[float] = []
+    bandwidth: list[tuple[float, float]] = []  # (copy, read) GB/s after each round
     with tempfile.TemporaryDirectory() as scratch:
         prompts = Path(scratch) / "prompts.json"
         write_prompts(plan, model_dir, prompts)
@@ -193,7 +176,9 @@ def measure(plan: Plan, out: Path) -> dict[str, Any]:
             _one_round(plan, workers, results, -1)
             for round_index in range(plan.rounds):
                 _one_round(plan, workers, results, round_index)
-                bandwidth.append(copy_bandwidth_gb_s(plan.threads))
+                bandwidth.append(
+                    (copy_bandwidth_gb_s(plan.threads), read_bandwidth_gb_s(plan.threads))
+                )
             for name, worker in workers.items():
                 if results[name].error is None:
                     results[name].peak_rss_mb = worker.ask(op="rss").get("peak_rss_mb")
@@ -242,7 +227,7 @@ def _report(
     plan: Plan,
     model_dir: Path,
     results: dict[str, PathResult],
-    bandwidth: list[float],
+    bandwidth: list[tuple[float, float]],
     cold: list[float],
 ) -> dict[str, Any]:
     for result in results.values():
@@ -256,7 +241,10 @@ def _report(
         result.second_step_ttft_s = samples.get("second_step_ttft")
         result.second_step_full_prefill_s = samples.get("second_step_full_prefill")
     bytes_per_token = decode_bytes_per_token(model_dir)
-    copy_gb_s = statistics.median(bandwidth) if bandwidth else copy_bandwidth_gb_s(plan.threads)
+    if not bandwidth:
+        bandwidth = [(copy_bandwidth_gb_s(plan.threads), read_bandwidth_gb_s(plan.threads))]
+    copy_gb_s = statistics.median(copy for copy, _ in bandwidth)
+    read_gb_s = statistics.median(read for _, read in bandwidth)
     return {
         "plan": asdict(plan),
         "model": model_dir.name,  # under $AGENT_HOME/cache/bench/
@@ -264,6 +252,8 @@ def _report(
         "copy_bandwidth_gb_s": copy_gb_s,
         "decode_bytes_per_token": bytes_per_token,
         "bandwidth_bound_tok_s": copy_gb_s * 1e9 / bytes_per_token,
+        "read_bandwidth_gb_s": read_gb_s,
+        "read_bound_tok_s": read_gb_s * 1e9 / bytes_per_token,
         "cold_start_s": {"first_run": cold[0], "later_run": cold[1]},
         "paths": {name: asdict(result) for name, result in results.items()},
     }
@@ -273,11 +263,12 @@ def print_table(report: dict[str, Any]) -> None:
     """The results with ratios to path (a) and to the bandwidth bound."""
     paths = report["paths"]
     base = paths[SeedQuickstart.name]
-    bound = report["bandwidth_bound_tok_s"]
+    bound, read_bound = report["bandwidth_bound_tok_s"], report["read_bound_tok_s"]
     print(
-        f"copy bandwidth {report['copy_bandwidth_gb_s']:.1f} GB/s, "
+        f"copy bandwidth {report['copy_bandwidth_gb_s']:.1f} GB/s, read bandwidth "
+        f"{report['read_bandwidth_gb_s']:.1f} GB/s, "
         f"{report['decode_bytes_per_token'] / 1e6:.0f} MB read per token: "
-        f"decode bound {bound:.1f} tok/s"
+        f"decode bound {bound:.1f} tok/s (copy), {read_bound:.1f} tok/s (read)"
     )
     print(f"cold start (ours): {report['cold_start_s']}")
     fresh = report["fresh_agent_run"]
@@ -294,7 +285,8 @@ def print_table(report: dict[str, Any]) -> None:
         for context, rate in result["decode_tok_s"].items():
             ratio = rate / base["decode_tok_s"][context] if base["decode_tok_s"] else float("nan")
             cells.append(
-                f"decode@{context} {rate:.1f} tok/s (x{ratio:.2f} a, {rate / bound:.2f} bound)"
+                f"decode@{context} {rate:.1f} tok/s (x{ratio:.2f} a, {rate / bound:.2f} copy "
+                f"bound, {rate / read_bound:.2f} read bound)"
             )
         ttft, full = result["second_step_ttft_s"], result["second_step_full_prefill_s"]
         cells.append(f"2nd-step ttft {ttft:.3f} s ({ttft / full:.2f} of a full prefill)")

@@ -1,7 +1,8 @@
 """Shared fixtures. Keep each group under its own heading."""
 
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import platformdirs
@@ -18,15 +19,31 @@ from agent.testing.tiny_model import (
     cached_tiny_checkpoint,
 )
 from agent.testing.tokenizer import build_qwen3_tokenizer
+from tests.clirun import agent_cli
 
 # --- The environment every test (and every `agent` it starts) sees ----------------------------
 
 # No installed package's plugins (tools, hooks): a stray one must not change results. A test
 # that wants a package's sets AGENT_LOAD_PLUGINS to its name.
 os.environ["AGENT_LOAD_PLUGINS"] = ""
+# Ctrl-C as a user's terminal sends it: a shell without job control starts background jobs
+# with SIGINT ignored, and every `agent` a test starts would inherit that and never see its
+# Ctrl-C. A handler of ours is reset to the default in each child.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 # Commands run in their own process: a resident service would outlive the test that started
 # it. The service's tests (tests/test_service.py) turn it on and stop it themselves.
 os.environ["AGENT_SERVICE"] = "off"
+
+
+@pytest.fixture(params=["off", "auto"])
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A command's environment running it in its own process, or through the resident service
+    (with AGENT_HOME=tmp_path; the service is stopped when the test ends)."""
+    env = {"AGENT_SERVICE": request.param}
+    yield env
+    if request.param != "off":
+        agent_cli("service", "stop", home=tmp_path, env=env, timeout=60)
+
 
 # --- Tiny Qwen3 model and tokenizer (agent.testing) -------------------------------------------
 

@@ -1,7 +1,6 @@
 """`agent chat` through a real pseudo-terminal: turns, Ctrl-C, Ctrl-D, commands, approval."""
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
@@ -19,10 +18,23 @@ def call(name: str, arguments: dict) -> str:
 
 
 def kernels() -> set[int]:
+    """The code interpreter's kernels running now, but a resident service's (its spare
+    kernels: another test's, running beside this one)."""
     found = set()
     for process in psutil.process_iter(["cmdline"]):
         if any("kernel_boot.py" in part for part in process.info["cmdline"] or []):
             found.add(process.pid)
+    return found - _service_kernels()
+
+
+def _service_kernels() -> set[int]:
+    found = set()
+    for process in psutil.process_iter(["cmdline"]):
+        if (process.info["cmdline"] or [])[-2:] == ["-m", "agent.service"]:
+            try:
+                found.update(child.pid for child in process.children(recursive=True))
+            except psutil.Error:
+                continue
     return found
 
 
@@ -61,15 +73,6 @@ def test_turns_ctrl_c_and_ctrl_d_against_a_model_server(tmp_path: Path) -> None:
         long_answer
     )
     assert kernels() <= before  # Ctrl-D left no kernel behind
-
-
-@pytest.fixture(params=["off", "auto"])
-def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """In this process, or through the resident service (stopped when the test ends)."""
-    env = {"AGENT_SERVICE": request.param}
-    yield env
-    if request.param != "off":
-        agent_cli("service", "stop", home=tmp_path, env=env, timeout=60)
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -405,15 +404,6 @@ def test_a_form_is_refused_when_nobody_can_answer(tmp_path: Path, notes_config: 
     assert "nobody can answer the form (standard input is not a terminal)" in result["content"]
     notice = next(e for e in events if e["type"] == "notice")
     assert "server notes asked: 'Who is booking the table?'" in notice["message"]
-
-
-@pytest.fixture(params=["off", "auto"])
-def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """In this process, or through the resident service (stopped when the test ends)."""
-    env = {"AGENT_SERVICE": request.param}
-    yield env
-    if request.param != "off":
-        agent_cli("service", "stop", home=tmp_path, env=env, timeout=60)
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,15 +97,6 @@ def record_weather_run(home: Path) -> dict[str, Any]:
 def said(messages: list[dict[str, Any]]) -> list[str]:
     """What a model request's messages say, the system prompt left out."""
     return [m["content"] for m in messages if m["role"] != "system"]
-
-
-@pytest.fixture(params=["off", "auto"])
-def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """In this process, or through the resident service (stopped when the test ends)."""
-    env = {"AGENT_SERVICE": request.param}
-    yield env
-    if request.param != "off":
-        agent_cli("service", "stop", home=tmp_path, env=env, timeout=60)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ StubOpenAIServer TEST DOUBLE (it scripts a model that quotes a hostile tool resu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -63,15 +64,40 @@ class UiServer:
     def stop(self) -> tuple[int, str]:
         """Ctrl-C; its exit code and stderr. No process it started is left (but the
         resident service, which is meant to outlive it)."""
-        children = psutil.Process(self.process.pid).children(recursive=True)
-        services = [child for child in children if child.cmdline()[-2:] == ["-m", "agent.service"]]
-        kept = {p.pid for service in services for p in [service, *service.children(recursive=True)]}
-        children = [child for child in children if child.pid not in kept]
-        self.process.send_signal(signal.SIGINT)
-        _, err = self.process.communicate(timeout=60)
+        try:
+            children = self._started()
+        finally:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            _, err = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # never left running by a failed test
+            raise
         gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"left behind: {alive}"
         return self.process.returncode, err
+
+    def _started(self) -> list[psutil.Process]:
+        """The processes it started, but a resident service and what that started."""
+        children = psutil.Process(self.process.pid).children(recursive=True)
+        services = [child for child in children if _command_line(child)[-2:] == _SERVICE]
+        kept = set()
+        for service in services:
+            kept.add(service.pid)
+            with contextlib.suppress(psutil.Error):
+                kept.update(child.pid for child in service.children(recursive=True))
+        return [child for child in children if child.pid not in kept]
+
+
+_SERVICE = ["-m", "agent.service"]
+
+
+def _command_line(process: psutil.Process) -> list[str]:
+    """Its command line; none for one that has ended (a zombie's cannot be read)."""
+    try:
+        return list(process.cmdline())
+    except psutil.Error:
+        return []
 
 
 @pytest.fixture(scope="module")
@@ -179,13 +205,18 @@ def test_a_foreign_host_or_origin_and_a_change_without_the_page_header_are_refus
         assert refused.status_code == 403
 
 
-def test_a_port_in_use_is_one_line_and_exit_2(idle_ui: UiServer, tmp_path: Path) -> None:
+def test_a_port_in_use_or_a_foreign_host_is_one_line_and_exit_2(
+    idle_ui: UiServer, tmp_path: Path
+) -> None:
     port = idle_ui.base.rsplit(":", 1)[1]
     done = agent_cli("ui", "--no-open", "--port", port, home=tmp_path, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use; pick another --port"
     ]
+    done = agent_cli("ui", "--no-open", "--host", "no-such-host.invalid", home=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith("error: --host no-such-host.invalid: ")
 
 
 # --- the chat, the runs, the jobs, in a real browser ---------------------------------------
@@ -242,15 +273,6 @@ def test_chat_asks_shows_the_tool_card_and_the_answer_then_the_runs_page_finds_i
         (run,) = history.runs(limit=1)
         turns = history.conversation_runs(run.conversation_id)
     assert [turn.prompt for turn in turns] == ["What time is it in Tokyo?", "And now?"]
-
-
-@pytest.fixture(params=["off", "auto"])
-def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Chats in the page's process, or in the resident service (stopped when the test ends)."""
-    env = {"AGENT_SERVICE": request.param}
-    yield env
-    if request.param != "off":
-        agent_cli("service", "stop", home=tmp_path, env=env, timeout=60)
 
 
 @pytest.mark.slow

@@ -49,8 +49,9 @@ def render_prompt(tokenizer: Any, messages: list[Message], thinking: bool) -> st
 @register_llm("agent_local")
 class LocalQwen(BaseFnCallModel):
     """Qwen-Agent LLM running a local checkpoint; cfg keys: model, device, threads, engine,
-    kv_cache_mb, disk_cache_mb, thinking, constrain, sampling (a `SamplingParams`; default
-    the mode's preset). A call's generate_cfg may override a sampling field by name."""
+    kv_cache_mb, disk_cache_mb, lookup_decoding, thinking, constrain, sampling (a
+    `SamplingParams`; default the mode's preset). A call's generate_cfg may override a sampling
+    field by name."""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
@@ -66,6 +67,7 @@ class LocalQwen(BaseFnCallModel):
         preset = THINKING_PRESET if self.thinking else NON_THINKING_PRESET
         self.sampling: SamplingParams = cfg.get("sampling") or preset
         self.constrain = bool(cfg.get("constrain", True))
+        self.lookup = bool(cfg.get("lookup_decoding", True))
         self.usage = Usage()
 
     def render_prompt(self, messages: list[Message]) -> str:
@@ -109,6 +111,7 @@ class LocalQwen(BaseFnCallModel):
             int(generate_cfg.get("seed", 0)),
             self.usage,
             self._constraint(generate_cfg, thinking=prompt.opened_think),
+            lookup=self.lookup,
         )
 
     def _sampling(self, generate_cfg: dict) -> SamplingParams:

@@ -10,15 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from agent.cli.common import EXIT_OK, setup_logging
-from agent.cli.options import (
-    chat_options,
-    history_options,
-    model_options,
-    selection_options,
-    service_options,
-    settings_from,
-    tool_options,
-)
+from agent.cli.options import conversation_options, settings_from
 from agent.cli.questions import TERMINAL_QUESTIONS, ask_on_terminal
 from agent.cli.run import open_history, read_prompt
 from agent.errors import AgentError, ConfigError
@@ -95,12 +87,7 @@ class LineInput:
 @click.argument("prompt", required=False)
 @click.option("--continue", "go_on", is_flag=True, help="go on with the last chat")
 @click.option("--resume", metavar="ID", help="go on with this conversation or run")
-@model_options
-@tool_options
-@selection_options
-@history_options
-@chat_options
-@service_options
+@conversation_options
 def chat(prompt: str | None, go_on: bool, resume: str | None, **flags: Any) -> int:
     """Talk with the agent, turn after turn (PROMPT or piped input: the first turn)."""
     from agent.service.client import open_session

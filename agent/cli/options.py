@@ -107,6 +107,21 @@ chat_options = _group("chat")
 service_options = _group("service")
 
 
+def conversation_options(command: F) -> F:
+    """Every option of a conversation with the agent (`agent chat`, `agent ui`): the model,
+    tools, their selection, history, approval and the resident service."""
+    for options in (
+        service_options,
+        chat_options,
+        history_options,
+        selection_options,
+        tool_options,
+        model_options,
+    ):
+        command = options(command)
+    return command
+
+
 def settings_from(
     flags: dict[str, Any], base: dict[str, Any] | None = None, **forced: Any
 ) -> Settings:

@@ -20,6 +20,9 @@ log = logging.getLogger("agent")
 @click.option("--served-model-name", metavar="NAME", help="the model's name for clients")
 @click.option("--api-key", envvar="AGENT_SERVE_API_KEY", help="require this key (Bearer)")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the model")
+@click.option("--lookup-decoding/--no-lookup-decoding", default=None,
+              help="draft tokens from the context and verify them in one pass (default: the "
+                   "settings', on)")  # fmt: skip
 @click.option("--queue-limit", type=click.IntRange(min=1), default=16, show_default=True,
               help="requests that may wait; more are answered 503")  # fmt: skip
 @click.option("--allowed-origins", metavar="ORIGIN,...", default="",
@@ -27,8 +30,8 @@ log = logging.getLogger("agent")
                    "none by default")  # fmt: skip
 @click.option("--debug", is_flag=True, help="verbose logs on stderr")
 def serve(host: str, port: int, model: str | None, served_model_name: str | None,
-          api_key: str | None, threads: int | None, queue_limit: int, allowed_origins: str,
-          debug: bool) -> int:  # fmt: skip
+          api_key: str | None, threads: int | None, lookup_decoding: bool | None,
+          queue_limit: int, allowed_origins: str, debug: bool) -> int:  # fmt: skip
     """Serve the model at http://HOST:PORT/v1 (chat and text completions, models, /tokenize,
     /detokenize, /health, /metrics); the model loads in the background (/health says 503
     until it is ready)."""
@@ -39,12 +42,13 @@ def serve(host: str, port: int, model: str | None, served_model_name: str | None
     from agent.server.guard import Access
 
     setup_logging(debug)
-    settings = load_settings({"model": model} if model else {})
+    settings = load_settings({"model": model, "lookup_decoding": lookup_decoding})
     service = ModelService(
         settings.model,
         queue_limit=queue_limit,
         threads=threads or settings.threads,
         served_name=served_model_name,
+        lookup=settings.lookup_decoding,
     )
     threading.Thread(target=service.load, daemon=True, name="model-load").start()
     log.info("serving %s on http://%s:%d/v1 (loading the model)", settings.model, host, port)

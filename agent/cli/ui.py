@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 import sys
@@ -13,18 +14,16 @@ from typing import Any
 import click
 
 from agent.cli.common import EXIT_OK, setup_logging
-from agent.cli.options import (
-    chat_options,
-    history_options,
-    model_options,
-    selection_options,
-    service_options,
-    settings_from,
-    tool_options,
-)
+from agent.cli.options import conversation_options, settings_from
 from agent.errors import ConfigError
 
 log = logging.getLogger("agent")
+
+
+class PortTaken(ConfigError):
+    """The port cannot be listened on (taken, or not ours to take)."""
+
+
 DEFAULT_PORT = 8770
 GRACE_S = 10  # how long Ctrl-C waits for the page's open requests before it closes them
 
@@ -48,21 +47,17 @@ GRACE_S = 10  # how long Ctrl-C waits for the page's open requests before it clo
     show_default=True,
     help="open the page in the browser",
 )
-@model_options
-@tool_options
-@selection_options
-@history_options
-@chat_options
-@service_options
+@conversation_options
 def ui(port: int | None, host: str, open_browser: bool, **flags: Any) -> int:
     """The page in your browser: chat with the agent, look through runs, watch the jobs.
 
     Prints the page's address with its token; Ctrl-C stops it."""
     import uvicorn
 
+    from agent.server.guard import Access
     from agent.ui.app import build_app
     from agent.ui.chat_room import ChatRoom
-    from agent.ui.guard import host_names, new_token
+    from agent.ui.guard import new_token
 
     settings = settings_from(flags)
     setup_logging(settings.debug)
@@ -74,7 +69,7 @@ def ui(port: int | None, host: str, open_browser: bool, **flags: Any) -> int:
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("note: listening on %s: whoever can reach it still needs the token", host)
     room = ChatRoom(settings)
-    app = build_app(settings, token, host_names(host, bound), room)
+    app = build_app(settings, token, Access(host, bound).hosts(), room)
     config = uvicorn.Config(
         app,
         log_level="debug" if settings.debug else "warning",
@@ -94,9 +89,10 @@ def ui(port: int | None, host: str, open_browser: bool, **flags: Any) -> int:
 def _listen(host: str, port: int | None) -> socket.socket:
     """A listening socket on `host`: `port`; without one, the default port, else a free one."""
     if port is None:
-        with contextlib.suppress(ConfigError):
+        try:
             return _bound(host, DEFAULT_PORT)
-        port = 0
+        except PortTaken:
+            port = 0
     return _bound(host, port)
 
 
@@ -106,10 +102,14 @@ def _bound(host: str, port: int) -> socket.socket:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port just freed is free
     try:
         listener.bind((host, port))
-    except OSError as exc:
+    except (socket.gaierror, OSError) as exc:
         listener.close()
+        if not isinstance(exc, socket.gaierror) and exc.errno != errno.EADDRNOTAVAIL:
+            raise PortTaken(
+                f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port"
+            ) from None
         raise ConfigError(
-            f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port"
+            f"--host {host}: {exc.strerror}; give an address of this machine"
         ) from None
     listener.listen(64)
     return listener

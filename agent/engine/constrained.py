@@ -254,6 +254,13 @@ class OutputConstraint(Protocol):
 
     def advance(self, token: int) -> None: ...
 
+    def draftable(self, tokens: list[int]) -> int: ...
+
+
+def _before_tags(tokens: list[int], tags: set[int]) -> int:
+    """How many of `tokens` come before the first of `tags` (all of them where none is)."""
+    return next((i for i, token in enumerate(tokens) if token in tags), len(tokens))
+
 
 class ToolCallConstraint:
     """Follows one model call token by token and says which tokens may come next; with
@@ -321,6 +328,17 @@ class ToolCallConstraint:
             return []
         return list(self.matcher.compute_ff_tokens())
 
+    def draftable(self, tokens: list[int]) -> int:
+        """How many of drafted `tokens`, from the first, the grammar would take next: in free
+        text those before a tag (which changes what is allowed after it), in a call those its
+        grammar accepts; none where only the end of the turn may come."""
+        if self.calls_done and not self.parallel:
+            return 0
+        if self.matcher is None:
+            ids = self.tools.ids
+            return _before_tags(tokens, {ids.call_open, ids.think_open, ids.think_close})
+        return int(self.matcher.validate_tokens(tokens))
+
     def advance(self, token: int) -> None:
         """Take `token` as the output's next token."""
         ids = self.tools.ids
@@ -372,6 +390,13 @@ class JsonOutputConstraint:
     def forced(self) -> list[int]:
         """Tokens the grammar allows as the only continuation."""
         return [] if self.matcher is None else list(self.matcher.compute_ff_tokens())
+
+    def draftable(self, tokens: list[int]) -> int:
+        """How many of drafted `tokens`, from the first, the grammar would take next (while
+        thinking, those before the think block's end)."""
+        if self.matcher is None:
+            return _before_tags(tokens, {self.tools.ids.think_close})
+        return int(self.matcher.validate_tokens(tokens))
 
     def advance(self, token: int) -> None:
         """Take `token` as the output's next token."""

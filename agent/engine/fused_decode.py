@@ -1,5 +1,6 @@
-"""One decoded token through every decoder layer in one compiled call (`decode_step` in
-compiled_kernels.c).
+"""Decoded tokens through every decoder layer in one compiled call (`decode_step` in
+compiled_kernels.c): one token, or a block of drafted ones verified at once, each row computed
+exactly as it would be alone.
 
 On a CPU a decode step is the weights read plus the per-operation cost of everything between
 the matmuls (norms, rotation, residuals, cache writes, attention): the torch path spends ~65
@@ -99,13 +100,15 @@ class FusedDecoder:
     def __call__(
         self, hidden: torch.Tensor, cache: KVCache, cos: torch.Tensor, sin: torch.Tensor
     ) -> torch.Tensor:
-        """The bf16 hidden state [1, hidden] of the token after `cache`'s positions, written
-        into `cache` at its length (which must have room), after every layer."""
+        """The bf16 hidden states [rows, hidden] of the tokens after `cache`'s positions, after
+        every layer, their keys and values written into `cache` from its length on (which must
+        have room); `cos` and `sin` [rows, head_dim] are their rotations."""
         keys, values = cache.keys, cache.values
+        rows = hidden.shape[0]
         if keys.dtype != torch.bfloat16 or not (keys.is_contiguous() and values.is_contiguous()):
             raise ValueError("the fused decode step writes a contiguous bf16 cache")
-        if cache.length >= cache.capacity:
-            raise ValueError("the cache has no room for the decoded position")
+        if cache.length + rows > cache.capacity:
+            raise ValueError("the cache has no room for the decoded positions")
         hidden = hidden.to(torch.bfloat16).contiguous().clone()
         cos, sin = cos.to(torch.bfloat16).contiguous(), sin.to(torch.bfloat16).contiguous()
         status = self._step(
@@ -116,6 +119,7 @@ class FusedDecoder:
             values.data_ptr(),
             cache.capacity,
             cache.length,
+            rows,
             cos.data_ptr(),
             sin.data_ptr(),
             torch.get_num_threads(),

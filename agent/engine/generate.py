@@ -10,7 +10,7 @@ prefix caches, an optional grammar (`output_constraint`) and the usage counts.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,11 +24,13 @@ from agent.engine.constrained import (
     grammar_tools,
 )
 from agent.engine.loading import LoadedModel
+from agent.engine.lookup import LookupDrafter
 from agent.engine.sampling import (
     SamplingParams,
     adjusted_logits,
     sample_adjusted,
     token_logprobs,
+    verify_drafted,
 )
 from agent.errors import GenerationError
 
@@ -74,17 +76,19 @@ def generate_text(
     usage: Usage,
     constraint: OutputConstraint | None = None,
     scores: LogprobLog | None = None,
+    lookup: bool = True,
 ) -> Generator[str, None, None]:
     """The model's text as it is written: the think tag the template opened (so the output is
     self-contained), then each token's text once whole. Closing the iterator stops generation.
-    `scores` records each token's log-probability as it comes."""
+    `scores` records each token's log-probability as it comes; `lookup` lets drafts from the
+    context be verified (see `generate_token_ids`)."""
     usage.calls += 1
     usage.prompt_tokens += len(prompt.ids)
     if prompt.opened_think:
         yield THINK_PROMPT_SUFFIX
     decoder = IncrementalDecoder(loaded.tokenizer)
     tokens = generate_token_ids(
-        loaded, prompt.ids, params, prompt.limit, seed, usage, constraint, scores
+        loaded, prompt.ids, params, prompt.limit, seed, usage, constraint, scores, lookup
     )
     try:
         for token in tokens:
@@ -122,6 +126,9 @@ class Usage:
     constrained_tokens: int = 0  # generated under the tool-call grammar (forced ones included)
     forced_tokens: int = 0  # the grammar's only possible continuation, fed without sampling
     constrain_s: float = 0.0  # time spent computing and applying grammar masks
+    verifications: int = 0  # forward passes that checked a drafted continuation (lookup)
+    drafted_tokens: int = 0  # tokens those drafts proposed
+    accepted_tokens: int = 0  # drafted tokens taken: each a decode step saved
     prefill_s: float = 0.0
     decode_s: float = 0.0
     first_token_s: list[float] = field(default_factory=list)
@@ -217,6 +224,7 @@ def generate_token_ids(
     usage: Usage,
     constraint: OutputConstraint | None = None,
     scores: LogprobLog | None = None,
+    lookup: bool = True,
 ) -> Generator[int, None, None]:
     """Sample token ids one by one until an end-of-turn token or `max_new_tokens`.
 
@@ -224,6 +232,9 @@ def generate_token_ids(
     (its part before the first user turn also from an earlier process, where the engine can).
     With a `constraint`, tool calls follow their grammar; tokens it forces are fed in one
     forward pass, and a call still open near `max_new_tokens` is steered to its end.
+    With `lookup`, where the engine verifies drafts exactly, tokens drafted from the context
+    (agent/engine/lookup.py) are checked in one pass with the token before them; the output is
+    distributed exactly as without (greedy: the same tokens).
     `scores` records the log-probability of each token yielded.
     """
     engine = loaded.engine
@@ -231,7 +242,11 @@ def generate_token_ids(
     seen = torch.zeros(engine.vocab_size, dtype=torch.float32)  # times each token came
     started = time.monotonic()
     cache = engine.checkout(prompt_ids, loaded.stable_prefix(prompt_ids))
-    finish_window = min(FINISH_MARGIN, max_new_tokens // 3)
+    choose = _Chooser(
+        params, seen, generator, constraint, usage, scores is not None, loaded.stop_ids
+    )
+    verify = _draft_verifier(engine) if lookup else None
+    drafter = LookupDrafter(prompt_ids) if verify is not None else None
     try:
         usage.reused_prompt_tokens += cache.length
         logits = engine.forward(prompt_ids[cache.length :], cache)
@@ -239,31 +254,110 @@ def generate_token_ids(
         usage.first_token_s.append(time.monotonic() - started)
         decode_started = time.monotonic()
         produced = 0
+        rows, draft = logits[None], list[int]()
+        timed: float | None = None  # the last pass's seconds, where it fed one decoded token
         try:
             while produced < max_new_tokens:
-                left = max_new_tokens - produced
-                step, constrained, logprobs = _next_tokens(
-                    logits, params, seen, generator, constraint, (left, finish_window), usage,
-                    scores is not None,
-                )  # fmt: skip
-                if step[0] in loaded.stop_ids:
-                    return
-                step = step[: max_new_tokens - produced]
-                if constrained:
-                    usage.constrained_tokens += len(step)
-                    usage.forced_tokens += len(step) - 1
-                for position, token in enumerate(step):
-                    seen[token] += 1
+                chosen = choose.round(rows, draft, (max_new_tokens - produced, max_new_tokens))
+                cache.truncate(cache.length - len(draft) + chosen.accepted)
+                for token, logprobs in chosen.tokens:
                     if scores is not None:
-                        scores.add(token, None if position else logprobs)
+                        scores.add(token, logprobs)
                     yield token
-                produced += len(step)
-                usage.completion_tokens += len(step)
-                logits = engine.forward(step, cache)
+                produced += len(chosen.tokens)
+                usage.completion_tokens += len(chosen.tokens)
+                if chosen.stopped:
+                    return
+                fed = [token for token, _ in chosen.tokens[chosen.accepted :]]
+                if drafter is not None:
+                    tokens = [token for token, _ in chosen.tokens]
+                    drafter.generated(tokens, len(draft), chosen.accepted, timed)
+                    draft = _drafted(drafter, constraint, fed, max_new_tokens - produced)
+                started_pass = time.perf_counter()
+                if draft and verify is not None:
+                    usage.verifications += 1
+                    usage.drafted_tokens += len(draft)
+                    rows = verify(fed + draft, cache)
+                else:
+                    rows = engine.forward(fed, cache)[None]
+                timed = time.perf_counter() - started_pass if len(fed) == 1 else None
         finally:
             usage.decode_s += time.monotonic() - decode_started
     finally:
         engine.checkin(cache)
+
+
+def _draft_verifier(engine: Any) -> Callable[[list[int], Any], torch.Tensor] | None:
+    """The engine's `verify` where it checks drafts exactly (the native engine's fused step)."""
+    return engine.verify if getattr(engine, "verifies_drafts", False) else None
+
+
+def _drafted(
+    drafter: LookupDrafter, constraint: OutputConstraint | None, fed: list[int], left: int
+) -> list[int]:
+    """The draft to verify after `fed` (only after a single token: tokens the grammar forced
+    go through the model as plain decoding feeds them), that the grammar allows."""
+    if len(fed) != 1:
+        return []
+    draft = drafter.draft(left - 1)
+    if constraint is not None and draft:
+        draft = draft[: constraint.draftable(draft)]
+    return draft
+
+
+@dataclass
+class _Round:
+    """The tokens chosen from one forward pass's rows, each with the log-probabilities it was
+    drawn from (None: forced); how many were the draft's; whether an end-of-turn token came."""
+
+    tokens: list[tuple[int, torch.Tensor | None]] = field(default_factory=list)
+    accepted: int = 0
+    stopped: bool = False
+
+
+@dataclass
+class _Chooser:
+    """Chooses tokens from logits, row after row: the penalties see the tokens chosen before
+    each row, and the grammar advances over the chosen tokens only."""
+
+    params: SamplingParams
+    seen: torch.Tensor
+    generator: torch.Generator
+    constraint: OutputConstraint | None
+    usage: Usage
+    scored: bool
+    stop_ids: frozenset[int]
+
+    def round(self, rows: torch.Tensor, draft: list[int], budget: tuple[int, int]) -> _Round:
+        """The tokens from `rows` (row i: the logits at the place `draft[i]` was proposed for;
+        the last row: after the whole draft): drafted tokens while each is what was chosen,
+        then the first other choice and the tokens the grammar forces after it. `budget` is
+        (tokens left, the generation's limit)."""
+        left, limit = budget
+        finish_window = min(FINISH_MARGIN, limit // 3)
+        chosen = _Round()
+        for row, logits in enumerate(rows):
+            proposed = draft[row] if row < len(draft) else None
+            room = left - len(chosen.tokens)
+            step, constrained, logprobs = _next_tokens(
+                logits, self.params, self.seen, self.generator, self.constraint,
+                (room, finish_window), self.usage, self.scored, proposed,
+            )  # fmt: skip
+            if step[0] in self.stop_ids:
+                chosen.stopped = True
+                return chosen
+            step = step[:room]
+            if constrained:
+                self.usage.constrained_tokens += len(step)
+                self.usage.forced_tokens += len(step) - 1
+            for position, token in enumerate(step):
+                self.seen[token] += 1
+                chosen.tokens.append((token, None if position else logprobs))
+            if step != [proposed] or len(step) == room:
+                return chosen
+            chosen.accepted += 1
+            self.usage.accepted_tokens += 1
+        return chosen
 
 
 def _next_tokens(
@@ -275,12 +369,14 @@ def _next_tokens(
     budget: tuple[int, int],
     usage: Usage,
     scored: bool = False,
+    proposed: int | None = None,
 ) -> tuple[list[int], bool, torch.Tensor | None]:
     """The sampled token plus any tokens the grammar then forces, whether the grammar had
     a say in them, and (when `scored`) the log-probabilities the first was drawn from.
-    `budget` is (tokens left, how many left at which an open call is steered to its end)."""
+    `budget` is (tokens left, how many left at which an open call is steered to its end);
+    `proposed` is the draft's token for this place, if any (see `verify_drafted`)."""
     if constraint is None:
-        token, logprobs = _sampled(logits, params, seen, generator, scored)
+        token, logprobs = _sampled(logits, params, seen, generator, scored, proposed)
         return [token], False, logprobs
     timer = time.monotonic()
     constrained = constraint.active
@@ -289,7 +385,7 @@ def _next_tokens(
     if allowed is not None:
         logits = logits.masked_fill(~allowed, float("-inf"))
     usage.constrain_s += time.monotonic() - timer
-    token, logprobs = _sampled(logits, params, seen, generator, scored)
+    token, logprobs = _sampled(logits, params, seen, generator, scored, proposed)
     timer = time.monotonic()
     constraint.advance(token)
     forced = constraint.forced()
@@ -305,9 +401,12 @@ def _sampled(
     seen: torch.Tensor,
     generator: torch.Generator,
     scored: bool,
+    proposed: int | None,
 ) -> tuple[int, torch.Tensor | None]:
-    """The sampled token, and (when `scored`) the log-probabilities it was drawn from: the
-    penalties and bias applied once for both."""
+    """The sampled token (at a drafted place, by the draft's rule), and (when `scored`) the
+    log-probabilities it was drawn from: the penalties and bias applied once for both."""
     adjusted = adjusted_logits(logits, params, seen)
     logprobs = token_logprobs(adjusted, params) if scored else None
+    if proposed is not None:
+        return verify_drafted(adjusted, params, proposed, generator), logprobs
     return sample_adjusted(adjusted, params, generator), logprobs

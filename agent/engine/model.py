@@ -176,6 +176,31 @@ class CpuQwen3:
             last = rms_norm(hidden[-1:], self.weights.norm, self.shape.rms_eps)
             return self._matmul(self.weights.lm_head, last)[0].float()
 
+    @property
+    def verifies_drafts(self) -> bool:
+        """Whether `verify` runs here: a block of tokens through the compiled decode step,
+        each row's logits exactly those of decoding its token alone."""
+        return self.fused_decode is not None
+
+    def verify(self, tokens: list[int], cache: KVCache) -> torch.Tensor:
+        """Feed `tokens` (a decoded token, then drafted ones) after what `cache` holds in one
+        pass: the float32 logits after each of them [len(tokens), vocab], bit for bit what
+        `forward` gives feeding them one at a time. Only where `verifies_drafts`."""
+        if self.fused_decode is None:
+            raise ValueError("verify runs on the fused decode step, not chosen here")
+        cache.reserve(cache.length + len(tokens))
+        with torch.inference_mode():
+            cos, sin = self._rope(cache.length, len(tokens))
+            hidden = self.weights.embed[torch.tensor(tokens)]
+            hidden = self.fused_decode(hidden, cache, cos[:, 0], sin[:, 0])
+            cache.tokens.extend(tokens)
+            rows = rms_norm(hidden, self.weights.norm, self.shape.rms_eps)
+            lm_head = self.weights.lm_head
+            if lm_head.scale is None:  # a bf16 matmul's rounding depends on its row count
+                return torch.cat([lm_head(row) for row in rows.split(1)]).float()
+            # The decode kernel computes each row alone, as for one row.
+            return self.kernels.decode_kernel(rows, lm_head.weight, lm_head.scale).float()
+
     def forward_batch(self, tokens: list[int], caches: list[KVCache]) -> torch.Tensor:
         """One next token for each of several sequences, in one pass: the weights are read
         once for all of them (decode on a CPU is bound by reading them). Logits [len, vocab]."""
@@ -285,7 +310,7 @@ class CpuQwen3:
         hidden = self.weights.embed[torch.tensor(tokens)]
         cos, sin = self._rope(start, count)
         if count == 1 and self.fused_decode is not None:
-            hidden = self.fused_decode(hidden, cache, cos.flatten(), sin.flatten())
+            hidden = self.fused_decode(hidden, cache, cos[:, 0], sin[:, 0])
             cache.tokens.extend(tokens)
             return hidden
         mask = None

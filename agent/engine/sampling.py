@@ -1,5 +1,6 @@
 """Choosing the next token with Qwen3's sampling: penalties, logit bias, temperature, top-k,
-top-p, min-p; and the log-probabilities of the distribution drawn from."""
+top-p, min-p; the log-probabilities of the distribution drawn from; and the token at a drafted
+place, by speculative sampling's rule (the same distribution)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from agent.config import SamplingParams
 
 __all__ = [
     "SamplingParams",
+    "accept_or_resample",
     "adjusted_logits",
     "sample_adjusted",
     "sample_next_token",
+    "sampling_distribution",
     "token_logprobs",
+    "verify_drafted",
 ]
 
 
@@ -58,6 +62,15 @@ def sample_adjusted(
     """Pick the next token id from logits the penalties and bias were already applied to."""
     if params.temperature <= 0:
         return int(torch.argmax(logits))
+    candidates, probs = sampling_distribution(logits, params)
+    return int(candidates[torch.multinomial(probs, 1, generator=generator)])
+
+
+def sampling_distribution(
+    logits: torch.Tensor, params: SamplingParams
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `sample_adjusted` draws from (temperature > 0): candidate token ids, likeliest
+    first, and their probabilities after the top-k, min-p and top-p cuts (0 for the cut ones)."""
     candidates = torch.arange(logits.numel())
     if 0 < params.top_k < logits.numel():
         logits, candidates = torch.topk(logits, params.top_k)
@@ -71,5 +84,30 @@ def sample_adjusted(
         keep &= (torch.cumsum(probs, dim=-1) - probs) < params.top_p
     keep[0] = True
     probs = torch.where(keep, probs, torch.zeros_like(probs))
-    choice = torch.multinomial(probs / probs.sum(), 1, generator=generator)
-    return int(candidates[choice])
+    return candidates, probs / probs.sum()
+
+
+def verify_drafted(
+    logits: torch.Tensor, params: SamplingParams, draft: int, generator: torch.Generator
+) -> int:
+    """The token at a place a draft proposed `draft` for, distributed exactly as
+    `sample_adjusted`'s: greedy, the likeliest; else `accept_or_resample`."""
+    if params.temperature <= 0:
+        return int(torch.argmax(logits))
+    candidates, probs = sampling_distribution(logits, params)
+    return accept_or_resample(candidates, probs, draft, generator)
+
+
+def accept_or_resample(
+    candidates: torch.Tensor, probs: torch.Tensor, draft: int, generator: torch.Generator
+) -> int:
+    """Speculative sampling's rule for a draft that proposes one token for sure: `draft` is
+    taken with its probability p(draft), else a token is drawn from p without it,
+    renormalised; the result is distributed as p (taken: p(d); any other x: (1 - p(d)) *
+    p(x) / (1 - p(d)))."""
+    drafted = candidates == draft
+    chance = float(probs[drafted].sum())
+    if chance > 0 and float(torch.rand((), generator=generator)) < chance:
+        return draft
+    rest = probs.masked_fill(drafted, 0.0)
+    return int(candidates[torch.multinomial(rest / rest.sum(), 1, generator=generator)])

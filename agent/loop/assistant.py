@@ -81,6 +81,7 @@ def llm_config(settings: Settings) -> dict[str, Any]:
         "engine": settings.engine,
         "kv_cache_mb": settings.kv_cache_mb,
         "disk_cache_mb": settings.disk_cache_mb,
+        "lookup_decoding": settings.lookup_decoding,
         "thinking": settings.thinking,
         "constrain": settings.constrain,
         "sampling": sampling,

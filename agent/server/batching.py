@@ -4,7 +4,8 @@ for its next token, so the weights are read once for all of them.
 Each request still runs `generate_token_ids` in its own thread, unchanged; its engine is this
 wrapper. A one-token `forward` waits (at most `wait_s`) for the other active sequences to
 reach theirs, then one of them runs the batch and hands each its logits. Prompts (several
-tokens) run alone. Sequences join at `checkout` and leave at `checkin`, as they start and end.
+tokens) and verifications of drafted tokens (agent/engine/lookup.py) run alone. Sequences join
+at `checkout` and leave at `checkin`, as they start and end.
 """
 
 from __future__ import annotations
@@ -56,6 +57,17 @@ class DecodeBatcher:
         with self._turn:
             self._active -= 1
             self._turn.notify_all()
+
+    @property
+    def verifies_drafts(self) -> bool:
+        """Whether the engine checks drafted tokens exactly (see `verify`)."""
+        return bool(getattr(self.engine, "verifies_drafts", False))
+
+    def verify(self, tokens: list[int], cache: Any) -> torch.Tensor:
+        """The logits after each of `tokens` (a decoded token and its draft), in one pass run
+        alone, as prompts are."""
+        with self._engine:
+            return self.engine.verify(tokens, cache)
 
     def forward(self, tokens: list[int], cache: Any) -> torch.Tensor:
         """The logits after `tokens`; a single token joins the next batch."""

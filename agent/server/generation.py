@@ -144,8 +144,10 @@ class ModelService:
         threads: int | None = None,
         max_batch: int = MAX_BATCH,
         served_name: str | None = None,
+        lookup: bool = True,
     ) -> None:
         self.model = model
+        self.lookup = lookup  # lookup decoding (agent/engine/lookup.py)
         self.model_name = served_name or model  # what clients send as `model`
         self.created = int(time.time())
         self.queue_limit = queue_limit
@@ -247,7 +249,7 @@ class ModelService:
         )
         scores = LogprobLog(generation.logprobs) if generation.logprobs is not None else None
         pieces = generate_text(self.loaded, prompt, generation.sampling, generation.seed, usage,
-                               job.constraint, scores)  # fmt: skip
+                               job.constraint, scores, self.lookup)  # fmt: skip
         stops = StopWatch(generation.stop)
         reason, scored, first_s = "stop", 0, None
         calls: dict[int, list[str]] = {}  # index: [name, arguments so far]

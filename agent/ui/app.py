@@ -8,7 +8,7 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -73,10 +73,9 @@ def build_app(settings: Settings, token: str, hosts: set[str], room: ChatRoom) -
     jobs = JobStarter()
     csrf = csrf_value(token)
 
-    @contextlib.contextmanager
-    def history() -> Iterator[History]:
-        with History(settings.history) as opened:
-            yield opened
+    def history() -> History:
+        """The run history, opened for one request (a connection belongs to its thread)."""
+        return History(settings.history)
 
     def page(request: Request, name: str, **context: Any) -> Response:
         return templates.TemplateResponse(

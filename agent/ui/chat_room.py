@@ -15,9 +15,10 @@ import contextlib
 import queue
 import secrets
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import Settings
 from agent.errors import AgentError
@@ -26,31 +27,51 @@ from agent.history.store import History
 from agent.ui.markdown import render_markdown
 from agent.ui.timeline import pretty
 
+if TYPE_CHECKING:
+    from agent.session import Conversation
+
 POLL_S = 0.25
+RENDER_EVERY_S = 0.1  # how often a streaming answer's Markdown is rendered again
 APPROVAL_ANSWERS = ("y", "n", "a")
 
 
 class PageEvents:
     """Events as the page takes them: the event's dict, plus what the page needs to show it
-    (the model's text since its last tool call as sanitized Markdown, tool arguments and
-    results pretty-printed)."""
+    (tool arguments and results pretty-printed; the model's text since its last tool call as
+    sanitized Markdown, rendered at most every `RENDER_EVERY_S` while it streams, so a long
+    answer is not sent again whole at every token: the deltas between show as plain text)."""
 
-    def __init__(self) -> None:
+    def __init__(self, render_every_s: float = 0.0) -> None:
         self._segment = ""  # the model's text since its last tool call
+        self._every = render_every_s
+        self._rendered_at = float("-inf")
+        self._pending = False  # text came since the segment was last rendered
 
-    def item(self, event: Event) -> dict[str, Any]:
-        item = event.to_dict()
+    def items(self, event: Event) -> list[dict[str, Any]]:
+        """What the page gets for `event`: its item, after the segment's rendering when
+        text came since the last and this event is no text."""
         if isinstance(event, Text):
             self._segment += event.delta
-            item["html"] = render_markdown(self._segment)
-        elif isinstance(event, Answer):
+            item = event.to_dict()
+            if time.monotonic() - self._rendered_at >= self._every:
+                item["html"] = self._render()
+            else:
+                self._pending = True
+            return [item]
+        before = [{"type": "text", "delta": "", "html": self._render()}] if self._pending else []
+        item = event.to_dict()
+        if isinstance(event, Answer):
             item["html"] = render_markdown(event.text)
         elif isinstance(event, ToolCall):
             self._segment = ""
             item["pretty"] = pretty(event.arguments)
         elif isinstance(event, ToolResult):
             item["pretty"] = pretty(event.uncut or event.content)
-        return item
+        return [*before, item]
+
+    def _render(self) -> str:
+        self._rendered_at, self._pending = time.monotonic(), False
+        return render_markdown(self._segment)
 
 
 def past_items(history: History, conversation: str) -> list[dict[str, Any]]:
@@ -60,7 +81,8 @@ def past_items(history: History, conversation: str) -> list[dict[str, Any]]:
         if not run.continues:
             items.append({"type": "user", "text": run.prompt})
         view = PageEvents()
-        items.extend(view.item(event_from_dict(data)) for data in history.events(run.id))
+        for data in history.events(run.id):
+            items.extend(view.items(event_from_dict(data)))
     return items
 
 
@@ -72,7 +94,7 @@ class TurnFeed:
         self.answers: queue.Queue[str] = queue.Queue()
         self.stop = threading.Event()
         self.finished = threading.Event()
-        self._view = PageEvents()
+        self._view = PageEvents(RENDER_EVERY_S)
 
     def put(self, item: dict[str, Any]) -> None:
         self.items.put(item)
@@ -86,7 +108,8 @@ class TurnFeed:
 
     def show(self, event: Event) -> None:
         """An event for the page."""
-        self.put(self._view.item(event))
+        for item in self._view.items(event):
+            self.put(item)
 
     def ask(self, name: str, arguments: dict[str, Any]) -> str:
         """Ask the page whether the call may run: y, n or a (always); n if stopped."""
@@ -114,7 +137,7 @@ class Chat:
     id: str
     resumed: str | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
-    talk: Any = None  # agent.session.Conversation, made on the worker thread
+    talk: Conversation | None = None  # made on the worker thread
     feed: TurnFeed | None = None
 
 
@@ -195,7 +218,7 @@ class ChatRoom:
                 self._current = None
                 feed.end(status)
 
-    def _conversation(self, chat: Chat, feed: TurnFeed) -> Any:
+    def _conversation(self, chat: Chat, feed: TurnFeed) -> Conversation:
         """The chat's Conversation (the session opened first, if this is the first turn)."""
         from agent.session import Conversation
 

@@ -28,8 +28,6 @@ from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent.server.guard import LOOPBACK_NAMES
-
 CSRF_HEADER = "x-agent-csrf"
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -53,14 +51,6 @@ def new_token() -> str:
 def csrf_value(token: str) -> str:
     """The value state-changing requests carry in `X-Agent-CSRF` (derived from the token)."""
     return hmac.new(token.encode(), b"agent-ui csrf", hashlib.sha256).hexdigest()
-
-
-def host_names(host: str, port: int) -> set[str]:
-    """The `Host` values the page answers to: its loopback names (and `host`) with the port."""
-    names = set(LOOPBACK_NAMES)
-    if host not in ("0.0.0.0", "::", ""):
-        names.add(f"[{host}]" if ":" in host else host)
-    return {f"{name}:{port}" for name in names}
 
 
 class Guard:
@@ -95,10 +85,10 @@ class Guard:
         """Why the request is refused (None: it may go on), or the redirect that sets the
         cookie for a request that brought the token in its address."""
         headers = Headers(scope=scope)
-        if headers.get("host", "") not in self.hosts:
+        if headers.get("host", "").lower() not in self.hosts:
             return "forbidden: this page answers only to its own address (Host)", None
         origin = headers.get("origin")
-        if origin is not None and origin.removeprefix("http://") not in self.hosts:
+        if origin is not None and origin.lower().removeprefix("http://") not in self.hosts:
             return "forbidden: a request from another site (Origin)", None
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         if "token" in query and scope["method"] in SAFE_METHODS:

@@ -84,7 +84,7 @@ def load_library() -> ctypes.CDLL | None:
     )
     library.decode_step.restype = ctypes.c_int
     library.decode_step.argtypes = (
-        [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
+        [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_int]
     )
     library.int8_gemm_paths.restype = ctypes.c_int
     library.int8_gemm_paths.argtypes = []

@@ -74,29 +74,60 @@ static inline __m256 exp8(__m256 x) {
 }
 #endif
 
-static float dot(const int8_t *w, const float *x, int64_t in) {
+/* The dot products of one int8 weight row with `count` (1 to 4) rows of x, `in` apart, into
+ * out[0, count): each weight is widened once for all of them (a block of drafted tokens costs
+ * little more than one), and each row's sum is added up in the same order whatever `count` is
+ * (four accumulators over 32-weight steps, then the tail), so a row's result is bit for bit the
+ * same alone or in a block. */
+static inline __attribute__((always_inline)) void dot_rows(const int8_t *w, const float *x,
+                                                           int64_t in, const int count,
+                                                           float *out) {
     int64_t k = 0;
-    float total = 0.0f;
+    float totals[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #ifdef __AVX2__
-    /* Four accumulators: one would wait on the latency of the previous multiply-add. */
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (; k + 32 <= in; k += 32) {
-        a0 = _mm256_fmadd_ps(widen8(w + k), _mm256_loadu_ps(x + k), a0);
-        a1 = _mm256_fmadd_ps(widen8(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
-        a2 = _mm256_fmadd_ps(widen8(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
-        a3 = _mm256_fmadd_ps(widen8(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
+    /* Four accumulators a row: one would wait on the latency of the previous multiply-add. */
+    __m256 a[4][4];
+    for (int b = 0; b < count; b++) {
+        for (int j = 0; j < 4; j++) a[b][j] = _mm256_setzero_ps();
     }
-    total = sum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; k + 32 <= in; k += 32) {
+        __m256 w0 = widen8(w + k), w1 = widen8(w + k + 8);
+        __m256 w2 = widen8(w + k + 16), w3 = widen8(w + k + 24);
+        for (int b = 0; b < count; b++) {
+            const float *xb = x + b * in + k;
+            a[b][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xb), a[b][0]);
+            a[b][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), a[b][1]);
+            a[b][2] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), a[b][2]);
+            a[b][3] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), a[b][3]);
+        }
+    }
+    for (int b = 0; b < count; b++) {
+        totals[b] = sum8(_mm256_add_ps(_mm256_add_ps(a[b][0], a[b][1]),
+                                       _mm256_add_ps(a[b][2], a[b][3])));
+    }
 #endif
-    for (; k < in; k++) total += (float)w[k] * x[k];
-    return total;
+    for (int b = 0; b < count; b++) {
+        float total = totals[b];
+        for (int64_t i = k; i < in; i++) total += (float)w[i] * x[b * in + i];
+        out[b] = total;
+    }
 }
 
 static inline void gemv_row(const int8_t *w, const uint16_t *scale, const float *xf,
                             uint16_t *y, int64_t r, int64_t rows, int64_t out, int64_t in) {
-    float s = bf16_to_float(scale[r]);
-    for (int64_t b = 0; b < rows; b++) {
-        y[b * out + r] = float_to_bf16(dot(w + r * in, xf + b * in, in) * s);
+    float s = bf16_to_float(scale[r]), sums[4];
+    for (int64_t b = 0; b < rows; b += 4) {
+        const int64_t count = rows - b < 4 ? rows - b : 4;
+        const int8_t *wr = w + r * in;
+        const float *xb = xf + b * in;
+        /* Each count its own copy, so the compiler unrolls the rows and keeps them in registers. */
+        switch (count) {
+            case 1: dot_rows(wr, xb, in, 1, sums); break;
+            case 2: dot_rows(wr, xb, in, 2, sums); break;
+            case 3: dot_rows(wr, xb, in, 3, sums); break;
+            default: dot_rows(wr, xb, in, 4, sums); break;
+        }
+        for (int64_t i = 0; i < count; i++) y[(b + i) * out + r] = float_to_bf16(sums[i] * s);
     }
 }
 
@@ -149,30 +180,42 @@ static void softmax(float *scores, int64_t length) {
     for (t = 0; t < length; t++) scores[t] *= inverse;
 }
 
-/* One kv head's share of attend_one: its `group` query heads qh [group, dim] over positions
- * [0, length) of k and v [capacity, dim]; s holds group * length scores. */
-static void attend_head(const float *qh, const uint16_t *k, const uint16_t *v, float *oh,
-                        float *s, int64_t group, int64_t length, int64_t dim, float scale) {
-    for (int64_t t = 0; t < length; t++) {
-        for (int64_t g = 0; g < group; g++) {
-            s[g * length + t] = dot_bf16(k + t * dim, qh + g * dim, dim) * scale;
+/* One kv head's share of attention for `rows` consecutive positions: row b's `group` query
+ * heads, at q + b * stride ([group, dim]), over positions [0, length + b) of k and v
+ * [capacity, dim], into out + b * stride; s holds rows * group * (length + rows - 1) scores.
+ * Each key and value is read once for every row (a verified block of drafted tokens reads the
+ * cache once), and each query's arithmetic is what it is alone. */
+static void attend_head(const float *q, const uint16_t *k, const uint16_t *v, float *out,
+                        float *s, int64_t rows, int64_t group, int64_t length, int64_t stride,
+                        int64_t dim, float scale) {
+    const int64_t longest = length + rows - 1;
+    for (int64_t t = 0; t < longest; t++) {
+        for (int64_t b = t < length ? 0 : t - length + 1; b < rows; b++) {
+            for (int64_t g = 0; g < group; g++) {
+                s[(b * group + g) * longest + t] =
+                    dot_bf16(k + t * dim, q + b * stride + g * dim, dim) * scale;
+            }
         }
     }
-    for (int64_t g = 0; g < group; g++) softmax(s + g * length, length);
-    memset(oh, 0, sizeof(float) * (size_t)(group * dim));
-    for (int64_t t = 0; t < length; t++) {
+    for (int64_t b = 0; b < rows; b++) {
+        for (int64_t g = 0; g < group; g++) softmax(s + (b * group + g) * longest, length + b);
+        memset(out + b * stride, 0, sizeof(float) * (size_t)(group * dim));
+    }
+    for (int64_t t = 0; t < longest; t++) {
         const uint16_t *vt = v + t * dim;
-        for (int64_t g = 0; g < group; g++) {
-            float weight = s[g * length + t], *og = oh + g * dim;
-            int64_t i = 0;
+        for (int64_t b = t < length ? 0 : t - length + 1; b < rows; b++) {
+            for (int64_t g = 0; g < group; g++) {
+                float weight = s[(b * group + g) * longest + t], *og = out + b * stride + g * dim;
+                int64_t i = 0;
 #ifdef __AVX2__
-            __m256 w8 = _mm256_set1_ps(weight);
-            for (; i + 8 <= dim; i += 8) {
-                __m256 sum = _mm256_fmadd_ps(widen_bf16(vt + i), w8, _mm256_loadu_ps(og + i));
-                _mm256_storeu_ps(og + i, sum);
-            }
+                __m256 w8 = _mm256_set1_ps(weight);
+                for (; i + 8 <= dim; i += 8) {
+                    __m256 sum = _mm256_fmadd_ps(widen_bf16(vt + i), w8, _mm256_loadu_ps(og + i));
+                    _mm256_storeu_ps(og + i, sum);
+                }
 #endif
-            for (; i < dim; i++) og[i] += weight * bf16_to_float(vt[i]);
+                for (; i < dim; i++) og[i] += weight * bf16_to_float(vt[i]);
+            }
         }
     }
 }
@@ -189,7 +232,7 @@ int attend_one(const float *q, const uint16_t *keys, const uint16_t *values, flo
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t h = 0; h < kv_heads; h++) {
         attend_head(q + h * group * dim, keys + h * capacity * dim, values + h * capacity * dim,
-                    out + h * group * dim, scores + h * group * length, group, length, dim,
+                    out + h * group * dim, scores + h * group * length, 1, group, length, 0, dim,
                     scale);
     }
     free(scores);
@@ -253,34 +296,39 @@ static void widen(const uint16_t *x, float *out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = bf16_to_float(x[i]);
 }
 
-/* y [out] = x [in] @ w.T, split among the threads of the enclosing parallel region. */
+/* y [rows, out] = x [rows, in] @ w.T, split among the threads of the enclosing parallel region:
+ * each weight row is read from memory once for all the rows of x. */
 static void gemv_shared(const int8_t *w, const uint16_t *scale, const float *x, uint16_t *y,
-                        int64_t out, int64_t in) {
+                        int64_t rows, int64_t out, int64_t in) {
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < out; r++) gemv_row(w, scale, x, y, r, 1, out, in);
+    for (int64_t r = 0; r < out; r++) gemv_row(w, scale, x, y, r, rows, out, in);
 }
 
-/* hidden [shape->hidden] (bf16, in and out) through every layer at `position`, writing its keys
- * and values into the bf16 caches [layers, kv_heads, capacity, dim] and attending over
- * [0, position]; cos and sin [dim] are the position's rotation. Returns 0, or -1 when the
- * scratch memory could not be allocated. */
+/* `rows` consecutive positions, from `position` on, through every layer: hidden [rows,
+ * shape->hidden] (bf16, in and out); their keys and values are written into the bf16 caches
+ * [layers, kv_heads, capacity, dim], and row r attends over [0, position + r]; cos and sin
+ * [rows, dim] are the positions' rotations. Each row's arithmetic is exactly what it is when
+ * that row runs alone (one decoded token), so a block of drafted tokens verified at once gives
+ * the logits decoding them one by one gives. Returns 0, or -1 when the scratch memory could
+ * not be allocated. */
 int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *hidden,
                 uint16_t *keys, uint16_t *values, int64_t capacity, int64_t position,
-                const uint16_t *cos, const uint16_t *sin, int threads) {
+                int64_t rows, const uint16_t *cos, const uint16_t *sin, int threads) {
     const int64_t dim = shape->dim, heads = shape->heads, kv_heads = shape->kv_heads;
-    const int64_t width = shape->hidden, inter = shape->intermediate, length = position + 1;
+    const int64_t width = shape->hidden, inter = shape->intermediate, longest = position + rows;
     const int64_t q_width = heads * dim, qkv_width = (heads + 2 * kv_heads) * dim;
     const int64_t group = heads / kv_heads, layer_cache = kv_heads * capacity * dim;
+    const float scale = (float)(1.0 / sqrt((double)dim));
     int64_t widest = width > q_width ? width : q_width;
     widest = widest > inter ? widest : inter;
-    float *xf = malloc(sizeof(float) * (size_t)widest);
-    float *attended = malloc(sizeof(float) * (size_t)q_width);
-    float *scores = malloc(sizeof(float) * (size_t)(heads * length));
-    uint16_t *normed = malloc(sizeof(uint16_t) * (size_t)width);
-    uint16_t *qkv = malloc(sizeof(uint16_t) * (size_t)qkv_width);
-    uint16_t *gate_up = malloc(sizeof(uint16_t) * (size_t)(2 * inter));
-    uint16_t *projected = malloc(sizeof(uint16_t) * (size_t)width);
-    uint16_t *row = malloc(sizeof(uint16_t) * (size_t)dim);
+    float *xf = malloc(sizeof(float) * (size_t)(rows * widest));
+    float *attended = malloc(sizeof(float) * (size_t)(rows * q_width));
+    float *scores = malloc(sizeof(float) * (size_t)(rows * heads * longest));
+    uint16_t *normed = malloc(sizeof(uint16_t) * (size_t)(rows * width));
+    uint16_t *qkv = malloc(sizeof(uint16_t) * (size_t)(rows * qkv_width));
+    uint16_t *gate_up = malloc(sizeof(uint16_t) * (size_t)(rows * 2 * inter));
+    uint16_t *projected = malloc(sizeof(uint16_t) * (size_t)(rows * width));
+    uint16_t *row = malloc(sizeof(uint16_t) * (size_t)(rows * dim));
     int status = -1;
     if (!xf || !attended || !scores || !normed || !qkv || !gate_up || !projected || !row) {
         goto done;
@@ -289,50 +337,63 @@ int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *h
     for (int64_t l = 0; l < shape->layers; l++) {
         const DecodeLayer *layer = layers + l;
         uint16_t *k_cache = keys + l * layer_cache, *v_cache = values + l * layer_cache;
-#pragma omp single
-        {
-            rms_norm_rows(hidden, layer->input_norm, 0, normed, 1, width, shape->eps);
-            widen(normed, xf, width);
+        /* Between the matmuls, each row's work by one thread (the rows spread over them). */
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < rows; b++) {
+            const int64_t at = b * width;
+            rms_norm_rows(hidden + at, layer->input_norm, 0, normed + at, 1, width, shape->eps);
+            widen(normed + at, xf + at, width);
         }
-        gemv_shared(layer->qkv, layer->qkv_scale, xf, qkv, qkv_width, width);
-#pragma omp single
-        {
+        gemv_shared(layer->qkv, layer->qkv_scale, xf, qkv, rows, qkv_width, width);
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < rows; b++) {
             /* q and k heads side by side: normed per head, then rotated. */
-            rms_norm_rows(qkv, layer->qk_norm, dim, qkv, heads + kv_heads, dim, shape->eps);
-            rotate_heads(qkv, cos, sin, heads + kv_heads, dim, row);
+            uint16_t *qkv_b = qkv + b * qkv_width;
+            rms_norm_rows(qkv_b, layer->qk_norm, dim, qkv_b, heads + kv_heads, dim, shape->eps);
+            rotate_heads(qkv_b, cos + b * dim, sin + b * dim, heads + kv_heads, dim,
+                         row + b * dim);
             for (int64_t h = 0; h < kv_heads; h++) {
-                const uint16_t *k = qkv + q_width + h * dim, *v = k + kv_heads * dim;
-                memcpy(k_cache + (h * capacity + position) * dim, k, sizeof(uint16_t) * dim);
-                memcpy(v_cache + (h * capacity + position) * dim, v, sizeof(uint16_t) * dim);
+                const uint16_t *k = qkv_b + q_width + h * dim, *v = k + kv_heads * dim;
+                int64_t at = h * capacity + position + b;
+                memcpy(k_cache + at * dim, k, sizeof(uint16_t) * dim);
+                memcpy(v_cache + at * dim, v, sizeof(uint16_t) * dim);
             }
-            widen(qkv, xf, q_width);
+            widen(qkv_b, xf + b * q_width, q_width);
         }
 #pragma omp for schedule(static)
         for (int64_t h = 0; h < kv_heads; h++) {
             attend_head(xf + h * group * dim, k_cache + h * capacity * dim,
                         v_cache + h * capacity * dim, attended + h * group * dim,
-                        scores + h * group * length, group, length, dim,
-                        (float)(1.0 / sqrt((double)dim)));
+                        scores + h * rows * group * longest, rows, group, position + 1, q_width,
+                        dim, scale);
         }
-#pragma omp single
-        for (int64_t i = 0; i < q_width; i++) xf[i] = bf16_to_float(float_to_bf16(attended[i]));
-        gemv_shared(layer->o, layer->o_scale, xf, projected, width, q_width);
-#pragma omp single
-        {
-            for (int64_t i = 0; i < width; i++) hidden[i] = bf16_add(hidden[i], projected[i]);
-            rms_norm_rows(hidden, layer->post_norm, 0, normed, 1, width, shape->eps);
-            widen(normed, xf, width);
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < rows * q_width; i++) {
+            xf[i] = bf16_to_float(float_to_bf16(attended[i]));
         }
-        gemv_shared(layer->gate_up, layer->gate_up_scale, xf, gate_up, 2 * inter, width);
-#pragma omp single
-        for (int64_t i = 0; i < inter; i++) {
-            float gate = bf16_to_float(gate_up[i]);
-            uint16_t silu = float_to_bf16(gate / (1.0f + expf(-gate)));
-            xf[i] = bf16_to_float(bf16_mul(silu, gate_up[inter + i]));
+        gemv_shared(layer->o, layer->o_scale, xf, projected, rows, width, q_width);
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < rows; b++) {
+            const int64_t at = b * width;
+            for (int64_t i = at; i < at + width; i++) {
+                hidden[i] = bf16_add(hidden[i], projected[i]);
+            }
+            rms_norm_rows(hidden + at, layer->post_norm, 0, normed + at, 1, width, shape->eps);
+            widen(normed + at, xf + at, width);
         }
-        gemv_shared(layer->down, layer->down_scale, xf, projected, width, inter);
-#pragma omp single
-        for (int64_t i = 0; i < width; i++) hidden[i] = bf16_add(hidden[i], projected[i]);
+        gemv_shared(layer->gate_up, layer->gate_up_scale, xf, gate_up, rows, 2 * inter, width);
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < rows; b++) {
+            const uint16_t *gu = gate_up + b * 2 * inter;
+            for (int64_t i = 0; i < inter; i++) {
+                float gate = bf16_to_float(gu[i]);
+                uint16_t silu = float_to_bf16(gate / (1.0f + expf(-gate)));
+                xf[b * inter + i] = bf16_to_float(bf16_mul(silu, gu[inter + i]));
+            }
+        }
+        gemv_shared(layer->down, layer->down_scale, xf, projected, rows, width, inter);
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < rows * width; i++) hidden[i] = bf16_add(hidden[i], projected[i]);
     }
     status = 0;
 done:

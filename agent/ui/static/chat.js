@@ -73,7 +73,8 @@ class RunView {
 
   on_text(item) {
     if (!this.segment) this.segment = add(this.root, "div", "assistant markdown");
-    this.segment.innerHTML = item.html; // sanitized by the server
+    if (item.html !== undefined) this.segment.innerHTML = item.html; // sanitized by the server
+    else this.segment.appendChild(document.createTextNode(item.delta)); // until it renders again
     this.thinking = null;
   }
 

@@ -1,6 +1,6 @@
 // The jobs page: "Run now" (a POST with the page's CSRF header); then the page reloads every
-// few seconds until the new occurrence shows, and while one is queued or running, so each
-// cell takes its colour.
+// few seconds until the new occurrence shows (for up to five minutes), and while one is queued
+// or running, so each cell takes its colour.
 "use strict";
 const csrf = document.querySelector('meta[name="csrf"]').content;
 const cellsOf = (name) =>
@@ -28,7 +28,7 @@ for (const button of document.querySelectorAll("button.run-now")) {
 }
 
 const awaiting = JSON.parse(sessionStorage.getItem("awaiting") || "null");
-if (awaiting && cellsOf(awaiting.name) <= awaiting.cells && awaiting.tries < 40) {
+if (awaiting && cellsOf(awaiting.name) <= awaiting.cells && awaiting.tries < 200) {
   sessionStorage.setItem("awaiting", JSON.stringify({ ...awaiting, tries: awaiting.tries + 1 }));
   setTimeout(() => location.reload(), 1500);
 } else {
