@@ -5,9 +5,10 @@ weights (the fewest bytes), on torch's `aten._weight_int8pack_mm` or on our own 
 for this CPU (agent/engine/kernels/compiled.py), whichever reads them faster. Prefill is bound
 by arithmetic, and
 there a weight dequantized to float32 or bf16 tile by tile, then a plain float matmul, can beat
-the int8 kernel: bf16 on CPUs with avx512_bf16 or AMX, float32 on AVX2-only ones; and our int8 x
-int8 kernel (int8_gemm.py: activations quantized per row, integer multiply-adds, on AVX-512 VNNI
-or AVX2) does more multiply-adds per instruction than either. Attention
+the int8 kernel: bf16 on CPUs with avx512_bf16 or AMX, float32 on AVX2-only ones; and our int8
+x int8 kernel (int8_gemm.py: activations quantized per block of 256 inputs, integer
+multiply-adds, on AVX-512 VNNI or AVX2) does more multiply-adds per instruction than either.
+Attention
 over a bf16 KV cache (half the bytes of float32) is fast in torch only where the CPU has bf16
 instructions; ours (compiled_kernels.c) computes it in float32 from the bf16 cache. So at load
 each candidate is timed on the model's own weights and shapes, checked against the exact

@@ -1,12 +1,16 @@
 /* Prefill's int8 x int8 matmul, built with compiled_kernels.c into one library (compiled.py).
  *
  * int8_gemm: y = (x @ W.T) * scale for a block of rows. W is int8 [out, in] with one bf16 scale
- * per output row, x and y are bf16. Each row of x is quantized to int8 with one float scale
- * (round(x * 127 / max|x|), dynamic), the products are summed exactly in int32, and
- * y = sum * x_scale * w_scale, rounded to bf16 to nearest even. Two instruction paths compute
- * the same integers, so they give the same bits:
+ * per output row, x and y are bf16. Each row of x is quantized to int8 block by block, QBLOCK
+ * inputs at a time, each block with its own float scale (round(x * 127 / max|x in the block|),
+ * dynamic, as llama.cpp's Q8 activations are): an outlier spoils only its own block's steps,
+ * not its row's. A block's products are summed exactly in int32, and the blocks' sums in float
+ * in order: y = (sum over blocks of sum_b * x_scale_b) * w_scale, rounded to bf16 to nearest
+ * even. Two instruction paths compute the same integers in the same order, so they give the
+ * same bits:
  *   - AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes, four at a time into int32;
- *     the activations are stored as q + 128 (unsigned) and 128 * sum(W row) taken off after.
+ *     the weights are read as w + 128 (unsigned, a flipped top bit) and 128 * sum(x block)
+ *     taken off each block's sum after.
  *   - AVX2: activations stored as int16, each weight sign-extended to int16, vpmaddwd.
  * Each function carries its own target attribute and runs only where the CPU has it
  * (int8_gemm_paths), so the file builds and runs on AVX2-only CPUs too.
@@ -20,8 +24,9 @@
 #include <string.h>
 
 enum { PATH_AVX2 = 1, PATH_VNNI = 2 };
+enum { QBLOCK = 256 };       /* inputs per activation scale: four VNNI steps, sixteen AVX2 ones */
 enum { TILE_OUT = 4 };       /* output channels per register tile, both paths */
-enum { VNNI_ROWS = 6 };      /* rows per tile: 6 x 4 accumulators, 4 weights, 1 input */
+enum { VNNI_ROWS = 6 };      /* rows per tile: 6 x 4 accumulators, 4 weights, 1 input, 1 flip */
 enum { AVX2_ROWS = 2 };      /* 2 x 4 accumulators of 16 ymm registers */
 enum { BLOCK_OUT = 16 };     /* output channels a thread takes at a time: their weights stay
                                 in L1/L2 while every row of x passes over them */
@@ -50,65 +55,88 @@ AVX2_TARGET static inline __m256 widen8_bf16(const uint16_t *x) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
 }
 
-/* A row of x as int8 values q (stored as q + 128 in bytes for the VNNI path, as int16 for the
- * AVX2 path: what each path's tiles read) and its scale max|x| / 127; rounded to nearest even
- * by vcvtps2dq and, for a tail, by nearbyintf alike. */
-AVX2_TARGET static float quantize_row(const uint16_t *x, int64_t in, void *q, int path) {
-    __m256 top8 = _mm256_setzero_ps(), sign = _mm256_set1_ps(-0.0f);
-    int64_t k = 0;
-    for (; k + 8 <= in; k += 8) top8 = _mm256_max_ps(top8, _mm256_andnot_ps(sign, widen8_bf16(x + k)));
-    __m128 top4 = _mm_max_ps(_mm256_castps256_ps128(top8), _mm256_extractf128_ps(top8, 1));
-    top4 = _mm_max_ps(top4, _mm_movehl_ps(top4, top4));
-    float top = fmaxf(_mm_cvtss_f32(top4), _mm_cvtss_f32(_mm_shuffle_ps(top4, top4, 1)));
-    for (; k < in; k++) top = fmaxf(top, fabsf(gemm_bf16_to_float(x[k])));
-    float inverse = top > 0.0f ? 127.0f / top : 0.0f;
-    __m256 inverse8 = _mm256_set1_ps(inverse);
-    for (k = 0; k + 16 <= in; k += 16) {
-        __m256i low = _mm256_cvtps_epi32(_mm256_mul_ps(widen8_bf16(x + k), inverse8));
-        __m256i high = _mm256_cvtps_epi32(_mm256_mul_ps(widen8_bf16(x + k + 8), inverse8));
-        __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(low, high), 0xD8);
-        if (path == PATH_VNNI) {
-            words = _mm256_add_epi16(words, _mm256_set1_epi16(128));
-            __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(words),
-                                             _mm256_extracti128_si256(words, 1));
-            _mm_storeu_si128((__m128i *)((uint8_t *)q + k), bytes);
-        } else {
-            _mm256_storeu_si256((__m256i *)((int16_t *)q + k), words);
+/* A row of x as int8 values q (bytes for the VNNI path, int16 for the AVX2 path: what each
+ * path's tiles read), a scale max|x| / 127 for each block of QBLOCK inputs, and for the VNNI
+ * path 128 * sum(q) of each block (what its unsigned weights add); rounded to nearest even by
+ * vcvtps2dq and, for a tail, by nearbyintf alike. */
+AVX2_TARGET static void quantize_row(const uint16_t *x, int64_t in, void *q, float *scales,
+                                     int32_t *flips, int path) {
+    for (int64_t first = 0, b = 0; first < in; first += QBLOCK, b++) {
+        int64_t end = first + QBLOCK < in ? first + QBLOCK : in, k = first;
+        __m256 top8 = _mm256_setzero_ps(), sign = _mm256_set1_ps(-0.0f);
+        for (; k + 8 <= end; k += 8) {
+            top8 = _mm256_max_ps(top8, _mm256_andnot_ps(sign, widen8_bf16(x + k)));
         }
-    }
-    for (; k < in; k++) {
-        int value = (int)nearbyintf(gemm_bf16_to_float(x[k]) * inverse);
-        if (path == PATH_VNNI) {
-            ((uint8_t *)q)[k] = (uint8_t)(value + 128);
-        } else {
-            ((int16_t *)q)[k] = (int16_t)value;
+        __m128 top4 = _mm_max_ps(_mm256_castps256_ps128(top8), _mm256_extractf128_ps(top8, 1));
+        top4 = _mm_max_ps(top4, _mm_movehl_ps(top4, top4));
+        float top = fmaxf(_mm_cvtss_f32(top4), _mm_cvtss_f32(_mm_shuffle_ps(top4, top4, 1)));
+        for (; k < end; k++) top = fmaxf(top, fabsf(gemm_bf16_to_float(x[k])));
+        float inverse = top > 0.0f ? 127.0f / top : 0.0f;
+        __m256 inverse8 = _mm256_set1_ps(inverse);
+        __m256i total8 = _mm256_setzero_si256();
+        for (k = first; k + 16 <= end; k += 16) {
+            __m256i low = _mm256_cvtps_epi32(_mm256_mul_ps(widen8_bf16(x + k), inverse8));
+            __m256i high = _mm256_cvtps_epi32(_mm256_mul_ps(widen8_bf16(x + k + 8), inverse8));
+            total8 = _mm256_add_epi32(total8, _mm256_add_epi32(low, high));
+            __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(low, high), 0xD8);
+            if (path == PATH_VNNI) {
+                __m128i bytes = _mm_packs_epi16(_mm256_castsi256_si128(words),
+                                                _mm256_extracti128_si256(words, 1));
+                _mm_storeu_si128((__m128i *)((int8_t *)q + k), bytes);
+            } else {
+                _mm256_storeu_si256((__m256i *)((int16_t *)q + k), words);
+            }
         }
+        __m128i total4 = _mm_add_epi32(_mm256_castsi256_si128(total8),
+                                       _mm256_extracti128_si256(total8, 1));
+        total4 = _mm_hadd_epi32(total4, total4);
+        int32_t total = _mm_cvtsi128_si32(_mm_hadd_epi32(total4, total4));
+        for (; k < end; k++) {
+            int value = (int)nearbyintf(gemm_bf16_to_float(x[k]) * inverse);
+            total += value;
+            if (path == PATH_VNNI) {
+                ((int8_t *)q)[k] = (int8_t)value;
+            } else {
+                ((int16_t *)q)[k] = (int16_t)value;
+            }
+        }
+        scales[b] = top / 127.0f;
+        flips[b] = 128 * total;
     }
-    return top / 127.0f;
+}
+
+/* A block's int32 sums [rows, TILE_OUT] (less each row's `flips`, when given) times each
+ * row's scale for the block, added to the float totals [rows, TILE_OUT]. */
+AVX2_TARGET static inline void add_block(const int32_t *sums, const int32_t *flips,
+                                         const float *scales, int64_t blocks, int rows,
+                                         float *totals) {
+    for (int r = 0; r < rows; r++) {
+        __m128i sum4 = _mm_loadu_si128((const __m128i *)(sums + r * TILE_OUT));
+        if (flips != NULL) sum4 = _mm_sub_epi32(sum4, _mm_set1_epi32(flips[r * blocks]));
+        __m128 total = _mm_loadu_ps(totals + r * TILE_OUT);
+        total = _mm_fmadd_ps(_mm_cvtepi32_ps(sum4), _mm_set1_ps(scales[r * blocks]), total);
+        _mm_storeu_ps(totals + r * TILE_OUT, total);
+    }
 }
 
 /* y for `rows` rows from `row` and channels [from, first + TILE_OUT) of a tile that starts at
- * channel `first`: (sum - offset) * (x_scale * w_scale), rounded to bf16 to nearest even. */
-AVX2_TARGET static inline void store_tile(const int32_t *sums, const int32_t *offsets,
-                                          const float *x_scale, const uint16_t *scale,
+ * channel `first`: totals * w_scale, rounded to bf16 to nearest even. */
+AVX2_TARGET static inline void store_tile(const float *totals, const uint16_t *scale,
                                           uint16_t *y, int64_t row, int rows, int64_t first,
                                           int64_t from, int64_t out) {
     if (from != first) { /* the shifted last tile: only its new channels */
         for (int r = 0; r < rows; r++) {
             for (int n = (int)(from - first); n < TILE_OUT; n++) {
-                float total = (float)(sums[r * TILE_OUT + n] - offsets[n]);
                 y[(row + r) * out + first + n] = gemm_float_to_bf16(
-                    total * (x_scale[row + r] * gemm_bf16_to_float(scale[first + n])));
+                    totals[r * TILE_OUT + n] * gemm_bf16_to_float(scale[first + n]));
             }
         }
         return;
     }
-    __m128i offset4 = _mm_loadu_si128((const __m128i *)offsets);
     __m128 w_scale = _mm_castsi128_ps(
         _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(scale + first))), 16));
     for (int r = 0; r < rows; r++) {
-        __m128i sum4 = _mm_sub_epi32(_mm_loadu_si128((const __m128i *)(sums + r * TILE_OUT)), offset4);
-        __m128 value = _mm_mul_ps(_mm_cvtepi32_ps(sum4), _mm_mul_ps(_mm_set1_ps(x_scale[row + r]), w_scale));
+        __m128 value = _mm_mul_ps(_mm_loadu_ps(totals + r * TILE_OUT), w_scale);
         __m128i bits = _mm_castps_si128(value);
         __m128i odd = _mm_and_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(1));
         bits = _mm_add_epi32(bits, _mm_add_epi32(_mm_set1_epi32(0x7FFF), odd));
@@ -140,57 +168,53 @@ VNNI_TARGET static inline __m128i sum4_512(__m512i a, __m512i b, __m512i c, __m5
 #define VNNI_ROW_STEP(r)                                                  \
     if (rows > r) {                                                       \
         __m512i ak = _mm512_loadu_si512(a + r * stride + k);              \
-        c##r##0 = dpbusd(c##r##0, ak, w0);                   \
-        c##r##1 = dpbusd(c##r##1, ak, w1);                   \
-        c##r##2 = dpbusd(c##r##2, ak, w2);                   \
-        c##r##3 = dpbusd(c##r##3, ak, w3);                   \
+        c##r##0 = dpbusd(c##r##0, w0, ak);                                \
+        c##r##1 = dpbusd(c##r##1, w1, ak);                                \
+        c##r##2 = dpbusd(c##r##2, w2, ak);                                \
+        c##r##3 = dpbusd(c##r##3, w3, ak);                                \
     }
-#define VNNI_STEP(mask)                                                   \
-    {                                                                     \
-        __m512i w0 = _mm512_maskz_loadu_epi8(mask, w + k);                \
-        __m512i w1 = _mm512_maskz_loadu_epi8(mask, w + in + k);           \
-        __m512i w2 = _mm512_maskz_loadu_epi8(mask, w + 2 * in + k);       \
-        __m512i w3 = _mm512_maskz_loadu_epi8(mask, w + 3 * in + k);       \
-        VNNI_ROW_STEP(0) VNNI_ROW_STEP(1) VNNI_ROW_STEP(2)                \
-        VNNI_ROW_STEP(3) VNNI_ROW_STEP(4) VNNI_ROW_STEP(5)                \
+#define VNNI_STEP(mask)                                                                  \
+    {                                                                                    \
+        __m512i w0 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w + k), flip);          \
+        __m512i w1 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w + in + k), flip);     \
+        __m512i w2 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w + 2 * in + k), flip); \
+        __m512i w3 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w + 3 * in + k), flip); \
+        VNNI_ROW_STEP(0) VNNI_ROW_STEP(1) VNNI_ROW_STEP(2)                               \
+        VNNI_ROW_STEP(3) VNNI_ROW_STEP(4) VNNI_ROW_STEP(5)                               \
     }
-#define VNNI_ROW_ZERO(r) __m512i c##r##0 = zero, c##r##1 = zero, c##r##2 = zero, c##r##3 = zero;
+#define VNNI_ROW_ZERO(r) c##r##0 = zero, c##r##1 = zero, c##r##2 = zero, c##r##3 = zero;
 #define VNNI_ROW_SUM(r) \
     if (rows > r) _mm_storeu_si128((__m128i *)(sums + r * TILE_OUT), sum4_512(c##r##0, c##r##1, c##r##2, c##r##3));
 
-/* sums [rows, TILE_OUT] = a [rows, in] (q + 128, rows `stride` bytes apart, padded to 64) .
- * w [TILE_OUT, in]; the weights' tail is read under a mask, never past their end. */
+/* totals [rows, TILE_OUT] = a [rows, in] (q, rows `stride` bytes apart, zero-padded to 64) .
+ * w [TILE_OUT, in], block by block (add_block); the weights' tail is read under a mask, never
+ * past their end (the masked bytes flip to 128, against zeros of a). */
 VNNI_TARGET static inline __attribute__((always_inline)) void vnni_tile(
-    const uint8_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, int32_t *sums) {
-    const __m512i zero = _mm512_setzero_si512();
-    VNNI_ROW_ZERO(0) VNNI_ROW_ZERO(1) VNNI_ROW_ZERO(2)
-    VNNI_ROW_ZERO(3) VNNI_ROW_ZERO(4) VNNI_ROW_ZERO(5)
-    int64_t k = 0;
-    for (; k + 64 <= in; k += 64) VNNI_STEP(~(__mmask64)0)
-    if (k < in) VNNI_STEP(((__mmask64)1 << (in - k)) - 1)
-    VNNI_ROW_SUM(0) VNNI_ROW_SUM(1) VNNI_ROW_SUM(2)
-    VNNI_ROW_SUM(3) VNNI_ROW_SUM(4) VNNI_ROW_SUM(5)
-}
-
-/* 128 * sum(w row) for each of TILE_OUT rows: what the activations' + 128 added. */
-VNNI_TARGET static void vnni_offsets(const int8_t *w, int64_t in, int32_t *offsets) {
-    __m512i ones = _mm512_set1_epi8(1), acc[TILE_OUT];
-    for (int n = 0; n < TILE_OUT; n++) acc[n] = _mm512_setzero_si512();
-    for (int64_t k = 0; k < in; k += 64) {
-        __mmask64 mask = in - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (in - k)) - 1);
-        for (int n = 0; n < TILE_OUT; n++) {
-            acc[n] = dpbusd(acc[n], ones, _mm512_maskz_loadu_epi8(mask, w + n * in + k));
-        }
+    const int8_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, const int32_t *flips,
+    const float *scales, int64_t blocks, float *totals) {
+    const __m512i zero = _mm512_setzero_si512(), flip = _mm512_set1_epi8((char)0x80);
+    __m512i c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23;
+    __m512i c30, c31, c32, c33, c40, c41, c42, c43, c50, c51, c52, c53;
+    int32_t sums[VNNI_ROWS * TILE_OUT];
+    memset(totals, 0, sizeof(float) * VNNI_ROWS * TILE_OUT);
+    for (int64_t first = 0, b = 0; first < in; first += QBLOCK, b++) {
+        int64_t end = first + QBLOCK < in ? first + QBLOCK : in, k = first;
+        VNNI_ROW_ZERO(0) VNNI_ROW_ZERO(1) VNNI_ROW_ZERO(2)
+        VNNI_ROW_ZERO(3) VNNI_ROW_ZERO(4) VNNI_ROW_ZERO(5)
+        for (; k + 64 <= end; k += 64) VNNI_STEP(~(__mmask64)0)
+        if (k < end) VNNI_STEP(((__mmask64)1 << (end - k)) - 1)
+        VNNI_ROW_SUM(0) VNNI_ROW_SUM(1) VNNI_ROW_SUM(2)
+        VNNI_ROW_SUM(3) VNNI_ROW_SUM(4) VNNI_ROW_SUM(5)
+        add_block(sums, flips + b, scales + b, blocks, rows, totals);
     }
-    __m128i sums = sum4_512(acc[0], acc[1], acc[2], acc[3]);
-    _mm_storeu_si128((__m128i *)offsets, _mm_slli_epi32(sums, 7));
 }
 
 #define VNNI_CASE(R) \
-    case R: vnni_tile(a, stride, w, in, R, sums); break;
+    case R: vnni_tile(a, stride, w, in, R, flips, scales, blocks, totals); break;
 
-VNNI_TARGET __attribute__((noinline)) static void vnni_rows(const uint8_t *a, int64_t stride, const int8_t *w, int64_t in,
-                                  int rows, int32_t *sums) {
+VNNI_TARGET __attribute__((noinline)) static void vnni_rows(
+    const int8_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, const int32_t *flips,
+    const float *scales, int64_t blocks, float *totals) {
     switch (rows) {
         VNNI_CASE(1) VNNI_CASE(2) VNNI_CASE(3) VNNI_CASE(4) VNNI_CASE(5) VNNI_CASE(6)
     }
@@ -229,32 +253,40 @@ AVX2_TARGET static inline __m128i sum4_256(__m256i a, __m256i b, __m256i c, __m2
         __m256i w3 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w3p))); \
         AVX2_ROW_STEP(0) AVX2_ROW_STEP(1)                                           \
     }
-#define AVX2_ROW_ZERO(r) __m256i c##r##0 = zero, c##r##1 = zero, c##r##2 = zero, c##r##3 = zero;
+#define AVX2_ROW_ZERO(r) c##r##0 = zero, c##r##1 = zero, c##r##2 = zero, c##r##3 = zero;
 #define AVX2_ROW_SUM(r) \
     if (rows > r) _mm_storeu_si128((__m128i *)(sums + r * TILE_OUT), sum4_256(c##r##0, c##r##1, c##r##2, c##r##3));
 
-/* sums [rows, TILE_OUT] = a [rows, in] (int16, `stride` apart, zero-padded to 16) . w; the
- * weights' tail is copied out, never read past their end. */
+/* totals [rows, TILE_OUT] = a [rows, in] (int16, `stride` apart, zero-padded to 16) . w, block
+ * by block (add_block); the weights' tail is copied out, never read past their end. */
 AVX2_TARGET static inline __attribute__((always_inline)) void avx2_tile(
-    const int16_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, int32_t *sums) {
+    const int16_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, const float *scales,
+    int64_t blocks, float *totals) {
     const __m256i zero = _mm256_setzero_si256();
-    AVX2_ROW_ZERO(0) AVX2_ROW_ZERO(1)
-    int64_t k = 0;
-    for (; k + 16 <= in; k += 16) AVX2_STEP(w + k, w + in + k, w + 2 * in + k, w + 3 * in + k)
-    if (k < in) {
-        int8_t tail[TILE_OUT][16] = {{0}};
-        for (int n = 0; n < TILE_OUT; n++) memcpy(tail[n], w + n * in + k, (size_t)(in - k));
-        AVX2_STEP(tail[0], tail[1], tail[2], tail[3])
+    __m256i c00, c01, c02, c03, c10, c11, c12, c13;
+    int32_t sums[AVX2_ROWS * TILE_OUT];
+    memset(totals, 0, sizeof(float) * AVX2_ROWS * TILE_OUT);
+    for (int64_t first = 0, b = 0; first < in; first += QBLOCK, b++) {
+        int64_t end = first + QBLOCK < in ? first + QBLOCK : in, k = first;
+        AVX2_ROW_ZERO(0) AVX2_ROW_ZERO(1)
+        for (; k + 16 <= end; k += 16) AVX2_STEP(w + k, w + in + k, w + 2 * in + k, w + 3 * in + k)
+        if (k < end) {
+            int8_t tail[TILE_OUT][16] = {{0}};
+            for (int n = 0; n < TILE_OUT; n++) memcpy(tail[n], w + n * in + k, (size_t)(end - k));
+            AVX2_STEP(tail[0], tail[1], tail[2], tail[3])
+        }
+        AVX2_ROW_SUM(0) AVX2_ROW_SUM(1)
+        add_block(sums, NULL, scales + b, blocks, rows, totals);
     }
-    AVX2_ROW_SUM(0) AVX2_ROW_SUM(1)
 }
 
-AVX2_TARGET __attribute__((noinline)) static void avx2_rows(const int16_t *a, int64_t stride, const int8_t *w, int64_t in,
-                                  int rows, int32_t *sums) {
+AVX2_TARGET __attribute__((noinline)) static void avx2_rows(
+    const int16_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, const float *scales,
+    int64_t blocks, float *totals) {
     if (rows == AVX2_ROWS) {
-        avx2_tile(a, stride, w, in, AVX2_ROWS, sums);
+        avx2_tile(a, stride, w, in, AVX2_ROWS, scales, blocks, totals);
     } else {
-        avx2_tile(a, stride, w, in, 1, sums);
+        avx2_tile(a, stride, w, in, 1, scales, blocks, totals);
     }
 }
 
@@ -268,69 +300,79 @@ int int8_gemm_paths(void) {
     return paths;
 }
 
+/* The quantized rows of x: values (`stride` apart), and per row and block a scale and a flip. */
+typedef struct {
+    void *q;
+    float *scales;
+    int32_t *flips;
+    int64_t stride, blocks;
+} QuantizedRows;
+
 /* One block of output channels [first, end) (at most BLOCK_OUT) for every row: tiles of
  * TILE_OUT channels, the last one shifted back to end at `end` (storing only what is not
  * stored yet); row tiles outermost, so a tile of x is read once for the whole block. */
-static void gemm_block(const void *q, int64_t stride, const float *x_scale, const int8_t *w,
-                       const uint16_t *scale, uint16_t *y, int64_t rows, int64_t out,
-                       int64_t in, int64_t first, int64_t end, int path) {
-    enum { TILES = BLOCK_OUT / TILE_OUT };
-    int32_t sums[VNNI_ROWS * TILE_OUT], offsets[TILES][TILE_OUT];
-    int64_t channels[TILES];
-    int tiles = 0, tile_rows = path == PATH_VNNI ? VNNI_ROWS : AVX2_ROWS;
+static void gemm_block(const QuantizedRows *x, const int8_t *w, const uint16_t *scale,
+                       uint16_t *y, int64_t rows, int64_t out, int64_t in, int64_t first,
+                       int64_t end, int path) {
+    float totals[VNNI_ROWS * TILE_OUT];
+    int tile_rows = path == PATH_VNNI ? VNNI_ROWS : AVX2_ROWS;
     size_t element = path == PATH_VNNI ? 1 : 2;
-    for (int64_t from = first; from < end; from += TILE_OUT, tiles++) {
-        channels[tiles] = from + TILE_OUT <= end ? from : end - TILE_OUT;
-        memset(offsets[tiles], 0, sizeof offsets[tiles]);
-        if (path == PATH_VNNI) vnni_offsets(w + channels[tiles] * in, in, offsets[tiles]);
-    }
     for (int64_t row = 0; row < rows; row += tile_rows) {
         int count = rows - row < tile_rows ? (int)(rows - row) : tile_rows;
-        const char *a = (const char *)q + row * stride * element;
-        for (int t = 0; t < tiles; t++) {
-            const int8_t *wt = w + channels[t] * in;
+        const char *a = (const char *)x->q + row * x->stride * element;
+        const float *scales = x->scales + row * x->blocks;
+        for (int64_t from = first; from < end; from += TILE_OUT) {
+            int64_t channel = from + TILE_OUT <= end ? from : end - TILE_OUT;
+            const int8_t *wt = w + channel * in;
             if (path == PATH_VNNI) {
-                vnni_rows((const uint8_t *)a, stride, wt, in, count, sums);
+                vnni_rows((const int8_t *)a, x->stride, wt, in, count,
+                          x->flips + row * x->blocks, scales, x->blocks, totals);
             } else {
-                avx2_rows((const int16_t *)a, stride, wt, in, count, sums);
+                avx2_rows((const int16_t *)a, x->stride, wt, in, count, scales, x->blocks, totals);
             }
-            int64_t from = first + t * TILE_OUT;
-            store_tile(sums, offsets[t], x_scale, scale, y, row, count, channels[t], from, out);
+            store_tile(totals, scale, y, row, count, channel, from, out);
         }
     }
 }
 
 /* y [rows, out] (bf16) = x [rows, in] (bf16) @ w.T * scale, on `path` (PATH_AVX2 or PATH_VNNI),
- * which the CPU must have. out must be at least TILE_OUT and in at most 65,536 (int32 sums).
- * Returns 0; -1 when the quantized copy of x could not be allocated; -2 for a path, `out` or
- * `in` this function does not take. */
+ * which the CPU must have. out must be at least TILE_OUT. Returns 0; -1 when the quantized copy
+ * of x could not be allocated; -2 for a path or an `out` this function does not take. */
 int int8_gemm(const int8_t *w, const uint16_t *scale, const uint16_t *x, uint16_t *y,
               int64_t rows, int64_t out, int64_t in, int path, int threads) {
-    if (!(int8_gemm_paths() & path) || out < TILE_OUT || in > 65536) return -2;
-    int64_t stride = path == PATH_VNNI ? (in + 63) / 64 * 64 : (in + 15) / 16 * 16;
-    size_t element = path == PATH_VNNI ? 1 : 2;
-    void *q = calloc((size_t)(rows * stride), element);
-    float *x_scale = malloc(sizeof(float) * (size_t)rows);
-    if (q == NULL || x_scale == NULL) {
-        free(q);
-        free(x_scale);
-        return -1;
+    if (!(int8_gemm_paths() & path) || out < TILE_OUT) return -2;
+    QuantizedRows quantized = {
+        .stride = path == PATH_VNNI ? (in + 63) / 64 * 64 : (in + 15) / 16 * 16,
+        .blocks = (in + QBLOCK - 1) / QBLOCK,
+    };
+    size_t element = path == PATH_VNNI ? 1 : 2, per_row = (size_t)(rows * quantized.blocks);
+    quantized.q = calloc((size_t)(rows * quantized.stride), element);
+    quantized.scales = malloc(sizeof(float) * per_row);
+    quantized.flips = malloc(sizeof(int32_t) * per_row);
+    int status = 0;
+    if (quantized.q == NULL || quantized.scales == NULL || quantized.flips == NULL) {
+        status = -1;
+        goto done;
     }
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
-            x_scale[r] = quantize_row(x + r * in, in, (char *)q + r * stride * element, path);
+            quantize_row(x + r * in, in, (char *)quantized.q + r * quantized.stride * element,
+                         quantized.scales + r * quantized.blocks,
+                         quantized.flips + r * quantized.blocks, path);
         }
 #pragma omp for schedule(static)
         for (int64_t first = 0; first < out; first += BLOCK_OUT) {
             int64_t end = first + BLOCK_OUT < out ? first + BLOCK_OUT : out;
-            gemm_block(q, stride, x_scale, w, scale, y, rows, out, in, first, end, path);
+            gemm_block(&quantized, w, scale, y, rows, out, in, first, end, path);
         }
     }
-    free(q);
-    free(x_scale);
-    return 0;
+done:
+    free(quantized.q);
+    free(quantized.scales);
+    free(quantized.flips);
+    return status;
 }
 
 /* The peak loops: independent chains, each in a variable of its own (arrays of them stayed in

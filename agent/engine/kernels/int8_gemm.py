@@ -1,5 +1,6 @@
-"""Prefill's int8 x int8 matmul (int8_gemm.c): the activations quantized to int8 per row at
-run time, the products summed in int32 by the CPU's integer multiply-add instructions.
+"""Prefill's int8 x int8 matmul (int8_gemm.c): the activations quantized to int8 at run time,
+a scale for each block of QBLOCK inputs of a row, the products summed in int32 by the CPU's
+integer multiply-add instructions and the blocks' sums in float.
 
 Widening every int8 weight to float for each block of rows (the dequantized kernels) runs at
 the float multiply-add rate; vpdpbusd (AVX-512 VNNI) does four times as many multiply-adds per
@@ -17,7 +18,7 @@ from agent.engine.kernels.compiled import library, load_library
 
 PATHS = {"avx2": 1, "avx512 vnni": 2}  # int8_gemm.c's PATH_AVX2, PATH_VNNI
 TILE_OUT = 4  # the fewest output rows int8_gemm.c takes; fewer are padded to it
-MAX_INPUT = 65_536  # the int32 sums cannot overflow below it
+QBLOCK = 256  # inputs per activation scale (int8_gemm.c's QBLOCK)
 
 
 def runnable_paths() -> tuple[str, ...]:
@@ -32,11 +33,10 @@ def int8_matmul(
     x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, path: str
 ) -> torch.Tensor:
     """bf16 `x` [rows, in] @ int8 `weight` [out, in] scaled per output row: bf16 [rows, out],
-    each row of `x` quantized to int8 (scale max|x| / 127) on instruction path `path`."""
+    each block of QBLOCK inputs of a row of `x` quantized to int8 (scale max|x in it| / 127),
+    on instruction path `path`."""
     if weight.dtype != torch.int8 or scale.dtype != torch.bfloat16 or not weight.is_contiguous():
         raise ValueError("the int8 x int8 kernel takes a contiguous int8 weight, bf16 scales")
-    if weight.shape[1] > MAX_INPUT:
-        raise ValueError(f"the int8 x int8 kernel takes at most {MAX_INPUT} inputs")
     out = weight.shape[0]
     if out < TILE_OUT:
         weight, scale = F.pad(weight, (0, 0, 0, TILE_OUT - out)), F.pad(scale, (0, TILE_OUT - out))
