@@ -306,6 +306,67 @@ def test_the_fused_decode_step_computes_what_the_torch_path_does(tiny_gptq: Path
 
 
 @pytest.mark.parametrize(
+    "fixture",
+    [
+        "tiny_gptq",
+        pytest.param("tiny_odd_gptq", marks=pytest.mark.slow),
+        pytest.param("tiny_trained_gptq", marks=pytest.mark.slow),
+    ],
+)
+def test_a_fused_batch_gives_each_sequence_what_it_gets_decoded_alone(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    choice = KernelChoice(COMPILED, "dequantized float32", "bf16", "compiled")
+    engine = CpuQwen3.load(request.getfixturevalue(fixture), prefix_cache_bytes=0, kernels=choice)
+    fused = engine.fused_decode
+    assert fused is not None
+    # Eight sequences of different lengths; caches with little room grow between steps.
+    prompts = [[(i * 7919 + n) % 150_000 for i in range(1 + 9 * n)] for n in range(8)]
+    batched = [engine.new_cache(len(prompt) + 1) for prompt in prompts]
+    alone = [engine.new_cache(64) for _ in prompts]
+    unfused = [engine.new_cache(64) for _ in prompts]
+    for prompt, *caches in zip(prompts, batched, alone, unfused, strict=True):
+        for cache in caches:
+            engine.forward(prompt, cache)
+    for step in range(3):
+        tokens = [(step * 31 + n * 17) % 150_000 for n in range(len(prompts))]
+        together = engine.forward_batch(tokens, batched)
+        apart = torch.stack([engine.forward([t], c) for t, c in zip(tokens, alone, strict=True)])
+        assert torch.equal(together, apart)  # the same sums, whatever else is in the batch
+        engine.fused_decode = None
+        torch_path = engine.forward_batch(tokens, unfused)
+        engine.fused_decode = fused
+        assert all(map(same_logits, together, torch_path))
+    for mine, theirs in zip(batched, alone, strict=True):
+        filled = mine.length
+        assert mine.tokens == theirs.tokens
+        assert torch.equal(mine.keys[:, :, :filled], theirs.keys[:, :, :filled])
+        assert torch.equal(mine.values[:, :, :filled], theirs.values[:, :, :filled])
+
+
+def test_one_fused_step_verifies_blocks_of_several_sequences(tiny_gptq: Path) -> None:
+    choice = KernelChoice(COMPILED, "dequantized float32", "bf16", "compiled")
+    engine = CpuQwen3.load(tiny_gptq, prefix_cache_bytes=0, kernels=choice)
+    prompts = [
+        [(i * 7919 + n) % 150_000 for i in range(length)] for n, length in enumerate((5, 30, 12))
+    ]
+    drafts = [[11, 12, 13], [21], [31, 32]]  # a drafted block, a lone token, another block
+    together = [engine.new_cache(len(prompt) + 1) for prompt in prompts]  # they grow
+    alone = [engine.new_cache(64) for _ in prompts]
+    for prompt, *caches in zip(prompts, together, alone, strict=True):
+        for cache in caches:
+            engine.forward(prompt, cache)
+    verified = engine.verify_blocks(list(zip(drafts, together, strict=True)))
+    for logits, draft, cache in zip(verified, drafts, alone, strict=True):
+        assert torch.equal(logits, engine.verify(draft, cache))
+    for mine, theirs in zip(together, alone, strict=True):
+        filled = mine.length
+        assert mine.tokens == theirs.tokens
+        assert torch.equal(mine.keys[:, :, :filled], theirs.keys[:, :, :filled])
+        assert torch.equal(mine.values[:, :, :filled], theirs.values[:, :, :filled])
+
+
+@pytest.mark.parametrize(
     "choice",
     [KernelChoice(COMPILED, cache="bf16"), KernelChoice(cache="bf16", attention="compiled")],
     ids=["torch attention", "torch decode matmul"],

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from agent.engine.generate import Usage, generate_token_ids
+from agent.engine.kernels.choice import COMPILED, KernelChoice
 from agent.engine.loading import load_local_model
+from agent.engine.model import CpuQwen3
 from agent.engine.sampling import SamplingParams
 from agent.server.batching import DecodeBatcher
 
@@ -36,10 +38,15 @@ def test_a_batched_step_gives_each_sequence_its_own_logits(tiny_trained_gptq: Pa
     assert [c.tokens for c in batched] == [c.tokens for c in alone]
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["torch batch", "fused batch"])
 def test_concurrent_generations_through_the_batcher_match_each_alone(
-    tiny_trained_gptq: Path,
+    tiny_trained_gptq: Path, fused: bool
 ) -> None:
     loaded = load_local_model(str(tiny_trained_gptq))
+    choice = KernelChoice(COMPILED, "dequantized float32", "bf16", "compiled")
+    engine = CpuQwen3(loaded.engine.weights, 0, kernels=choice if fused else KernelChoice())
+    assert (engine.fused_decode is not None) == fused
+    loaded = replace(loaded, engine=engine)
     prompts = [[151644, 872, 198, 9707 + n, 151645, 198, 151644, 77091, 198] for n in range(4)]
 
     def generate(model, prompt):  # type: ignore[no-untyped-def]

@@ -1,6 +1,6 @@
 """Decoded tokens through every decoder layer in one compiled call (`decode_step` in
-compiled_kernels.c): one token, or a block of drafted ones verified at once, each row computed
-exactly as it would be alone.
+compiled_kernels.c): one token, a block of drafted ones verified at once, or one token each of
+several sequences (concurrent requests), each row computed exactly as it would be alone.
 
 On a CPU a decode step is the weights read plus the per-operation cost of everything between
 the matmuls (norms, rotation, residuals, cache writes, attention): the torch path spends ~65
@@ -41,6 +41,13 @@ class _DecodeShape(ctypes.Structure):
             for name in ("layers", "hidden", "heads", "kv_heads", "dim", "intermediate")
         ],
         ("eps", ctypes.c_float),
+    ]
+
+
+class _DecodeSequence(ctypes.Structure):
+    _fields_ = [
+        *[(name, ctypes.c_void_p) for name in ("keys", "values", "cos", "sin")],
+        *[(name, ctypes.c_int64) for name in ("capacity", "position", "rows")],
     ]
 
 
@@ -98,30 +105,45 @@ class FusedDecoder:
         return tensor.data_ptr()
 
     def __call__(
-        self, hidden: torch.Tensor, cache: KVCache, cos: torch.Tensor, sin: torch.Tensor
+        self,
+        hidden: torch.Tensor,
+        blocks: list[tuple[KVCache, int]],
+        cos: torch.Tensor,
+        sin: torch.Tensor,
     ) -> torch.Tensor:
-        """The bf16 hidden states [rows, hidden] of the tokens after `cache`'s positions, after
-        every layer, their keys and values written into `cache` from its length on (which must
-        have room); `cos` and `sin` [rows, head_dim] are their rotations."""
-        keys, values = cache.keys, cache.values
-        rows = hidden.shape[0]
-        if keys.dtype != torch.bfloat16 or not (keys.is_contiguous() and values.is_contiguous()):
-            raise ValueError("the fused decode step writes a contiguous bf16 cache")
-        if cache.length + rows > cache.capacity:
-            raise ValueError("the cache has no room for the decoded positions")
+        """The bf16 hidden states [rows, hidden] after every layer of the tokens whose
+        embeddings are `hidden`: for each (cache, count) of `blocks` in turn, `count` tokens
+        after the cache's positions, their keys and values written into it from its length on
+        (which must have room); `cos` and `sin` [rows, head_dim] are their rotations."""
+        rows = sum(count for _, count in blocks)
+        if hidden.shape[0] != rows or cos.shape[0] != rows or sin.shape[0] != rows:
+            raise ValueError("the fused decode step takes one embedding, cos and sin a row")
         hidden = hidden.to(torch.bfloat16).contiguous().clone()
         cos, sin = cos.to(torch.bfloat16).contiguous(), sin.to(torch.bfloat16).contiguous()
+        sequences = (_DecodeSequence * len(blocks))()
+        first = 0
+        for sequence, (cache, count) in zip(sequences, blocks, strict=True):
+            keys, values = cache.keys, cache.values
+            if keys.dtype != torch.bfloat16 or not (
+                keys.is_contiguous() and values.is_contiguous()
+            ):
+                raise ValueError("the fused decode step writes a contiguous bf16 cache")
+            if cache.length + count > cache.capacity:
+                raise ValueError("the cache has no room for the decoded positions")
+            sequence.keys, sequence.values = keys.data_ptr(), values.data_ptr()
+            sequence.cos, sequence.sin = cos[first].data_ptr(), sin[first].data_ptr()
+            sequence.capacity, sequence.position, sequence.rows = (
+                cache.capacity,
+                cache.length,
+                count,
+            )
+            first += count
         status = self._step(
             self._layers,
             ctypes.byref(self._shape),
             hidden.data_ptr(),
-            keys.data_ptr(),
-            values.data_ptr(),
-            cache.capacity,
-            cache.length,
-            rows,
-            cos.data_ptr(),
-            sin.data_ptr(),
+            sequences,
+            len(blocks),
             torch.get_num_threads(),
         )
         if status != 0:

@@ -186,24 +186,44 @@ class CpuQwen3:
         """Feed `tokens` (a decoded token, then drafted ones) after what `cache` holds in one
         pass: the float32 logits after each of them [len(tokens), vocab], bit for bit what
         `forward` gives feeding them one at a time. Only where `verifies_drafts`."""
+        return self.verify_blocks([(tokens, cache)])[0]
+
+    def verify_blocks(self, blocks: list[tuple[list[int], KVCache]]) -> list[torch.Tensor]:
+        """`verify` for several sequences at once, in one pass of the fused decode step (the
+        weights read once for all of their rows): each (tokens, cache)'s logits, bit for bit
+        what it gets verified alone. Only where `verifies_drafts`."""
         if self.fused_decode is None:
             raise ValueError("verify runs on the fused decode step, not chosen here")
-        cache.reserve(cache.length + len(tokens))
+        for tokens, cache in blocks:
+            cache.reserve(cache.length + len(tokens))
         with torch.inference_mode():
-            cos, sin = self._rope(cache.length, len(tokens))
-            hidden = self.weights.embed[torch.tensor(tokens)]
-            hidden = self.fused_decode(hidden, cache, cos[:, 0], sin[:, 0])
-            cache.tokens.extend(tokens)
-            rows = rms_norm(hidden, self.weights.norm, self.shape.rms_eps)
-            lm_head = self.weights.lm_head
-            if lm_head.scale is None:  # a bf16 matmul's rounding depends on its row count
-                return torch.cat([lm_head(row) for row in rows.split(1)]).float()
-            # The decode kernel computes each row alone, as for one row.
-            return self.kernels.decode_kernel(rows, lm_head.weight, lm_head.scale).float()
+            ropes = [self._rope(cache.length, len(tokens)) for tokens, cache in blocks]
+            cos = torch.cat([cos for cos, _ in ropes])[:, 0]
+            sin = torch.cat([sin for _, sin in ropes])[:, 0]
+            hidden = self.weights.embed[torch.tensor([t for tokens, _ in blocks for t in tokens])]
+            rows = [(cache, len(tokens)) for tokens, cache in blocks]
+            hidden = self.fused_decode(hidden, rows, cos, sin)
+            for tokens, cache in blocks:
+                cache.tokens.extend(tokens)
+            logits = self._logits_of_rows(hidden)
+            return list(logits.split([len(tokens) for tokens, _ in blocks]))
+
+    def _logits_of_rows(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits [rows, vocab] of final hidden states, each row's what it is alone."""
+        rows = rms_norm(hidden, self.weights.norm, self.shape.rms_eps)
+        lm_head = self.weights.lm_head
+        if lm_head.scale is None:  # a bf16 matmul's rounding depends on its row count
+            return torch.cat([lm_head(row) for row in rows.split(1)]).float()
+        # The decode kernel computes each row alone, as for one row.
+        return self.kernels.decode_kernel(rows, lm_head.weight, lm_head.scale).float()
 
     def forward_batch(self, tokens: list[int], caches: list[KVCache]) -> torch.Tensor:
         """One next token for each of several sequences, in one pass: the weights are read
-        once for all of them (decode on a CPU is bound by reading them). Logits [len, vocab]."""
+        once for all of them (decode on a CPU is bound by reading them). Logits [len, vocab];
+        on the fused decode step, each row bit for bit what the sequence gets alone."""
+        if self.fused_decode is not None:
+            blocks = [([token], cache) for token, cache in zip(tokens, caches, strict=True)]
+            return torch.cat(self.verify_blocks(blocks))
         for cache in caches:
             cache.reserve(cache.length + 1)
         starts = [cache.length for cache in caches]
@@ -310,7 +330,7 @@ class CpuQwen3:
         hidden = self.weights.embed[torch.tensor(tokens)]
         cos, sin = self._rope(start, count)
         if count == 1 and self.fused_decode is not None:
-            hidden = self.fused_decode(hidden, cache, cos[:, 0], sin[:, 0])
+            hidden = self.fused_decode(hidden, [(cache, 1)], cos[:, 0], sin[:, 0])
             cache.tokens.extend(tokens)
             return hidden
         mask = None

@@ -10,9 +10,11 @@
  * and values are bf16 to begin with, so this is the float32 cache's arithmetic on half the
  * bytes).
  *
- * decode_step: one decoded position through every decoder layer, in one call: the same
- * operations as the engine's torch path (agent/backends/qwen3_cpu.py), rounded to bf16 where it
- * rounds, without ~65 torch operations a layer of per-call overhead.
+ * decode_step: a few positions through every decoder layer, in one call: a block of positions
+ * of each of a few sequences (one decoded token each of concurrent requests, or a block of
+ * drafted tokens to verify), each weight read once for all of them. The same operations as the
+ * engine's torch path (agent/engine/model.py), rounded to bf16 where it rounds, without ~65
+ * torch operations a layer of per-call overhead.
  */
 #include <math.h>
 #include <stdint.h>
@@ -304,106 +306,161 @@ static void gemv_shared(const int8_t *w, const uint16_t *scale, const float *x, 
     for (int64_t r = 0; r < out; r++) gemv_row(w, scale, x, y, r, rows, out, in);
 }
 
-/* `rows` consecutive positions, from `position` on, through every layer: hidden [rows,
- * shape->hidden] (bf16, in and out); their keys and values are written into the bf16 caches
- * [layers, kv_heads, capacity, dim], and row r attends over [0, position + r]; cos and sin
- * [rows, dim] are the positions' rotations. Each row's arithmetic is exactly what it is when
- * that row runs alone (one decoded token), so a block of drafted tokens verified at once gives
- * the logits decoding them one by one gives. Returns 0, or -1 when the scratch memory could
- * not be allocated. */
-int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *hidden,
-                uint16_t *keys, uint16_t *values, int64_t capacity, int64_t position,
-                int64_t rows, const uint16_t *cos, const uint16_t *sin, int threads) {
-    const int64_t dim = shape->dim, heads = shape->heads, kv_heads = shape->kv_heads;
-    const int64_t width = shape->hidden, inter = shape->intermediate, longest = position + rows;
-    const int64_t q_width = heads * dim, qkv_width = (heads + 2 * kv_heads) * dim;
-    const int64_t group = heads / kv_heads, layer_cache = kv_heads * capacity * dim;
-    const float scale = (float)(1.0 / sqrt((double)dim));
-    int64_t widest = width > q_width ? width : q_width;
+/* One sequence of a decode step: its bf16 caches [layers, kv_heads, capacity, dim], the first
+ * position it decodes and how many consecutive ones (`rows`; row r attends over
+ * [0, position + r]), and their rotations cos and sin [rows, dim]. */
+typedef struct {
+    uint16_t *keys, *values;
+    const uint16_t *cos, *sin;
+    int64_t capacity, position, rows;
+} DecodeSequence;
+
+/* Scratch memory of a decode step of `total` rows. */
+typedef struct {
+    float *xf, *attended, *scores;
+    uint16_t *normed, *qkv, *gate_up, *projected, *row;
+    int64_t *first_row, *score_at, *sequence_of; /* per sequence, per sequence, per row */
+} DecodeScratch;
+
+static void free_scratch(DecodeScratch *s) {
+    free(s->xf);
+    free(s->attended);
+    free(s->scores);
+    free(s->normed);
+    free(s->qkv);
+    free(s->gate_up);
+    free(s->projected);
+    free(s->row);
+    free(s->first_row);
+    free(s->score_at);
+    free(s->sequence_of);
+}
+
+/* 0, or -1 (nothing left allocated) when some of it could not be allocated. */
+static int alloc_scratch(DecodeScratch *s, const DecodeShape *shape,
+                         const DecodeSequence *sequences, int64_t count, int64_t total) {
+    const int64_t width = shape->hidden, inter = shape->intermediate, dim = shape->dim;
+    const int64_t q_width = shape->heads * dim, qkv_width = q_width + 2 * shape->kv_heads * dim;
+    int64_t widest = width > q_width ? width : q_width, scores = 0;
     widest = widest > inter ? widest : inter;
-    float *xf = malloc(sizeof(float) * (size_t)(rows * widest));
-    float *attended = malloc(sizeof(float) * (size_t)(rows * q_width));
-    float *scores = malloc(sizeof(float) * (size_t)(rows * heads * longest));
-    uint16_t *normed = malloc(sizeof(uint16_t) * (size_t)(rows * width));
-    uint16_t *qkv = malloc(sizeof(uint16_t) * (size_t)(rows * qkv_width));
-    uint16_t *gate_up = malloc(sizeof(uint16_t) * (size_t)(rows * 2 * inter));
-    uint16_t *projected = malloc(sizeof(uint16_t) * (size_t)(rows * width));
-    uint16_t *row = malloc(sizeof(uint16_t) * (size_t)(rows * dim));
-    int status = -1;
-    if (!xf || !attended || !scores || !normed || !qkv || !gate_up || !projected || !row) {
-        goto done;
+    memset(s, 0, sizeof *s);
+    s->first_row = malloc(sizeof(int64_t) * (size_t)count);
+    s->score_at = malloc(sizeof(int64_t) * (size_t)count);
+    s->sequence_of = malloc(sizeof(int64_t) * (size_t)total);
+    if (s->first_row != NULL && s->score_at != NULL && s->sequence_of != NULL) {
+        for (int64_t q = 0, row = 0; q < count; q++) {
+            s->first_row[q] = row;
+            s->score_at[q] = scores;
+            scores += sequences[q].rows * shape->heads * (sequences[q].position + sequences[q].rows);
+            for (int64_t r = 0; r < sequences[q].rows; r++) s->sequence_of[row++] = q;
+        }
     }
+    s->xf = malloc(sizeof(float) * (size_t)(total * widest));
+    s->attended = malloc(sizeof(float) * (size_t)(total * q_width));
+    s->scores = malloc(sizeof(float) * (size_t)scores);
+    s->normed = malloc(sizeof(uint16_t) * (size_t)(total * width));
+    s->qkv = malloc(sizeof(uint16_t) * (size_t)(total * qkv_width));
+    s->gate_up = malloc(sizeof(uint16_t) * (size_t)(total * 2 * inter));
+    s->projected = malloc(sizeof(uint16_t) * (size_t)(total * width));
+    s->row = malloc(sizeof(uint16_t) * (size_t)(total * dim));
+    if (s->first_row && s->score_at && s->sequence_of && s->xf && s->attended && s->scores &&
+        s->normed && s->qkv && s->gate_up && s->projected && s->row) {
+        return 0;
+    }
+    free_scratch(s);
+    return -1;
+}
+
+/* hidden [rows of all sequences, shape->hidden] (bf16, in and out; each sequence's rows in
+ * order, the sequences one after another) through every layer. Each row's keys and values are
+ * written into its sequence's cache at its position, and it attends over its sequence's
+ * positions up to its own. Each row's arithmetic is exactly what it is when that row runs
+ * alone (one decoded token of one sequence): a block of drafted tokens verified at once gives
+ * the logits decoding them one by one gives, and a sequence decoded beside others gives what
+ * it gives alone. Returns 0, or -1 when the scratch memory could not be allocated. */
+int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *hidden,
+                const DecodeSequence *sequences, int64_t count, int threads) {
+    const int64_t dim = shape->dim, heads = shape->heads, kv_heads = shape->kv_heads;
+    const int64_t width = shape->hidden, inter = shape->intermediate;
+    const int64_t q_width = heads * dim, qkv_width = (heads + 2 * kv_heads) * dim;
+    const int64_t group = heads / kv_heads;
+    const float scale = (float)(1.0 / sqrt((double)dim));
+    int64_t rows = 0;
+    for (int64_t q = 0; q < count; q++) rows += sequences[q].rows;
+    DecodeScratch s;
+    if (alloc_scratch(&s, shape, sequences, count, rows) != 0) return -1;
+    float *xf = s.xf;
 #pragma omp parallel num_threads(threads)
     for (int64_t l = 0; l < shape->layers; l++) {
         const DecodeLayer *layer = layers + l;
-        uint16_t *k_cache = keys + l * layer_cache, *v_cache = values + l * layer_cache;
         /* Between the matmuls, each row's work by one thread (the rows spread over them). */
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < rows; b++) {
             const int64_t at = b * width;
-            rms_norm_rows(hidden + at, layer->input_norm, 0, normed + at, 1, width, shape->eps);
-            widen(normed + at, xf + at, width);
+            rms_norm_rows(hidden + at, layer->input_norm, 0, s.normed + at, 1, width, shape->eps);
+            widen(s.normed + at, xf + at, width);
         }
-        gemv_shared(layer->qkv, layer->qkv_scale, xf, qkv, rows, qkv_width, width);
+        gemv_shared(layer->qkv, layer->qkv_scale, xf, s.qkv, rows, qkv_width, width);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < rows; b++) {
             /* q and k heads side by side: normed per head, then rotated. */
-            uint16_t *qkv_b = qkv + b * qkv_width;
+            const DecodeSequence *sequence = sequences + s.sequence_of[b];
+            const int64_t r = b - s.first_row[s.sequence_of[b]];
+            const int64_t layer_cache = kv_heads * sequence->capacity * dim;
+            uint16_t *qkv_b = s.qkv + b * qkv_width;
             rms_norm_rows(qkv_b, layer->qk_norm, dim, qkv_b, heads + kv_heads, dim, shape->eps);
-            rotate_heads(qkv_b, cos + b * dim, sin + b * dim, heads + kv_heads, dim,
-                         row + b * dim);
+            rotate_heads(qkv_b, sequence->cos + r * dim, sequence->sin + r * dim,
+                         heads + kv_heads, dim, s.row + b * dim);
             for (int64_t h = 0; h < kv_heads; h++) {
                 const uint16_t *k = qkv_b + q_width + h * dim, *v = k + kv_heads * dim;
-                int64_t at = h * capacity + position + b;
-                memcpy(k_cache + at * dim, k, sizeof(uint16_t) * dim);
-                memcpy(v_cache + at * dim, v, sizeof(uint16_t) * dim);
+                int64_t at = l * layer_cache + (h * sequence->capacity + sequence->position + r) * dim;
+                memcpy(sequence->keys + at, k, sizeof(uint16_t) * dim);
+                memcpy(sequence->values + at, v, sizeof(uint16_t) * dim);
             }
             widen(qkv_b, xf + b * q_width, q_width);
         }
-#pragma omp for schedule(static)
-        for (int64_t h = 0; h < kv_heads; h++) {
-            attend_head(xf + h * group * dim, k_cache + h * capacity * dim,
-                        v_cache + h * capacity * dim, attended + h * group * dim,
-                        scores + h * rows * group * longest, rows, group, position + 1, q_width,
-                        dim, scale);
+        /* Each sequence's kv heads over its own positions. */
+#pragma omp for collapse(2) schedule(dynamic)
+        for (int64_t q = 0; q < count; q++) {
+            for (int64_t h = 0; h < kv_heads; h++) {
+                const DecodeSequence *sequence = sequences + q;
+                const int64_t n = sequence->rows, length = sequence->position + 1;
+                const int64_t at = (l * kv_heads + h) * sequence->capacity * dim;
+                const int64_t q_at = s.first_row[q] * q_width + h * group * dim;
+                attend_head(xf + q_at, sequence->keys + at, sequence->values + at,
+                            s.attended + q_at,
+                            s.scores + s.score_at[q] + h * n * group * (length + n - 1), n,
+                            group, length, q_width, dim, scale);
+            }
         }
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < rows * q_width; i++) {
-            xf[i] = bf16_to_float(float_to_bf16(attended[i]));
+            xf[i] = bf16_to_float(float_to_bf16(s.attended[i]));
         }
-        gemv_shared(layer->o, layer->o_scale, xf, projected, rows, width, q_width);
+        gemv_shared(layer->o, layer->o_scale, xf, s.projected, rows, width, q_width);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < rows; b++) {
             const int64_t at = b * width;
             for (int64_t i = at; i < at + width; i++) {
-                hidden[i] = bf16_add(hidden[i], projected[i]);
+                hidden[i] = bf16_add(hidden[i], s.projected[i]);
             }
-            rms_norm_rows(hidden + at, layer->post_norm, 0, normed + at, 1, width, shape->eps);
-            widen(normed + at, xf + at, width);
+            rms_norm_rows(hidden + at, layer->post_norm, 0, s.normed + at, 1, width, shape->eps);
+            widen(s.normed + at, xf + at, width);
         }
-        gemv_shared(layer->gate_up, layer->gate_up_scale, xf, gate_up, rows, 2 * inter, width);
+        gemv_shared(layer->gate_up, layer->gate_up_scale, xf, s.gate_up, rows, 2 * inter, width);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < rows; b++) {
-            const uint16_t *gu = gate_up + b * 2 * inter;
+            const uint16_t *gu = s.gate_up + b * 2 * inter;
             for (int64_t i = 0; i < inter; i++) {
                 float gate = bf16_to_float(gu[i]);
                 uint16_t silu = float_to_bf16(gate / (1.0f + expf(-gate)));
                 xf[b * inter + i] = bf16_to_float(bf16_mul(silu, gu[inter + i]));
             }
         }
-        gemv_shared(layer->down, layer->down_scale, xf, projected, rows, width, inter);
+        gemv_shared(layer->down, layer->down_scale, xf, s.projected, rows, width, inter);
 #pragma omp for schedule(static)
-        for (int64_t i = 0; i < rows * width; i++) hidden[i] = bf16_add(hidden[i], projected[i]);
+        for (int64_t i = 0; i < rows * width; i++) hidden[i] = bf16_add(hidden[i], s.projected[i]);
     }
-    status = 0;
-done:
-    free(xf);
-    free(attended);
-    free(scores);
-    free(normed);
-    free(qkv);
-    free(gate_up);
-    free(projected);
-    free(row);
-    return status;
+    free_scratch(&s);
+    return 0;
 }
