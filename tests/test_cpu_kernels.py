@@ -56,6 +56,13 @@ CHOICES = [
     KernelChoice(COMPILED, "dequantized float32", "bf16", "compiled", prefill_rows=16),
     # The int8 x int8 kernel from 4 rows: every call of more rows than decode's.
     *(KernelChoice(COMPILED, p, "bf16", "compiled", prefill_rows=4) for p in INT8_X_INT8_HERE),
+    # ... and for decode too: the compiled step's matmuls int8 x int8.
+    *(KernelChoice(p, p, "bf16", "compiled", prefill_rows=4) for p in INT8_X_INT8_HERE),
+]
+# The compiled decode step on each arithmetic it runs here: float32, each int8 x int8 path.
+FUSED_CHOICES = [
+    KernelChoice(COMPILED, "dequantized float32", "bf16", "compiled"),
+    *(KernelChoice(p, p, "bf16", "compiled", prefill_rows=4) for p in INT8_X_INT8_HERE),
 ]
 
 
@@ -287,8 +294,10 @@ def test_greedy_output_is_the_references_on_every_kernel(
         assert greedy(loaded, prompt, len(expected)) == expected
 
 
-def test_the_fused_decode_step_computes_what_the_torch_path_does(tiny_gptq: Path) -> None:
-    choice = KernelChoice(COMPILED, "dequantized float32", "bf16", "compiled")
+@pytest.mark.parametrize("choice", FUSED_CHOICES, ids=lambda c: c.decode)
+def test_the_fused_decode_step_computes_what_the_torch_path_does(
+    tiny_gptq: Path, choice: KernelChoice
+) -> None:
     engine = CpuQwen3.load(tiny_gptq, prefix_cache_bytes=0, kernels=choice)
     fused = engine.fused_decode
     assert fused is not None
@@ -313,10 +322,10 @@ def test_the_fused_decode_step_computes_what_the_torch_path_does(tiny_gptq: Path
         pytest.param("tiny_trained_gptq", marks=pytest.mark.slow),
     ],
 )
+@pytest.mark.parametrize("choice", FUSED_CHOICES, ids=lambda c: c.decode)
 def test_a_fused_batch_gives_each_sequence_what_it_gets_decoded_alone(
-    fixture: str, request: pytest.FixtureRequest
+    fixture: str, request: pytest.FixtureRequest, choice: KernelChoice
 ) -> None:
-    choice = KernelChoice(COMPILED, "dequantized float32", "bf16", "compiled")
     engine = CpuQwen3.load(request.getfixturevalue(fixture), prefix_cache_bytes=0, kernels=choice)
     fused = engine.fused_decode
     assert fused is not None
@@ -344,8 +353,10 @@ def test_a_fused_batch_gives_each_sequence_what_it_gets_decoded_alone(
         assert torch.equal(mine.values[:, :, :filled], theirs.values[:, :, :filled])
 
 
-def test_one_fused_step_verifies_blocks_of_several_sequences(tiny_gptq: Path) -> None:
-    choice = KernelChoice(COMPILED, "dequantized float32", "bf16", "compiled")
+@pytest.mark.parametrize("choice", FUSED_CHOICES, ids=lambda c: c.decode)
+def test_one_fused_step_verifies_blocks_of_several_sequences(
+    tiny_gptq: Path, choice: KernelChoice
+) -> None:
     engine = CpuQwen3.load(tiny_gptq, prefix_cache_bytes=0, kernels=choice)
     prompts = [
         [(i * 7919 + n) % 150_000 for i in range(length)] for n, length in enumerate((5, 30, 12))

@@ -105,3 +105,19 @@ def test_a_row_of_zeros_gives_zeros(path: str) -> None:
 def test_the_registry_offers_the_paths_this_cpu_runs_and_only_those() -> None:
     offered = {INT8_X_INT8[name] for name in available_prefill_kernels() if name in INT8_X_INT8}
     assert offered == set(PATHS_HERE)
+
+
+def rows_alone_and_together(path: str) -> list[bool]:
+    """(Run in a child.) Whether each of 17 rows gets the same bits alone, among the first 5
+    (few rows: int8_gemm.c reads weight rows one by one) and among all 17 (tiles of 4 weight
+    rows): a row's result does not depend on the others."""
+    x, weight, scale = case(300, 1064, 17)
+    together, few = int8_matmul(x, weight, scale, path), int8_matmul(x[:5], weight, scale, path)
+    alone = [int8_matmul(x[r : r + 1], weight, scale, path) for r in range(17)]
+    same = [torch.equal(alone[r][0], together[r]) for r in range(17)]
+    return same + [torch.equal(alone[r][0], few[r]) for r in range(5)]
+
+
+@pytest.mark.parametrize("path", PATHS_HERE)
+def test_a_row_gets_the_same_bits_alone_and_among_others(child: ChildRunner, path: str) -> None:
+    assert all(child.run(rows_alone_and_together, path))

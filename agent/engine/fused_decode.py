@@ -6,8 +6,9 @@ On a CPU a decode step is the weights read plus the per-operation cost of everyt
 the matmuls (norms, rotation, residuals, cache writes, attention): the torch path spends ~65
 operations a layer there, a few microseconds each, a quarter to a third of a full-size step. The
 compiled step does the same arithmetic, rounding to bf16 where the torch path rounds, on the
-same int8 weights and bf16 cache, with the kernels the self-test chose (compiled decode matmul
-and attention); where those were not chosen, or the model is not int8, the torch path runs.
+same int8 weights and bf16 cache, with the kernels the self-test chose (compiled decode matmul,
+float32 or int8 x int8, and compiled attention); where those were not chosen, or the model is
+not int8, the torch path runs.
 """
 
 from __future__ import annotations
@@ -54,11 +55,14 @@ class _DecodeSequence(ctypes.Structure):
 class FusedDecoder:
     """Runs decode steps of a loaded int8 model with `decode_step`; holds what it points at."""
 
-    def __init__(self, weights: Qwen3Weights, qk_norms: list[torch.Tensor]) -> None:
+    def __init__(self, weights: Qwen3Weights, qk_norms: list[torch.Tensor], path: int = 0) -> None:
+        """`path`: the matmuls' arithmetic, float32 (0) or an int8 x int8 path's number
+        (choice.fused_step_path)."""
         library = load_library()
         if library is None:
             raise RuntimeError("the fused decode step needs the compiled kernels")
         self._step = library.decode_step
+        self._path = path
         self._keep: list[torch.Tensor] = []  # every tensor the structs point into
         layers = (_DecodeLayer * len(weights.layers))()
         for layer, source, qk_norm in zip(layers, weights.layers, qk_norms, strict=True):
@@ -144,6 +148,7 @@ class FusedDecoder:
             hidden.data_ptr(),
             sequences,
             len(blocks),
+            self._path,
             torch.get_num_threads(),
         )
         if status != 0:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from agent.engine.fused_decode import FusedDecoder
-from agent.engine.kernels.choice import COMPILED, DECODE_ROWS, KernelChoice, choose_kernels
+from agent.engine.kernels.choice import DECODE_ROWS, KernelChoice, choose_kernels, fused_step_path
 from agent.engine.kernels.compiled import compiled_attention
 from agent.engine.kv_cache import GROWTH_TOKENS, KVCache, PrefixCache
 from agent.engine.prefix_store import PrefixStore
@@ -73,11 +73,11 @@ class CpuQwen3:
             )
             for layer in weights.layers
         ]
-        compiled = self.kernels.decode == COMPILED and self.kernels.attention == "compiled"
         # A decoded token's layers in one compiled call, where its kernels are the chosen ones.
+        path = fused_step_path(self.kernels)
         self.fused_decode = (
-            FusedDecoder(weights, self._qk_norms)
-            if compiled and FusedDecoder.supports(weights)
+            FusedDecoder(weights, self._qk_norms, path)
+            if path is not None and FusedDecoder.supports(weights)
             else None
         )
         self.shape = weights.shape

@@ -39,7 +39,7 @@ from agent.paths import write_atomically
 
 log = logging.getLogger("agent")
 
-CHOICE_FORMAT = "agent-cpu-kernels-v7"  # bump when the candidates or what they compute change
+CHOICE_FORMAT = "agent-cpu-kernels-v8"  # bump when the candidates or what they compute change
 # Rows (prompt tokens) the prefill kernels are timed at: a whole prefill chunk (model.py's
 # PREFILL_CHUNK), what a long prompt runs at. At 128 rows int8 and dequantized float32 were
 # within noise on an AVX2 machine (either won), at 512 float32 took 49 ms against int8's 83.
@@ -110,7 +110,12 @@ PREFILL_KERNELS: dict[str, MatmulKernel] = {
 }
 CACHE_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 COMPILED = "int8 compiled"
-DECODE_KERNELS: dict[str, MatmulKernel] = {"int8": int8pack, COMPILED: compiled_int8}
+DECODE_KERNELS: dict[str, MatmulKernel] = {
+    "int8": int8pack,
+    COMPILED: compiled_int8,
+    # A few rows read each weight row once, front to back (int8_gemm.c's few-row tiles).
+    **{name: PREFILL_KERNELS[name] for name in INT8_X_INT8},
+}
 # Every matmul kernel by name: what a KernelChoice names is looked up here.
 MATMUL_KERNELS: dict[str, MatmulKernel] = {**PREFILL_KERNELS, **DECODE_KERNELS}
 # Where every candidate failed its check: plain torch.mm on the dequantized weight.
@@ -120,19 +125,14 @@ ATTENTION_CHOICES = (("float32", "torch"), ("bf16", "torch"), ("bf16", "compiled
 
 
 def available_decode_kernels() -> dict[str, MatmulKernel]:
-    """The decode kernels this machine can run: torch's, and ours where they build here."""
-    usable = load_library() is not None
-    return {name: kernel for name, kernel in DECODE_KERNELS.items() if usable or name != COMPILED}
-
-
-def available_prefill_kernels() -> dict[str, MatmulKernel]:
-    """The prefill kernels this machine can run: torch's, and each int8 x int8 path whose
-    instructions this CPU has (where ours build here)."""
-    runnable = runnable_paths()
+    """The decode kernels this machine can run: torch's, ours where they build here, and each
+    int8 x int8 path whose instructions this CPU has."""
+    usable, runnable = load_library() is not None, runnable_paths()
     return {
         name: kernel
-        for name, kernel in PREFILL_KERNELS.items()
-        if name not in INT8_X_INT8 or INT8_X_INT8[name] in runnable
+        for name, kernel in DECODE_KERNELS.items()
+        if (usable or name != COMPILED)
+        and (name not in INT8_X_INT8 or INT8_X_INT8[name] in runnable)
     }
 
 
@@ -174,6 +174,28 @@ class KernelChoice:
             f"decode {self.decode}, prefill {self.prefill}, {self.cache} KV cache, "
             f"{self.attention} attention"
         )
+
+
+def fused_step_path(choice: KernelChoice) -> int | None:
+    """The arithmetic of the compiled decode step (compiled_kernels.c's decode_step) that runs
+    `choice`'s decode kernel: 0 for float32 (ours), an int8 x int8 path's number; None where
+    the step does not run it (torch's kernels, or torch's attention)."""
+    if choice.attention != "compiled":
+        return None
+    if choice.decode == COMPILED:
+        return 0
+    return PATHS[INT8_X_INT8[choice.decode]] if choice.decode in INT8_X_INT8 else None
+
+
+def available_prefill_kernels() -> dict[str, MatmulKernel]:
+    """The prefill kernels this machine can run: torch's, and each int8 x int8 path whose
+    instructions this CPU has (where ours build here)."""
+    runnable = runnable_paths()
+    return {
+        name: kernel
+        for name, kernel in PREFILL_KERNELS.items()
+        if name not in INT8_X_INT8 or INT8_X_INT8[name] in runnable
+    }
 
 
 def best_seconds(run: Callable[[], object], repeats: int = 3) -> float:

@@ -83,7 +83,7 @@ def load_library() -> ctypes.CDLL | None:
         [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_float, ctypes.c_int]
     )
     library.decode_step.restype = ctypes.c_int
-    library.decode_step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int]
+    library.decode_step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] + [ctypes.c_int] * 2
     library.int8_gemm_paths.restype = ctypes.c_int
     library.int8_gemm_paths.argtypes = []
     library.int8_gemm.restype = ctypes.c_int

@@ -243,6 +243,12 @@ int attend_one(const float *q, const uint16_t *keys, const uint16_t *values, flo
 
 /* ---- decode_step ---- */
 
+/* int8_gemm.c's int8 x int8 matmul (built into the same library), for a decode step whose
+ * matmuls take it: activations quantized per block of 256 inputs, exact integer sums. */
+size_t int8_gemm_scratch(int64_t rows, int64_t in, int path);
+void int8_gemm_rows(const int8_t *w, const uint16_t *scale, const float *x, uint16_t *y,
+                    int64_t rows, int64_t out, int64_t in, int path, void *scratch);
+
 /* One decoder layer's weights as the engine holds them (all contiguous): int8 matmuls with one
  * bf16 scale per output row, q/k/v and gate/up fused, bf16 norms; qk_norm is q_norm repeated
  * for every query head, then k_norm for every kv head. */
@@ -320,6 +326,7 @@ typedef struct {
     float *xf, *attended, *scores;
     uint16_t *normed, *qkv, *gate_up, *projected, *row;
     int64_t *first_row, *score_at, *sequence_of; /* per sequence, per sequence, per row */
+    void *quantized;                             /* the int8 x int8 matmuls' activations */
 } DecodeScratch;
 
 static void free_scratch(DecodeScratch *s) {
@@ -334,11 +341,13 @@ static void free_scratch(DecodeScratch *s) {
     free(s->first_row);
     free(s->score_at);
     free(s->sequence_of);
+    free(s->quantized);
 }
 
 /* 0, or -1 (nothing left allocated) when some of it could not be allocated. */
 static int alloc_scratch(DecodeScratch *s, const DecodeShape *shape,
-                         const DecodeSequence *sequences, int64_t count, int64_t total) {
+                         const DecodeSequence *sequences, int64_t count, int64_t total,
+                         int path) {
     const int64_t width = shape->hidden, inter = shape->intermediate, dim = shape->dim;
     const int64_t q_width = shape->heads * dim, qkv_width = q_width + 2 * shape->kv_heads * dim;
     int64_t widest = width > q_width ? width : q_width, scores = 0;
@@ -363,12 +372,23 @@ static int alloc_scratch(DecodeScratch *s, const DecodeShape *shape,
     s->gate_up = malloc(sizeof(uint16_t) * (size_t)(total * 2 * inter));
     s->projected = malloc(sizeof(uint16_t) * (size_t)(total * width));
     s->row = malloc(sizeof(uint16_t) * (size_t)(total * dim));
+    s->quantized = malloc(path ? int8_gemm_scratch(total, widest, path) : 1);
     if (s->first_row && s->score_at && s->sequence_of && s->xf && s->attended && s->scores &&
-        s->normed && s->qkv && s->gate_up && s->projected && s->row) {
+        s->normed && s->qkv && s->gate_up && s->projected && s->row && s->quantized) {
         return 0;
     }
     free_scratch(s);
     return -1;
+}
+
+/* One matmul of the step on its arithmetic: float32 (path 0) or int8 x int8 on `path`. */
+static void step_matmul(const int8_t *w, const uint16_t *scale, const float *x, uint16_t *y,
+                        int64_t rows, int64_t out, int64_t in, int path, void *quantized) {
+    if (path) {
+        int8_gemm_rows(w, scale, x, y, rows, out, in, path, quantized);
+    } else {
+        gemv_shared(w, scale, x, y, rows, out, in);
+    }
 }
 
 /* hidden [rows of all sequences, shape->hidden] (bf16, in and out; each sequence's rows in
@@ -377,9 +397,12 @@ static int alloc_scratch(DecodeScratch *s, const DecodeShape *shape,
  * positions up to its own. Each row's arithmetic is exactly what it is when that row runs
  * alone (one decoded token of one sequence): a block of drafted tokens verified at once gives
  * the logits decoding them one by one gives, and a sequence decoded beside others gives what
- * it gives alone. Returns 0, or -1 when the scratch memory could not be allocated. */
+ * it gives alone. The matmuls are float32 (`path` 0) or int8 x int8 on `path` (int8_gemm.c's
+ * PATH_AVX2 or PATH_VNNI, which the CPU must have), whose rows are each quantized alone: either
+ * way a row's result does not depend on the others. Returns 0, or -1 when the scratch memory
+ * could not be allocated. */
 int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *hidden,
-                const DecodeSequence *sequences, int64_t count, int threads) {
+                const DecodeSequence *sequences, int64_t count, int path, int threads) {
     const int64_t dim = shape->dim, heads = shape->heads, kv_heads = shape->kv_heads;
     const int64_t width = shape->hidden, inter = shape->intermediate;
     const int64_t q_width = heads * dim, qkv_width = (heads + 2 * kv_heads) * dim;
@@ -388,7 +411,7 @@ int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *h
     int64_t rows = 0;
     for (int64_t q = 0; q < count; q++) rows += sequences[q].rows;
     DecodeScratch s;
-    if (alloc_scratch(&s, shape, sequences, count, rows) != 0) return -1;
+    if (alloc_scratch(&s, shape, sequences, count, rows, path) != 0) return -1;
     float *xf = s.xf;
 #pragma omp parallel num_threads(threads)
     for (int64_t l = 0; l < shape->layers; l++) {
@@ -400,7 +423,8 @@ int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *h
             rms_norm_rows(hidden + at, layer->input_norm, 0, s.normed + at, 1, width, shape->eps);
             widen(s.normed + at, xf + at, width);
         }
-        gemv_shared(layer->qkv, layer->qkv_scale, xf, s.qkv, rows, qkv_width, width);
+        step_matmul(layer->qkv, layer->qkv_scale, xf, s.qkv, rows, qkv_width, width, path,
+                    s.quantized);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < rows; b++) {
             /* q and k heads side by side: normed per head, then rotated. */
@@ -437,7 +461,8 @@ int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *h
         for (int64_t i = 0; i < rows * q_width; i++) {
             xf[i] = bf16_to_float(float_to_bf16(s.attended[i]));
         }
-        gemv_shared(layer->o, layer->o_scale, xf, s.projected, rows, width, q_width);
+        step_matmul(layer->o, layer->o_scale, xf, s.projected, rows, width, q_width, path,
+                    s.quantized);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < rows; b++) {
             const int64_t at = b * width;
@@ -447,7 +472,8 @@ int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *h
             rms_norm_rows(hidden + at, layer->post_norm, 0, s.normed + at, 1, width, shape->eps);
             widen(s.normed + at, xf + at, width);
         }
-        gemv_shared(layer->gate_up, layer->gate_up_scale, xf, s.gate_up, rows, 2 * inter, width);
+        step_matmul(layer->gate_up, layer->gate_up_scale, xf, s.gate_up, rows, 2 * inter, width,
+                    path, s.quantized);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < rows; b++) {
             const uint16_t *gu = s.gate_up + b * 2 * inter;
@@ -457,7 +483,8 @@ int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *h
                 xf[b * inter + i] = bf16_to_float(bf16_mul(silu, gu[inter + i]));
             }
         }
-        gemv_shared(layer->down, layer->down_scale, xf, s.projected, rows, width, inter);
+        step_matmul(layer->down, layer->down_scale, xf, s.projected, rows, width, inter, path,
+                    s.quantized);
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < rows * width; i++) hidden[i] = bf16_add(hidden[i], s.projected[i]);
     }

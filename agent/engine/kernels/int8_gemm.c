@@ -59,24 +59,33 @@ AVX2_TARGET static inline __m256 widen8_bf16(const uint16_t *x) {
  * path's tiles read), a scale max|x| / 127 for each block of QBLOCK inputs, and for the VNNI
  * path 128 * sum(q) of each block (what its unsigned weights add); rounded to nearest even by
  * vcvtps2dq and, for a tail, by nearbyintf alike. */
-AVX2_TARGET static void quantize_row(const uint16_t *x, int64_t in, void *q, float *scales,
-                                     int32_t *flips, int path) {
+AVX2_TARGET static inline __m256 load8(const void *x, int64_t k, int is_float) {
+    return is_float ? _mm256_loadu_ps((const float *)x + k) : widen8_bf16((const uint16_t *)x + k);
+}
+
+AVX2_TARGET static inline float load1(const void *x, int64_t k, int is_float) {
+    return is_float ? ((const float *)x)[k] : gemm_bf16_to_float(((const uint16_t *)x)[k]);
+}
+
+/* x is bf16, or float32 holding bf16 values (decode_step's), quantized alike. */
+AVX2_TARGET static inline __attribute__((always_inline)) void quantize_row(
+    const void *x, int64_t in, void *q, float *scales, int32_t *flips, int path, int is_float) {
     for (int64_t first = 0, b = 0; first < in; first += QBLOCK, b++) {
         int64_t end = first + QBLOCK < in ? first + QBLOCK : in, k = first;
         __m256 top8 = _mm256_setzero_ps(), sign = _mm256_set1_ps(-0.0f);
         for (; k + 8 <= end; k += 8) {
-            top8 = _mm256_max_ps(top8, _mm256_andnot_ps(sign, widen8_bf16(x + k)));
+            top8 = _mm256_max_ps(top8, _mm256_andnot_ps(sign, load8(x, k, is_float)));
         }
         __m128 top4 = _mm_max_ps(_mm256_castps256_ps128(top8), _mm256_extractf128_ps(top8, 1));
         top4 = _mm_max_ps(top4, _mm_movehl_ps(top4, top4));
         float top = fmaxf(_mm_cvtss_f32(top4), _mm_cvtss_f32(_mm_shuffle_ps(top4, top4, 1)));
-        for (; k < end; k++) top = fmaxf(top, fabsf(gemm_bf16_to_float(x[k])));
+        for (; k < end; k++) top = fmaxf(top, fabsf(load1(x, k, is_float)));
         float inverse = top > 0.0f ? 127.0f / top : 0.0f;
         __m256 inverse8 = _mm256_set1_ps(inverse);
         __m256i total8 = _mm256_setzero_si256();
         for (k = first; k + 16 <= end; k += 16) {
-            __m256i low = _mm256_cvtps_epi32(_mm256_mul_ps(widen8_bf16(x + k), inverse8));
-            __m256i high = _mm256_cvtps_epi32(_mm256_mul_ps(widen8_bf16(x + k + 8), inverse8));
+            __m256i low = _mm256_cvtps_epi32(_mm256_mul_ps(load8(x, k, is_float), inverse8));
+            __m256i high = _mm256_cvtps_epi32(_mm256_mul_ps(load8(x, k + 8, is_float), inverse8));
             total8 = _mm256_add_epi32(total8, _mm256_add_epi32(low, high));
             __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(low, high), 0xD8);
             if (path == PATH_VNNI) {
@@ -92,7 +101,7 @@ AVX2_TARGET static void quantize_row(const uint16_t *x, int64_t in, void *q, flo
         total4 = _mm_hadd_epi32(total4, total4);
         int32_t total = _mm_cvtsi128_si32(_mm_hadd_epi32(total4, total4));
         for (; k < end; k++) {
-            int value = (int)nearbyintf(gemm_bf16_to_float(x[k]) * inverse);
+            int value = (int)nearbyintf(load1(x, k, is_float) * inverse);
             total += value;
             if (path == PATH_VNNI) {
                 ((int8_t *)q)[k] = (int8_t)value;
@@ -308,6 +317,52 @@ typedef struct {
     int64_t stride, blocks;
 } QuantizedRows;
 
+static inline int64_t quantized_stride(int64_t in, int path) {
+    return path == PATH_VNNI ? (in + 63) / 64 * 64 : (in + 15) / 16 * 16;
+}
+
+static inline size_t quantized_element(int path) { return path == PATH_VNNI ? 1 : 2; }
+
+/* Bytes of the quantized copy of `rows` rows of `in` inputs, and where its parts start. */
+static size_t quantized_layout(int64_t rows, int64_t in, int path, size_t *scales_at,
+                               size_t *flips_at) {
+    int64_t blocks = (in + QBLOCK - 1) / QBLOCK;
+    size_t values = (size_t)(rows * quantized_stride(in, path)) * quantized_element(path);
+    *scales_at = (values + 63) / 64 * 64;
+    *flips_at = *scales_at + sizeof(float) * (size_t)(rows * blocks);
+    return *flips_at + sizeof(int32_t) * (size_t)(rows * blocks);
+}
+
+static QuantizedRows quantized_rows(void *memory, int64_t rows, int64_t in, int path) {
+    size_t scales_at, flips_at;
+    quantized_layout(rows, in, path, &scales_at, &flips_at);
+    QuantizedRows quantized = {
+        .q = memory,
+        .scales = (float *)((char *)memory + scales_at),
+        .flips = (int32_t *)((char *)memory + flips_at),
+        .stride = quantized_stride(in, path),
+        .blocks = (in + QBLOCK - 1) / QBLOCK,
+    };
+    return quantized;
+}
+
+/* Row r of x into `quantized`, its padding zeroed (the tiles read whole vectors). */
+static void quantize_into(const QuantizedRows *quantized, const void *x, int64_t r, int64_t in,
+                          int path, int is_float) {
+    size_t element = quantized_element(path);
+    char *q = (char *)quantized->q + (size_t)(r * quantized->stride) * element;
+    const void *row = is_float ? (const void *)((const float *)x + r * in)
+                               : (const void *)((const uint16_t *)x + r * in);
+    float *scales = quantized->scales + r * quantized->blocks;
+    int32_t *flips = quantized->flips + r * quantized->blocks;
+    if (is_float) {
+        quantize_row(row, in, q, scales, flips, path, 1);
+    } else {
+        quantize_row(row, in, q, scales, flips, path, 0);
+    }
+    memset(q + in * element, 0, (size_t)(quantized->stride - in) * element);
+}
+
 /* One block of output channels [first, end) (at most BLOCK_OUT) for every row: tiles of
  * TILE_OUT channels, the last one shifted back to end at `end` (storing only what is not
  * stored yet); row tiles outermost, so a tile of x is read once for the whole block. */
@@ -316,7 +371,7 @@ static void gemm_block(const QuantizedRows *x, const int8_t *w, const uint16_t *
                        int64_t end, int path) {
     float totals[VNNI_ROWS * TILE_OUT];
     int tile_rows = path == PATH_VNNI ? VNNI_ROWS : AVX2_ROWS;
-    size_t element = path == PATH_VNNI ? 1 : 2;
+    size_t element = quantized_element(path);
     for (int64_t row = 0; row < rows; row += tile_rows) {
         int count = rows - row < tile_rows ? (int)(rows - row) : tile_rows;
         const char *a = (const char *)x->q + row * x->stride * element;
@@ -335,44 +390,204 @@ static void gemm_block(const QuantizedRows *x, const int8_t *w, const uint16_t *
     }
 }
 
+/* A weight row's sums with a few rows of x: the weight row read front to back, once, by one
+ * stream (tiles of 4 weight rows read side by side, as gemm_block's, stream from memory at
+ * half the rate here: 12 against 6 ms for the lm_head at one row). Each block's integer sums
+ * are exact whatever the tile, and added in float in the same order as gemm_block's, so a row
+ * gets the same bits either way. Up to 8 (VNNI) or 3 (AVX2) rows at a time, with 2 or 4
+ * accumulators each, so that one row does not wait on one chain of multiply-adds. */
+enum { FEW_ROWS = 8 };       /* up to how many rows int8_gemm takes weight rows one by one */
+enum { VNNI_FEW_TILE = 8, AVX2_FEW_TILE = 3 };
+
+#define VNNI_FEW_STEP(r)                                                              \
+    if (rows > r) {                                                                   \
+        const int8_t *ar = a + r * stride + k;                                        \
+        s##r##0 = dpbusd(s##r##0, w0, _mm512_loadu_si512(ar));                         \
+        if (two) s##r##1 = dpbusd(s##r##1, w1, _mm512_loadu_si512(ar + 64));           \
+    }
+/* Block b's sums of rows [r, r + 4) (those of them that exist) added to their totals: four
+ * rows reduced together, as gemm_block's tiles reduce four channels. */
+VNNI_TARGET static inline void vnni_few_add(__m512i a, __m512i b4, __m512i c, __m512i d, int r,
+                                            int rows, const int32_t *flips, const float *scales,
+                                            int64_t blocks, int64_t b, float *totals) {
+    int32_t sums[4];
+    _mm_storeu_si128((__m128i *)sums, sum4_512(a, b4, c, d));
+    for (int i = 0; i < 4 && r + i < rows; i++) {
+        int64_t at = (r + i) * blocks + b;
+        totals[r + i] = fmaf((float)(sums[i] - flips[at]), scales[at], totals[r + i]);
+    }
+}
+
+VNNI_TARGET static inline __attribute__((always_inline)) void vnni_few(
+    const int8_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, const int32_t *flips,
+    const float *scales, int64_t blocks, float *totals) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
+    for (int r = 0; r < rows; r++) totals[r] = 0.0f;
+    for (int64_t first = 0, b = 0; first < in; first += QBLOCK, b++) {
+        int64_t end = first + QBLOCK < in ? first + QBLOCK : in;
+        __m512i s00 = zero, s01 = zero, s10 = zero, s11 = zero, s20 = zero, s21 = zero;
+        __m512i s30 = zero, s31 = zero, s40 = zero, s41 = zero, s50 = zero, s51 = zero;
+        __m512i s60 = zero, s61 = zero, s70 = zero, s71 = zero;
+        for (int64_t k = first; k < end; k += 128) {
+            __mmask64 m0 = end - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (end - k)) - 1);
+            int two = end - k > 64;
+            __mmask64 m1 = !two ? 0
+                         : end - k >= 128 ? ~(__mmask64)0
+                                          : (((__mmask64)1 << (end - k - 64)) - 1);
+            __m512i w0 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m0, w + k), flip);
+            __m512i w1 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m1, w + k + 64), flip);
+            VNNI_FEW_STEP(0) VNNI_FEW_STEP(1) VNNI_FEW_STEP(2) VNNI_FEW_STEP(3)
+            VNNI_FEW_STEP(4) VNNI_FEW_STEP(5) VNNI_FEW_STEP(6) VNNI_FEW_STEP(7)
+        }
+        vnni_few_add(_mm512_add_epi32(s00, s01), _mm512_add_epi32(s10, s11),
+                     _mm512_add_epi32(s20, s21), _mm512_add_epi32(s30, s31), 0, rows, flips,
+                     scales, blocks, b, totals);
+        if (rows > 4) {
+            vnni_few_add(_mm512_add_epi32(s40, s41), _mm512_add_epi32(s50, s51),
+                         _mm512_add_epi32(s60, s61), _mm512_add_epi32(s70, s71), 4, rows, flips,
+                         scales, blocks, b, totals);
+        }
+    }
+}
+
+#define VNNI_FEW_CASE(R) \
+    case R: vnni_few(a, stride, w, in, R, flips, scales, blocks, totals); break;
+
+VNNI_TARGET __attribute__((noinline)) static void vnni_few_rows(
+    const int8_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, const int32_t *flips,
+    const float *scales, int64_t blocks, float *totals) {
+    switch (rows) {
+        VNNI_FEW_CASE(1) VNNI_FEW_CASE(2) VNNI_FEW_CASE(3) VNNI_FEW_CASE(4)
+        VNNI_FEW_CASE(5) VNNI_FEW_CASE(6) VNNI_FEW_CASE(7) VNNI_FEW_CASE(8)
+    }
+}
+
+/* The AVX2 path's: int16 activations, each weight sign-extended, 4 sums a row over 4 steps. */
+AVX2_TARGET static inline __attribute__((always_inline)) void avx2_few(
+    const int16_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, const float *scales,
+    int64_t blocks, float *totals) {
+    for (int r = 0; r < rows; r++) totals[r] = 0.0f;
+    for (int64_t first = 0, b = 0; first < in; first += QBLOCK, b++) {
+        int64_t end = first + QBLOCK < in ? first + QBLOCK : in;
+        __m256i sums[AVX2_FEW_TILE][4];
+        for (int r = 0; r < rows; r++) {
+            for (int j = 0; j < 4; j++) sums[r][j] = _mm256_setzero_si256();
+        }
+        int64_t k = first;
+        for (; k + 64 <= end; k += 64) {
+            for (int j = 0; j < 4; j++) {
+                __m256i wj = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + k + 16 * j)));
+                for (int r = 0; r < rows; r++) {
+                    __m256i ar = _mm256_loadu_si256((const __m256i *)(a + r * stride + k + 16 * j));
+                    sums[r][j] = madd_add(sums[r][j], ar, wj);
+                }
+            }
+        }
+        for (int j = 0; k < end; k += 16, j++) {
+            int8_t tail[16] = {0};
+            memcpy(tail, w + k, (size_t)(end - k < 16 ? end - k : 16));
+            __m256i wj = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)tail));
+            for (int r = 0; r < rows; r++) {
+                __m256i ar = _mm256_loadu_si256((const __m256i *)(a + r * stride + k));
+                sums[r][j] = madd_add(sums[r][j], ar, wj);
+            }
+        }
+        for (int r = 0; r < rows; r++) {
+            __m256i all = _mm256_add_epi32(_mm256_add_epi32(sums[r][0], sums[r][1]),
+                                           _mm256_add_epi32(sums[r][2], sums[r][3]));
+            __m128i half = _mm_add_epi32(_mm256_castsi256_si128(all),
+                                         _mm256_extracti128_si256(all, 1));
+            half = _mm_hadd_epi32(half, half);
+            int32_t sum = _mm_cvtsi128_si32(_mm_hadd_epi32(half, half));
+            totals[r] = fmaf((float)sum, scales[r * blocks + b], totals[r]);
+        }
+    }
+}
+
+AVX2_TARGET __attribute__((noinline)) static void avx2_few_rows(
+    const int16_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, const float *scales,
+    int64_t blocks, float *totals) {
+    switch (rows) {
+        case 1: avx2_few(a, stride, w, in, 1, scales, blocks, totals); break;
+        case 2: avx2_few(a, stride, w, in, 2, scales, blocks, totals); break;
+        default: avx2_few(a, stride, w, in, AVX2_FEW_TILE, scales, blocks, totals); break;
+    }
+}
+
+/* Output channel `channel` of every row, weight row by weight row (few rows). */
+static void few_rows_channel(const QuantizedRows *x, const int8_t *w, const uint16_t *scale,
+                             uint16_t *y, int64_t rows, int64_t out, int64_t in, int64_t channel,
+                             int path) {
+    float totals[VNNI_FEW_TILE];
+    int tile = path == PATH_VNNI ? VNNI_FEW_TILE : AVX2_FEW_TILE;
+    size_t element = quantized_element(path);
+    float w_scale = gemm_bf16_to_float(scale[channel]);
+    for (int64_t row = 0; row < rows; row += tile) {
+        int count = rows - row < tile ? (int)(rows - row) : tile;
+        const char *a = (const char *)x->q + row * x->stride * element;
+        const float *scales = x->scales + row * x->blocks;
+        if (path == PATH_VNNI) {
+            vnni_few_rows((const int8_t *)a, x->stride, w + channel * in, in, count,
+                          x->flips + row * x->blocks, scales, x->blocks, totals);
+        } else {
+            avx2_few_rows((const int16_t *)a, x->stride, w + channel * in, in, count, scales,
+                          x->blocks, totals);
+        }
+        for (int r = 0; r < count; r++) {
+            y[(row + r) * out + channel] = gemm_float_to_bf16(totals[r] * w_scale);
+        }
+    }
+}
+
+/* The matmul inside an enclosing parallel region, its work split among its threads: rows of x
+ * quantized into `quantized`, then every output channel. */
+static void gemm_shared(const QuantizedRows *quantized, const void *x, int is_float,
+                        const int8_t *w, const uint16_t *scale, uint16_t *y, int64_t rows,
+                        int64_t out, int64_t in, int path) {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; r++) quantize_into(quantized, x, r, in, path, is_float);
+    if (rows <= FEW_ROWS) {
+#pragma omp for schedule(static)
+        for (int64_t channel = 0; channel < out; channel++) {
+            few_rows_channel(quantized, w, scale, y, rows, out, in, channel, path);
+        }
+    } else {
+#pragma omp for schedule(static)
+        for (int64_t first = 0; first < out; first += BLOCK_OUT) {
+            int64_t end = first + BLOCK_OUT < out ? first + BLOCK_OUT : out;
+            gemm_block(quantized, w, scale, y, rows, out, in, first, end, path);
+        }
+    }
+}
+
 /* y [rows, out] (bf16) = x [rows, in] (bf16) @ w.T * scale, on `path` (PATH_AVX2 or PATH_VNNI),
  * which the CPU must have. out must be at least TILE_OUT. Returns 0; -1 when the quantized copy
  * of x could not be allocated; -2 for a path or an `out` this function does not take. */
 int int8_gemm(const int8_t *w, const uint16_t *scale, const uint16_t *x, uint16_t *y,
               int64_t rows, int64_t out, int64_t in, int path, int threads) {
     if (!(int8_gemm_paths() & path) || out < TILE_OUT) return -2;
-    QuantizedRows quantized = {
-        .stride = path == PATH_VNNI ? (in + 63) / 64 * 64 : (in + 15) / 16 * 16,
-        .blocks = (in + QBLOCK - 1) / QBLOCK,
-    };
-    size_t element = path == PATH_VNNI ? 1 : 2, per_row = (size_t)(rows * quantized.blocks);
-    quantized.q = calloc((size_t)(rows * quantized.stride), element);
-    quantized.scales = malloc(sizeof(float) * per_row);
-    quantized.flips = malloc(sizeof(int32_t) * per_row);
-    int status = 0;
-    if (quantized.q == NULL || quantized.scales == NULL || quantized.flips == NULL) {
-        status = -1;
-        goto done;
-    }
+    size_t scales_at, flips_at, bytes = quantized_layout(rows, in, path, &scales_at, &flips_at);
+    void *memory = malloc(bytes);
+    if (memory == NULL) return -1;
+    QuantizedRows quantized = quantized_rows(memory, rows, in, path);
 #pragma omp parallel num_threads(threads)
-    {
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows; r++) {
-            quantize_row(x + r * in, in, (char *)quantized.q + r * quantized.stride * element,
-                         quantized.scales + r * quantized.blocks,
-                         quantized.flips + r * quantized.blocks, path);
-        }
-#pragma omp for schedule(static)
-        for (int64_t first = 0; first < out; first += BLOCK_OUT) {
-            int64_t end = first + BLOCK_OUT < out ? first + BLOCK_OUT : out;
-            gemm_block(&quantized, w, scale, y, rows, out, in, first, end, path);
-        }
-    }
-done:
-    free(quantized.q);
-    free(quantized.scales);
-    free(quantized.flips);
-    return status;
+    gemm_shared(&quantized, x, 0, w, scale, y, rows, out, in, path);
+    free(memory);
+    return 0;
+}
+
+/* For decode_step (compiled_kernels.c): the bytes of scratch int8_gemm_rows needs for `rows`
+ * rows of at most `in` inputs, and the matmul itself on float32 x holding bf16 values, inside
+ * decode_step's parallel region; `out` at least TILE_OUT. */
+size_t int8_gemm_scratch(int64_t rows, int64_t in, int path) {
+    size_t scales_at, flips_at;
+    return quantized_layout(rows, in, path, &scales_at, &flips_at);
+}
+
+void int8_gemm_rows(const int8_t *w, const uint16_t *scale, const float *x, uint16_t *y,
+                    int64_t rows, int64_t out, int64_t in, int path, void *scratch) {
+    QuantizedRows quantized = quantized_rows(scratch, rows, in, path);
+    gemm_shared(&quantized, x, 1, w, scale, y, rows, out, in, path);
 }
 
 /* The peak loops: independent chains, each in a variable of its own (arrays of them stayed in
@@ -438,4 +653,9 @@ int int8_gemm(const int8_t *w, const uint16_t *scale, const uint16_t *x, uint16_
 }
 
 int64_t int8_peak(int path, int64_t iterations, int threads) { return -1; }
+
+size_t int8_gemm_scratch(int64_t rows, int64_t in, int path) { return 0; }
+
+void int8_gemm_rows(const int8_t *w, const uint16_t *scale, const float *x, uint16_t *y,
+                    int64_t rows, int64_t out, int64_t in, int path, void *scratch) {}
 #endif
