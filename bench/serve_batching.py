@@ -196,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         "load_1min_at_end": _load(),
     }
     local, http = report["in_process"], report["http"]
-    fastest = local["one_stream_fastest_path"]["tokens_per_s"]
+    # One stream is measured before and after the batches: the faster of the two, so that a
+    # slow first run (caches, clocks) does not flatter the ratios.
+    fastest = max(
+        local[key]["tokens_per_s"] for key in ("one_stream_fastest_path", "one_stream_again")
+    )
     report["ratios"] = {
         "batched_8_vs_one_stream_fastest_path": round(
             local["batched"]["tokens_per_s"] / fastest, 2

@@ -119,6 +119,7 @@ def test_the_sdist_and_the_wheel_hold_the_defaults(built: tuple[Path, Path]) -> 
         *(f"agent/defaults/tools/{name}.py" for name in ("calculator", "files", "sqlite_query")),
         "agent/engine/kernels/compiled_kernels.c",
         "agent/engine/kernels/int8_gemm.c",
+        "agent/engine/kernels/bf16.h",
         "agent/sandbox/confine.py",
         "agent/sandbox/enter_cgroup.py",
         "agent/testing/tiny_trained.safetensors",

@@ -30,6 +30,7 @@ log = logging.getLogger("agent")
 
 # Decode's kernels, and prefill's int8 x int8 matmul (int8_gemm.py): one library.
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("compiled_kernels.c", "int8_gemm.c"))
+HEADERS = (Path(__file__).with_name("bf16.h"),)  # included by the sources: in the key too
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 LIBRARIES = ("-lm",)
 BUILD_TIMEOUT_S = 120
@@ -62,7 +63,7 @@ def load_library() -> ctypes.CDLL | None:
     if compiler is None:
         log.info("no C compiler (set CC): decode keeps torch's kernels")
         return None
-    sources = "\n".join(source.read_text() for source in SOURCES)
+    sources = "\n".join(source.read_text() for source in (*SOURCES, *HEADERS))
     key = hashlib.sha256(
         f"{sources}\n{compiler}\n{FLAGS}\n{machine_identity()}".encode()
     ).hexdigest()[:16]

@@ -23,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bf16.h"
+
 enum { PATH_AVX2 = 1, PATH_VNNI = 2 };
 enum { QBLOCK = 256 };       /* inputs per activation scale: four VNNI steps, sixteen AVX2 ones */
 enum { TILE_OUT = 4 };       /* output channels per register tile, both paths */
@@ -36,19 +38,6 @@ enum { BLOCK_OUT = 16 };     /* output channels a thread takes at a time: their 
 #define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
 #define AVX2_TARGET __attribute__((target("avx2,fma")))
 
-static inline float gemm_bf16_to_float(uint16_t bits) {
-    uint32_t wide = (uint32_t)bits << 16;
-    float value;
-    memcpy(&value, &wide, sizeof value);
-    return value;
-}
-
-static inline uint16_t gemm_float_to_bf16(float value) {
-    uint32_t bits;
-    memcpy(&bits, &value, sizeof bits);
-    bits += 0x7FFF + ((bits >> 16) & 1);
-    return (uint16_t)(bits >> 16);
-}
 
 AVX2_TARGET static inline __m256 widen8_bf16(const uint16_t *x) {
     __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)x));
@@ -64,7 +53,7 @@ AVX2_TARGET static inline __m256 load8(const void *x, int64_t k, int is_float) {
 }
 
 AVX2_TARGET static inline float load1(const void *x, int64_t k, int is_float) {
-    return is_float ? ((const float *)x)[k] : gemm_bf16_to_float(((const uint16_t *)x)[k]);
+    return is_float ? ((const float *)x)[k] : bf16_to_float(((const uint16_t *)x)[k]);
 }
 
 /* x is bf16, or float32 holding bf16 values (decode_step's), quantized alike. */
@@ -136,8 +125,8 @@ AVX2_TARGET static inline void store_tile(const float *totals, const uint16_t *s
     if (from != first) { /* the shifted last tile: only its new channels */
         for (int r = 0; r < rows; r++) {
             for (int n = (int)(from - first); n < TILE_OUT; n++) {
-                y[(row + r) * out + first + n] = gemm_float_to_bf16(
-                    totals[r * TILE_OUT + n] * gemm_bf16_to_float(scale[first + n]));
+                y[(row + r) * out + first + n] = float_to_bf16(
+                    totals[r * TILE_OUT + n] * bf16_to_float(scale[first + n]));
             }
         }
         return;
@@ -218,14 +207,16 @@ VNNI_TARGET static inline __attribute__((always_inline)) void vnni_tile(
     }
 }
 
-#define VNNI_CASE(R) \
-    case R: vnni_tile(a, stride, w, in, R, flips, scales, blocks, totals); break;
+/* One case of a switch on a tile function's row count, for rows = R. */
+#define TILE_CASE(tile, R) \
+    case R: tile(a, stride, w, in, R, flips, scales, blocks, totals); break;
 
 VNNI_TARGET __attribute__((noinline)) static void vnni_rows(
     const int8_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, const int32_t *flips,
     const float *scales, int64_t blocks, float *totals) {
     switch (rows) {
-        VNNI_CASE(1) VNNI_CASE(2) VNNI_CASE(3) VNNI_CASE(4) VNNI_CASE(5) VNNI_CASE(6)
+        TILE_CASE(vnni_tile, 1) TILE_CASE(vnni_tile, 2) TILE_CASE(vnni_tile, 3)
+        TILE_CASE(vnni_tile, 4) TILE_CASE(vnni_tile, 5) TILE_CASE(vnni_tile, 6)
     }
 }
 
@@ -450,15 +441,13 @@ VNNI_TARGET static inline __attribute__((always_inline)) void vnni_few(
     }
 }
 
-#define VNNI_FEW_CASE(R) \
-    case R: vnni_few(a, stride, w, in, R, flips, scales, blocks, totals); break;
-
 VNNI_TARGET __attribute__((noinline)) static void vnni_few_rows(
     const int8_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, const int32_t *flips,
     const float *scales, int64_t blocks, float *totals) {
     switch (rows) {
-        VNNI_FEW_CASE(1) VNNI_FEW_CASE(2) VNNI_FEW_CASE(3) VNNI_FEW_CASE(4)
-        VNNI_FEW_CASE(5) VNNI_FEW_CASE(6) VNNI_FEW_CASE(7) VNNI_FEW_CASE(8)
+        TILE_CASE(vnni_few, 1) TILE_CASE(vnni_few, 2) TILE_CASE(vnni_few, 3)
+        TILE_CASE(vnni_few, 4) TILE_CASE(vnni_few, 5) TILE_CASE(vnni_few, 6)
+        TILE_CASE(vnni_few, 7) TILE_CASE(vnni_few, 8)
     }
 }
 
@@ -521,7 +510,7 @@ static void few_rows_channel(const QuantizedRows *x, const int8_t *w, const uint
     float totals[VNNI_FEW_TILE];
     int tile = path == PATH_VNNI ? VNNI_FEW_TILE : AVX2_FEW_TILE;
     size_t element = quantized_element(path);
-    float w_scale = gemm_bf16_to_float(scale[channel]);
+    float w_scale = bf16_to_float(scale[channel]);
     for (int64_t row = 0; row < rows; row += tile) {
         int count = rows - row < tile ? (int)(rows - row) : tile;
         const char *a = (const char *)x->q + row * x->stride * element;
@@ -534,7 +523,7 @@ static void few_rows_channel(const QuantizedRows *x, const int8_t *w, const uint
                           x->blocks, totals);
         }
         for (int r = 0; r < count; r++) {
-            y[(row + r) * out + channel] = gemm_float_to_bf16(totals[r] * w_scale);
+            y[(row + r) * out + channel] = float_to_bf16(totals[r] * w_scale);
         }
     }
 }
