@@ -30,17 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import torch
 
-from agent.engine.kernels.machine import machine_identity
 from agent.engine.loading import load_local_model
 from agent.engine.model import CpuQwen3
+from bench.machine import cpu_features
 from bench.random_checkpoint import cached_checkpoint
 
 STREAMS = 8
 PROMPT_TOKENS = 32  # each in-process stream's prompt; stream n's is n tokens longer
 READY_TIMEOUT_S = 900
-FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def _rate(streams: int, tokens: int, wall_s: float, cpu_s: float) -> dict[str, Any]:
@@ -164,17 +162,6 @@ def _wait_ready(client: httpx.Client, url: str, server: subprocess.Popen[bytes])
             pass
         time.sleep(1)
     raise RuntimeError("agent serve did not load the model in time")
-
-
-def cpu_features() -> dict[str, Any]:
-    """The CPU's name, its features that decide the kernels, and torch's capability."""
-    identity = machine_identity()
-    name = next((line.split(":", 1)[1].strip() for line in identity.splitlines()
-                 if line.startswith("model name")), "unknown")  # fmt: skip
-    flags = set(identity.split())
-    return {"cpu": name, "cores": os.cpu_count(),
-            "features": [flag for flag in FEATURES if flag in flags],
-            "torch_capability": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ import torch
 
 from bench import fresh_run, llama_cpp
 from bench.bandwidth import copy_bandwidth_gb_s, read_bandwidth_gb_s
+from bench.machine import cpu_features
 from bench.paths import LlamaCpp, OurBackend, SeedQuickstart
 from bench.random_checkpoint import cached_checkpoint
 
@@ -248,7 +249,7 @@ def _report(
     return {
         "plan": asdict(plan),
         "model": model_dir.name,  # under $AGENT_HOME/cache/bench/
-        "machine": {"cpus": os.cpu_count(), "torch": torch.__version__},
+        "machine": {**cpu_features(), "torch": torch.__version__},
         "copy_bandwidth_gb_s": copy_gb_s,
         "decode_bytes_per_token": bytes_per_token,
         "bandwidth_bound_tok_s": copy_gb_s * 1e9 / bytes_per_token,
