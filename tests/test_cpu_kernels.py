@@ -20,6 +20,7 @@ from agent.engine.kernels.choice import (
     DECODE_KERNELS,
     DECODE_ROWS,
     INT8_X_INT8,
+    INT8_X_INT8_MIN_INPUTS,
     MATMUL_KERNELS,
     PREFILL_KERNELS,
     PREFILL_ROWS,
@@ -193,16 +194,27 @@ def test_compiled_attention_is_torchs_over_the_same_bf16_cache(length: int) -> N
     assert torch.allclose(output.double(), exact, atol=1e-5)
 
 
+def test_the_int8_x_int8_kernels_are_offered_where_rows_span_several_blocks(
+    tmp_path: Path,
+) -> None:
+    choose_kernels([int8_weight(64, INT8_X_INT8_MIN_INPUTS)], (2, 4, 32), tmp_path)
+    [kept] = tmp_path.glob("kernels-*.json")
+    record = json.loads(kept.read_text())
+    assert set(INT8_X_INT8_HERE) <= set(record["prefill_ms"]) & set(record["decode_ms"])
+
+
 def test_the_choice_is_measured_once_and_kept_beside_the_weights(tmp_path: Path) -> None:
     weights = [int8_weight(512, 128)] * 3
     measured = choose_kernels(weights, (2, 4, 32), tmp_path)
     [kept] = tmp_path.glob("kernels-*.json")
     record = json.loads(kept.read_text())
     assert KernelChoice(**record["choice"]) == measured
-    # Every candidate passed its check against the float64 product, ours built here included.
-    assert set(available_prefill_kernels()) <= set(record["prefill_ms"])
+    # Every candidate passed its check against the float64 product, ours built here included;
+    # inputs of 128 are under one activation block, so the int8 x int8 kernels are not offered.
+    offered = set(available_prefill_kernels()) - set(INT8_X_INT8)
+    assert offered <= set(record["prefill_ms"]) and not set(INT8_X_INT8) & set(record["prefill_ms"])
     assert measured.prefill_rows in (*SHORTER_PREFILLS, PREFILL_TIMED_ROWS)
-    assert set(record["decode_ms"]) == set(DECODE_KERNELS)
+    assert set(record["decode_ms"]) == set(available_decode_kernels()) - set(INT8_X_INT8)
     assert len(record["attention_ms"]) == len(ATTENTION_CHOICES)
     # A later load reads the file instead of measuring again: what it says is what is used.
     other = next(choice for choice in CHOICES if choice != measured)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from agent.engine.kernels.compiled import compiled_attention, compiled_int8, load_library
-from agent.engine.kernels.int8_gemm import PATHS, int8_matmul, runnable_paths
+from agent.engine.kernels.int8_gemm import PATHS, QBLOCK, int8_matmul, runnable_paths
 from agent.engine.kernels.machine import machine_identity
 from agent.paths import write_atomically
 
@@ -102,6 +102,9 @@ def _dequantized(dtype: torch.dtype) -> MatmulKernel:
 
 
 INT8_X_INT8 = {f"int8 x int8 {path}": path for path in PATHS}  # kernel name: its path
+# The int8 x int8 kernels are candidates for models whose every matmul input spans at least
+# this many activation blocks' inputs (Qwen3-0.6B's narrowest, 1024, spans four).
+INT8_X_INT8_MIN_INPUTS = 4 * QBLOCK
 PREFILL_KERNELS: dict[str, MatmulKernel] = {
     "int8": int8pack,
     "dequantized float32": _dequantized(torch.float32),
@@ -383,6 +386,9 @@ def choose_kernels(
                 return kept
     failures = failing_kernels(checked)
     excluded = frozenset(failures)
+    if min(weight.shape[1] for weight, _ in checked) < INT8_X_INT8_MIN_INPUTS:
+        # A row within one or two activation blocks: int8 x int8 is as coarse as per-row scales.
+        excluded |= frozenset(INT8_X_INT8)
     decode, decode_ms = fastest_decode(weights, excluded)
     prefill, prefill_rows, prefill_ms = fastest_prefill(*weights[0], excluded)
     (cache, attend), attention_ms = fastest_attention(*attention)
