@@ -44,10 +44,11 @@ static inline __m256 widen_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
 }
 
-/* exp for x <= 0, about 1 ulp (Cephes' expf polynomial); below -87 it gives ~1e-38, which is
- * nothing next to a softmax's largest term of 1. */
+/* exp, about 1 ulp (Cephes' expf polynomial), for x in [-87, 88] and clamped to it: below, it
+ * gives ~1e-38, which is nothing next to a softmax's largest term of 1; above, ~1.7e38 where
+ * expf gives infinity, so a SiLU of x < -88 is ~-5e-37 where it is -0. */
 static inline __m256 exp8(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -62,6 +63,22 @@ static inline __m256 exp8(__m256 x) {
     __m256i bits = _mm256_slli_epi32(
         _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+/* float_to_bf16 of 8 floats (rounded to nearest even), as floats again. */
+static inline __m256 round_bf16(__m256 v) {
+    __m256i bits = _mm256_castps_si256(v);
+    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    bits = _mm256_add_epi32(bits, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), odd));
+    return _mm256_castsi256_ps(_mm256_and_si256(bits, _mm256_set1_epi32((int)0xFFFF0000u)));
+}
+
+/* 8 floats holding bf16 values stored as bf16. */
+static inline void store_bf16(uint16_t *p, __m256 v) {
+    __m256i halves = _mm256_srli_epi32(_mm256_castps_si256(v), 16);
+    __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(halves),
+                                      _mm256_extracti128_si256(halves, 1));
+    _mm_storeu_si128((__m128i *)p, packed);
 }
 #endif
 
@@ -261,36 +278,110 @@ static inline uint16_t bf16_add(uint16_t a, uint16_t b) {
 }
 
 /* Qwen3RMSNorm of each of `rows` vectors of `width`: normed in float32, rounded to bf16, scaled
- * by the bf16 weight (row r's weight at weight + r * weight_stride). */
+ * by the bf16 weight (row r's weight at weight + r * weight_stride). Each vector's sum of
+ * squares in 8 lanes, then the tail. */
 static void rms_norm_rows(const uint16_t *x, const uint16_t *weight, int64_t weight_stride,
                           uint16_t *out, int64_t rows, int64_t width, float eps) {
     for (int64_t r = 0; r < rows; r++) {
         const uint16_t *xr = x + r * width, *wr = weight + r * weight_stride;
+        uint16_t *outr = out + r * width;
         float squares = 0.0f;
-        for (int64_t i = 0; i < width; i++) squares += bf16_to_float(xr[i]) * bf16_to_float(xr[i]);
+        int64_t i = 0;
+#ifdef __AVX2__
+        __m256 sums = _mm256_setzero_ps();
+        for (; i + 8 <= width; i += 8) {
+            __m256 value = widen_bf16(xr + i);
+            sums = _mm256_fmadd_ps(value, value, sums);
+        }
+        squares = sum8(sums);
+#endif
+        for (int64_t t = i; t < width; t++) squares += bf16_to_float(xr[t]) * bf16_to_float(xr[t]);
         float inverse = 1.0f / sqrtf(squares / (float)width + eps);
-        for (int64_t i = 0; i < width; i++) {
-            out[r * width + i] = bf16_mul(wr[i], float_to_bf16(bf16_to_float(xr[i]) * inverse));
+        i = 0;
+#ifdef __AVX2__
+        __m256 inverse8 = _mm256_set1_ps(inverse);
+        for (; i + 8 <= width; i += 8) {
+            __m256 normed = round_bf16(_mm256_mul_ps(widen_bf16(xr + i), inverse8));
+            store_bf16(outr + i, round_bf16(_mm256_mul_ps(widen_bf16(wr + i), normed)));
+        }
+#endif
+        for (; i < width; i++) {
+            outr[i] = bf16_mul(wr[i], float_to_bf16(bf16_to_float(xr[i]) * inverse));
         }
     }
 }
 
-/* x * cos + rotate_half(x) * sin for each head of x [heads, dim], in place, in bf16 steps. */
+/* x * cos + rotate_half(x) * sin for each head of x [heads, dim], in place, in bf16 steps:
+ * rotate_half(x) is (-x2, x1) of x's halves (x1, x2). */
 static void rotate_heads(uint16_t *x, const uint16_t *cos, const uint16_t *sin, int64_t heads,
-                         int64_t dim, uint16_t *row) {
+                         int64_t dim) {
     int64_t half = dim / 2;
     for (int64_t h = 0; h < heads; h++) {
         uint16_t *xh = x + h * dim;
-        memcpy(row, xh, sizeof(uint16_t) * (size_t)dim);
-        for (int64_t i = 0; i < dim; i++) {
-            uint16_t rotated = i < half ? row[i + half] ^ 0x8000 : row[i - half];
-            xh[i] = bf16_add(bf16_mul(row[i], cos[i]), bf16_mul(rotated, sin[i]));
+        int64_t i = 0;
+#ifdef __AVX2__
+        for (; i + 8 <= half; i += 8) {
+            __m256 x1 = widen_bf16(xh + i), x2 = widen_bf16(xh + half + i);
+            __m256 first = _mm256_sub_ps(round_bf16(_mm256_mul_ps(x1, widen_bf16(cos + i))),
+                                  round_bf16(_mm256_mul_ps(x2, widen_bf16(sin + i))));
+            __m256 second = _mm256_add_ps(
+                round_bf16(_mm256_mul_ps(x2, widen_bf16(cos + half + i))),
+                round_bf16(_mm256_mul_ps(x1, widen_bf16(sin + half + i))));
+            store_bf16(xh + i, round_bf16(first));
+            store_bf16(xh + half + i, round_bf16(second));
+        }
+#endif
+        for (; i < half; i++) {
+            uint16_t x1 = xh[i], x2 = xh[half + i];
+            xh[i] = bf16_add(bf16_mul(x1, cos[i]), bf16_mul(x2 ^ 0x8000, sin[i]));
+            xh[half + i] = bf16_add(bf16_mul(x2, cos[half + i]), bf16_mul(x1, sin[half + i]));
         }
     }
 }
 
 static void widen(const uint16_t *x, float *out, int64_t n) {
-    for (int64_t i = 0; i < n; i++) out[i] = bf16_to_float(x[i]);
+    int64_t i = 0;
+#ifdef __AVX2__
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, widen_bf16(x + i));
+#endif
+    for (; i < n; i++) out[i] = bf16_to_float(x[i]);
+}
+
+/* x[i] = bf16(x[i] + y[i]): a residual added in bf16. */
+static void add_into(uint16_t *x, const uint16_t *y, int64_t n) {
+    int64_t i = 0;
+#ifdef __AVX2__
+    for (; i + 8 <= n; i += 8) {
+        store_bf16(x + i, round_bf16(_mm256_add_ps(widen_bf16(x + i), widen_bf16(y + i))));
+    }
+#endif
+    for (; i < n; i++) x[i] = bf16_add(x[i], y[i]);
+}
+
+/* out[i] = float(bf16(x[i])): attention's output rounded to bf16, as the matmul's input. */
+static void round_floats(const float *x, float *out, int64_t n) {
+    int64_t i = 0;
+#ifdef __AVX2__
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, round_bf16(_mm256_loadu_ps(x + i)));
+#endif
+    for (; i < n; i++) out[i] = bf16_to_float(float_to_bf16(x[i]));
+}
+
+/* out[i] = bf16(bf16(silu(gate[i])) * up[i]) as float, for the down projection. */
+static void silu_times(const uint16_t *gate, const uint16_t *up, float *out, int64_t n) {
+    int64_t i = 0;
+#ifdef __AVX2__
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = widen_bf16(gate + i);
+        __m256 silu = round_bf16(_mm256_div_ps(g, _mm256_add_ps(one, exp8(_mm256_xor_ps(g, sign)))));
+        _mm256_storeu_ps(out + i, round_bf16(_mm256_mul_ps(silu, widen_bf16(up + i))));
+    }
+#endif
+    for (; i < n; i++) {
+        float g = bf16_to_float(gate[i]);
+        out[i] = bf16_to_float(bf16_mul(float_to_bf16(g / (1.0f + expf(-g))), up[i]));
+    }
 }
 
 /* y [rows, out] = x [rows, in] @ w.T, split among the threads of the enclosing parallel region:
@@ -313,7 +404,7 @@ typedef struct {
 /* Scratch memory of a decode step of `total` rows. */
 typedef struct {
     float *xf, *attended, *scores;
-    uint16_t *normed, *qkv, *gate_up, *projected, *row;
+    uint16_t *normed, *qkv, *gate_up, *projected;
     int64_t *first_row, *score_at, *sequence_of; /* per sequence, per sequence, per row */
     void *quantized;                             /* the int8 x int8 matmuls' activations */
 } DecodeScratch;
@@ -326,7 +417,6 @@ static void free_scratch(DecodeScratch *s) {
     free(s->qkv);
     free(s->gate_up);
     free(s->projected);
-    free(s->row);
     free(s->first_row);
     free(s->score_at);
     free(s->sequence_of);
@@ -360,10 +450,9 @@ static int alloc_scratch(DecodeScratch *s, const DecodeShape *shape,
     s->qkv = malloc(sizeof(uint16_t) * (size_t)(total * qkv_width));
     s->gate_up = malloc(sizeof(uint16_t) * (size_t)(total * 2 * inter));
     s->projected = malloc(sizeof(uint16_t) * (size_t)(total * width));
-    s->row = malloc(sizeof(uint16_t) * (size_t)(total * dim));
     s->quantized = malloc(path ? int8_gemm_scratch(total, widest, path) : 1);
     if (s->first_row && s->score_at && s->sequence_of && s->xf && s->attended && s->scores &&
-        s->normed && s->qkv && s->gate_up && s->projected && s->row && s->quantized) {
+        s->normed && s->qkv && s->gate_up && s->projected && s->quantized) {
         return 0;
     }
     free_scratch(s);
@@ -423,7 +512,7 @@ int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *h
             uint16_t *qkv_b = s.qkv + b * qkv_width;
             rms_norm_rows(qkv_b, layer->qk_norm, dim, qkv_b, heads + kv_heads, dim, shape->eps);
             rotate_heads(qkv_b, sequence->cos + r * dim, sequence->sin + r * dim,
-                         heads + kv_heads, dim, s.row + b * dim);
+                         heads + kv_heads, dim);
             for (int64_t h = 0; h < kv_heads; h++) {
                 const uint16_t *k = qkv_b + q_width + h * dim, *v = k + kv_heads * dim;
                 int64_t at = l * layer_cache + (h * sequence->capacity + sequence->position + r) * dim;
@@ -447,17 +536,15 @@ int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *h
             }
         }
 #pragma omp for schedule(static)
-        for (int64_t i = 0; i < rows * q_width; i++) {
-            xf[i] = bf16_to_float(float_to_bf16(s.attended[i]));
+        for (int64_t b = 0; b < rows; b++) {
+            round_floats(s.attended + b * q_width, xf + b * q_width, q_width);
         }
         step_matmul(layer->o, layer->o_scale, xf, s.projected, rows, width, q_width, path,
                     s.quantized);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < rows; b++) {
             const int64_t at = b * width;
-            for (int64_t i = at; i < at + width; i++) {
-                hidden[i] = bf16_add(hidden[i], s.projected[i]);
-            }
+            add_into(hidden + at, s.projected + at, width);
             rms_norm_rows(hidden + at, layer->post_norm, 0, s.normed + at, 1, width, shape->eps);
             widen(s.normed + at, xf + at, width);
         }
@@ -466,16 +553,12 @@ int decode_step(const DecodeLayer *layers, const DecodeShape *shape, uint16_t *h
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < rows; b++) {
             const uint16_t *gu = s.gate_up + b * 2 * inter;
-            for (int64_t i = 0; i < inter; i++) {
-                float gate = bf16_to_float(gu[i]);
-                uint16_t silu = float_to_bf16(gate / (1.0f + expf(-gate)));
-                xf[b * inter + i] = bf16_to_float(bf16_mul(silu, gu[inter + i]));
-            }
+            silu_times(gu, gu + inter, xf + b * inter, inter);
         }
         step_matmul(layer->down, layer->down_scale, xf, s.projected, rows, width, inter, path,
                     s.quantized);
 #pragma omp for schedule(static)
-        for (int64_t i = 0; i < rows * width; i++) hidden[i] = bf16_add(hidden[i], s.projected[i]);
+        for (int64_t b = 0; b < rows; b++) add_into(hidden + b * width, s.projected + b * width, width);
     }
     free_scratch(&s);
     return 0;
