@@ -86,13 +86,18 @@ def gguf_for(model_dir: Path) -> Path:
     return target
 
 
-def open_model(gguf: Path, threads: int, n_ctx: int = 8192) -> Any:
-    """A `llama_cpp.Llama` on `gguf`, on llama.cpp's plain CPU weights.
+def open_model(gguf: Path, threads: int, n_ctx: int = 8192, draft_model: Any = None) -> Any:
+    """A `llama_cpp.Llama` on `gguf`, on llama.cpp's plain CPU weights, with `draft_model` (a
+    `llama_cpp.llama_speculative.LlamaDraftModel`) drafting tokens for it where given.
 
     Workaround: with its extra buffer types on (the default), llama.cpp 0.3.36 repacks Q8_0
     weights for AMX where the CPU has it, and on our AMX build machines the first `eval` then
     dies (SIGSEGV or SIGILL, in a bare `python -c` too). Its plain CPU path works everywhere,
-    and on x86 it has no other repack for Q8_0, so this changes nothing on other CPUs."""
+    and on x86 it has no other repack for Q8_0, so this changes nothing on other CPUs.
+
+    Workaround: with a draft model, 0.3.36 keeps every position's logits but sizes their buffer
+    by the `logits_all` argument, so the first prompt fails to be stored (could not broadcast
+    into shape (0,)) unless `logits_all` is passed as True too."""
     import llama_cpp
     import llama_cpp.llama
 
@@ -111,6 +116,8 @@ def open_model(gguf: Path, threads: int, n_ctx: int = 8192) -> Any:
             n_batch=512,
             n_threads=threads,
             n_threads_batch=threads,
+            draft_model=draft_model,
+            logits_all=draft_model is not None,
             verbose=False,
         )
     finally:

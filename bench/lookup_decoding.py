@@ -24,7 +24,8 @@ against plain decoding's one step a token (an estimate, not a timing of a full-s
 `end-to-end check` (random weights) runs the real loop on the same architecture, lookup
 decoding off and on: the same greedy output, and its measured speed-up beside the estimate's
 for its counts (random weights repeat themselves, which drafts catch: not a figure of
-behaviour).
+behaviour). Beside it, in the same run, llama-cpp-python on the same checkpoint (GGUF Q8_0)
+and prompt, greedy, plain and with its prompt-lookup draft model (`LlamaPromptLookupDecoding`).
 """
 
 from __future__ import annotations
@@ -365,8 +366,7 @@ def end_to_end(model_dir: Path, fused: bool, tokens: int = 64) -> dict[str, Any]
     if fused:
         weights = loaded.engine.weights  # type: ignore[attr-defined]
         loaded = dataclasses.replace(loaded, engine=CpuQwen3(weights, 0, kernels=FUSED))
-    _, tool, output, _ = reference_answers()[3]
-    prompt = agent_prompt(loaded.tokenizer, tool, output)
+    prompt = page_excerpt_prompt(loaded.tokenizer)
     outputs: dict[bool, list[int]] = {}
     seconds: dict[bool, list[float]] = {False: [], True: []}
     counts = Usage()
@@ -389,6 +389,59 @@ def end_to_end(model_dir: Path, fused: bool, tokens: int = 64) -> dict[str, Any]
             counts.drafted_tokens,
             counts.accepted_tokens,
         ),  # fmt: skip
+    }
+
+
+def page_excerpt_prompt(tokenizer: Any) -> list[int]:
+    """The end-to-end checks' prompt: an agent's, after fetching a page."""
+    _, tool, output, _ = reference_answers()[3]
+    return agent_prompt(tokenizer, tool, output)
+
+
+LLAMA_CPP_DRAFT_TOKENS = 10  # LlamaPromptLookupDecoding's num_pred_tokens, as its docs show it
+
+
+def llama_cpp_end_to_end(model_dir: Path, prompt: list[int], tokens: int = 64) -> dict[str, Any]:
+    """llama-cpp-python decoding `tokens` tokens greedy after `prompt` on `model_dir` converted
+    to GGUF Q8_0, plain and with its prompt-lookup draft model, twice each: decode seconds from
+    the first token to the last (the prompt's prefill left out), and whether the outputs match."""
+    from bench.llama_cpp import gguf_for, open_model, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        return {"error": reason}
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+    gguf, threads = gguf_for(model_dir), torch.get_num_threads()
+    outputs: dict[bool, list[int]] = {}
+    seconds: dict[bool, float] = {}
+    for lookup in (False, True):
+        draft = LlamaPromptLookupDecoding(num_pred_tokens=LLAMA_CPP_DRAFT_TOKENS)
+        draft = draft if lookup else None
+        llm = open_model(gguf, threads, n_ctx=len(prompt) + tokens + 64, draft_model=draft)
+        for _ in range(2):
+            llm.reset()  # the prompt prefilled again, not reused from the last run
+            generated, first = [], 0.0
+            for token in llm.generate(prompt, top_k=1, temp=0.0):
+                first = first or time.perf_counter()
+                generated.append(int(token))
+                if len(generated) == tokens:
+                    break
+            elapsed = time.perf_counter() - first
+            seconds[lookup] = min(seconds.get(lookup, elapsed), elapsed)
+            outputs[lookup] = generated
+        llm.close()
+    decoded = tokens - 1  # tokens after the first
+    return {
+        "tokens": tokens,
+        "draft_tokens": LLAMA_CPP_DRAFT_TOKENS,
+        "same_greedy_output": outputs[False] == outputs[True],
+        "decode_s": {"plain": round(seconds[False], 3), "lookup": round(seconds[True], 3)},
+        "tokens_per_s": {
+            "plain": round(decoded / seconds[False], 2),
+            "lookup": round(decoded / seconds[True], 2),
+        },
+        "measured_speedup": round(seconds[False] / seconds[True], 3),
     }
 
 
@@ -422,8 +475,10 @@ def measure(quick: bool) -> dict[str, Any]:
     cost = verify_costs(model_dir, 2 if quick else 7, quick)
     check = end_to_end(model_dir, quick)
     check["estimated_speedup"] = (estimate(check, cost) or {}).get("speedup_over_plain")
+    tokenizer = load_local_model(str(trained), device="cpu").tokenizer  # Qwen3's, as the bench's
+    peer = llama_cpp_end_to_end(model_dir, page_excerpt_prompt(tokenizer), check["tokens"])
     accepted = acceptance(trained, 1 if quick else 4)
-    replayed = replay(load_local_model(str(trained), device="cpu").tokenizer, cost)
+    replayed = replay(tokenizer, cost)
     return {
         "command": "python -m bench.lookup_decoding"
         + (" --quick" if quick else "")
@@ -432,6 +487,7 @@ def measure(quick: bool) -> dict[str, Any]:
         "machine": machine(),
         "cost (random weights)": cost,
         "end-to-end check (random weights)": check,
+        "llama-cpp-python, same checkpoint and prompt (random weights)": peer,
         "acceptance (trained tiny model)": accepted,
         "replay (reference answers, no model)": replayed,
         "estimate (counts above x full-size cost)": {

@@ -1,5 +1,6 @@
 """Batched decoding: one forward pass for several sequences gives each exactly the logits it
-gets alone, and concurrent requests through the batcher generate what they would alone."""
+gets alone, and concurrent requests through the batcher generate what they would alone, their
+drafted tokens verified in the shared passes."""
 
 from __future__ import annotations
 
@@ -49,10 +50,14 @@ def test_concurrent_generations_through_the_batcher_match_each_alone(
     loaded = replace(loaded, engine=engine)
     prompts = [[151644, 872, 198, 9707 + n, 151645, 198, 151644, 77091, 198] for n in range(4)]
 
+    usages: list[Usage] = []
+
     def generate(model, prompt):  # type: ignore[no-untyped-def]
-        return list(generate_token_ids(model, prompt, GREEDY, 24, 0, Usage()))
+        usages.append(Usage())  # lookup decoding on, as agent serve runs it
+        return list(generate_token_ids(model, prompt, GREEDY, 24, 0, usages[-1]))
 
     alone = [generate(loaded, prompt) for prompt in prompts]
+    usages.clear()
     batcher = DecodeBatcher(loaded.engine, wait_s=0.05)
     shared = replace(loaded, engine=batcher)
     together: dict[int, list[int]] = {}
@@ -66,3 +71,7 @@ def test_concurrent_generations_through_the_batcher_match_each_alone(
         thread.join(timeout=120)
     assert [together[n] for n in range(len(prompts))] == alone
     assert batcher.batches < batcher.batched_steps  # several sequences shared passes
+    verifications = sum(usage.verifications for usage in usages)
+    # Drafts are verified where the engine verifies exactly (the fused step), in the batches.
+    assert verifications == batcher.batched_verifications
+    assert (verifications > 0) == fused

@@ -2,10 +2,12 @@
 for its next token, so the weights are read once for all of them.
 
 Each request still runs `generate_token_ids` in its own thread, unchanged; its engine is this
-wrapper. A one-token `forward` waits (at most `wait_s`) for the other active sequences to
-reach theirs, then one of them runs the batch and hands each its logits. Prompts (several
-tokens) and verifications of drafted tokens (agent/engine/lookup.py) run alone. Sequences join
-at `checkout` and leave at `checkin`, as they start and end.
+wrapper. A one-token `forward`, or a `verify` of a decoded token and its drafted ones
+(agent/engine/lookup.py), waits (at most `wait_s`) for the other active sequences to reach
+theirs, then one of them runs the batch and hands each its logits: on an engine that verifies
+drafts, one pass of every sequence's block (`verify_blocks`), each bit for bit what it gets
+alone. Prompts (several tokens to prefill) run alone. Sequences join at `checkout` and leave
+at `checkin`, as they start and end.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ WAIT_S = 0.005  # how long a step waits for the others before the batch runs wit
 
 @dataclass
 class _Step:
-    token: int
+    tokens: list[int]  # one decoded token, then any drafted ones
     cache: Any
-    logits: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # [len(tokens), vocab]
     error: BaseException | None = None
 
 
@@ -37,6 +39,7 @@ class DecodeBatcher:
         self.wait_s = wait_s
         self.batches = 0  # forward passes run for decode steps
         self.batched_steps = 0  # decode steps they served
+        self.batched_verifications = 0  # of which verifications of drafted tokens
         self._engine = threading.Lock()  # the engine runs one pass at a time
         self._turn = threading.Condition()
         self._pending: list[_Step] = []
@@ -64,17 +67,20 @@ class DecodeBatcher:
         return bool(getattr(self.engine, "verifies_drafts", False))
 
     def verify(self, tokens: list[int], cache: Any) -> torch.Tensor:
-        """The logits after each of `tokens` (a decoded token and its draft), in one pass run
-        alone, as prompts are."""
-        with self._engine:
-            return self.engine.verify(tokens, cache)
+        """The logits after each of `tokens` (a decoded token and its draft), from the next
+        batch."""
+        return self._join(tokens, cache)
 
     def forward(self, tokens: list[int], cache: Any) -> torch.Tensor:
         """The logits after `tokens`; a single token joins the next batch."""
         if len(tokens) != 1:
             with self._engine:
                 return self.engine.forward(tokens, cache)
-        step = _Step(tokens[0], cache)
+        return self._join(tokens, cache)[-1]
+
+    def _join(self, tokens: list[int], cache: Any) -> torch.Tensor:
+        """The logits after each of `tokens`, from the batch this step joins."""
+        step = _Step(tokens, cache)
         with self._turn:
             self._pending.append(step)
             self._turn.notify_all()
@@ -97,11 +103,15 @@ class DecodeBatcher:
         self._turn.release()
         try:
             with self._engine:
-                logits = self.engine.forward_batch(
-                    [step.token for step in batch], [step.cache for step in batch]
-                )
-            for row, step in enumerate(batch):
-                step.logits = logits[row]
+                caches = [step.cache for step in batch]
+                if self.verifies_drafts:
+                    blocks = list(zip([step.tokens for step in batch], caches, strict=True))
+                    logits = self.engine.verify_blocks(blocks)
+                else:  # single tokens only: drafts are verified only where verifies_drafts
+                    tokens = [step.tokens[0] for step in batch]
+                    logits = self.engine.forward_batch(tokens, caches)[:, None]
+            for step, step_logits in zip(batch, logits, strict=True):
+                step.logits = step_logits
         except BaseException as exc:  # every waiting step gets it
             for step in batch:
                 step.error = exc
@@ -110,4 +120,5 @@ class DecodeBatcher:
             self._leading = False
             self.batches += 1
             self.batched_steps += len(batch)
+            self.batched_verifications += sum(len(step.tokens) > 1 for step in batch)
             self._turn.notify_all()
