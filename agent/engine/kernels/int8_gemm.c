@@ -409,14 +409,17 @@ static void gemm_block(const QuantizedRows *x, const int8_t *w, const uint16_t *
  * stream (tiles of 4 weight rows read side by side, as gemm_block's, stream from memory at
  * half the rate here: 12 against 6 ms for the lm_head at one row). Each block's integer sums
  * are exact whatever the tile, and added in float in the same order as gemm_block's, so a row
- * gets the same bits either way. Up to 8 (VNNI) or 3 (AVX2) rows at a time, with 2 or 4
- * accumulators each, so that one row does not wait on one chain of multiply-adds. */
-enum { FEW_ROWS = 8 };       /* up to how many rows int8_gemm takes weight rows one by one */
-/* On the VNNI path, in tiles of 8 rows (the second tile reads the weight row from L1): a
- * verification of 8 drafts is 9 rows. A layer's matmuls from memory at 9 / 12 / 16 rows:
- * 1.13 / 1.26 / 1.63 ms against gemm_block's 1.53 / 1.66 / 1.92; at 24, 2.58 against 2.42. */
-enum { VNNI_FEW_ROWS = 16 };
-enum { VNNI_FEW_TILE = 8, AVX2_FEW_TILE = 3 };
+ * gets the same bits either way. In tiles of FEW_TILE rows, the weight row read from memory
+ * for the first and from L1 for the others: one or two rows with 2 (VNNI) or 4 (AVX2)
+ * accumulators each, so that a row does not wait on one chain of multiply-adds (vnni_few,
+ * avx2_few); 3 to 8 with their sums reduced together (vnni_lanes, avx2_lanes). */
+enum { FEW_TILE = 8 };
+/* Up to how many rows int8_gemm takes weight rows one by one (a verification of 8 drafts is 9
+ * rows). A layer's four matmuls from memory here, against gemm_block's: on the VNNI path at
+ * 9 / 12 / 16 rows 1.13 / 1.26 / 1.63 ms against 1.53 / 1.66 / 1.92, at 24 rows 2.58 against
+ * 2.42; on the AVX2 path at 8 / 9 / 12 rows 1.29 / 1.71 / 2.25 against 2.27 / 2.05 / 2.44, at
+ * 16 rows 3.27 against 3.00. */
+enum { VNNI_FEW_ROWS = 16, AVX2_FEW_ROWS = 12 };
 
 #define VNNI_FEW_STEP(r)                                                              \
     if (rows > r) {                                                                   \
@@ -560,14 +563,75 @@ VNNI_TARGET __attribute__((noinline)) static void vnni_lane_rows(
     _mm256_storeu_ps(totals, lanes);
 }
 
-/* The AVX2 path's: int16 activations, each weight sign-extended, 4 sums a row over 4 steps. */
+/* [sum(v0), ..., sum(v7)] of 8 vectors of 8 int32. */
+AVX2_TARGET static inline __m256i sum8_256(__m256i v0, __m256i v1, __m256i v2, __m256i v3,
+                                           __m256i v4, __m256i v5, __m256i v6, __m256i v7) {
+    /* Each 128-bit half of low (high) holds half of sums 0..3 (4..7). */
+    __m256i low = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+    __m256i high = _mm256_hadd_epi32(_mm256_hadd_epi32(v4, v5), _mm256_hadd_epi32(v6, v7));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(low, high, 0x20),
+                            _mm256_permute2x128_si256(low, high, 0x31));
+}
+
+#define AVX2_LANE_STEP(r)                                                                     \
+    if (rows > r) s##r = madd_add(s##r, _mm256_loadu_si256((const __m256i *)(a + r * stride + k)), wk);
+#define AVX2_LANE_STEPS                                                                       \
+    AVX2_LANE_STEP(0) AVX2_LANE_STEP(1) AVX2_LANE_STEP(2) AVX2_LANE_STEP(3)                   \
+    AVX2_LANE_STEP(4) AVX2_LANE_STEP(5) AVX2_LANE_STEP(6) AVX2_LANE_STEP(7)
+
+/* vnni_lanes for the AVX2 path: 3 to 8 rows of int16 activations with one weight row, row r's
+ * totals in lane r; its integers and float steps are avx2_few's, so are its bits. */
+AVX2_TARGET static inline __attribute__((always_inline)) __m256 avx2_lanes(
+    const int16_t *a, int64_t stride, const int8_t *w, int64_t in, int rows,
+    const float *lane_scales) {
+    const __m256i zero = _mm256_setzero_si256();
+    __m256 totals = _mm256_setzero_ps();
+    for (int64_t first = 0, b = 0; first < in; first += QBLOCK, b++) {
+        int64_t end = first + QBLOCK < in ? first + QBLOCK : in, k = first;
+        __m256i s0 = zero, s1 = zero, s2 = zero, s3 = zero, s4 = zero, s5 = zero, s6 = zero;
+        __m256i s7 = zero;
+        for (; k + 16 <= end; k += 16) {
+            __m256i wk = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + k)));
+            _mm_prefetch((const char *)(w + k + LANE_AHEAD), _MM_HINT_T0);
+            AVX2_LANE_STEPS
+        }
+        if (k < end) {
+            int8_t tail[16] = {0};
+            memcpy(tail, w + k, (size_t)(end - k));
+            __m256i wk = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)tail));
+            AVX2_LANE_STEPS
+        }
+        __m256i sums = sum8_256(s0, s1, s2, s3, s4, s5, s6, s7);
+        totals = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_loadu_ps(lane_scales + 8 * b),
+                                 totals);
+    }
+    return totals;
+}
+
+AVX2_TARGET __attribute__((noinline)) static void avx2_lane_rows(
+    const int16_t *a, int64_t stride, const int8_t *w, int64_t in, int rows,
+    const float *lane_scales, float *totals) {
+    __m256 lanes;
+    switch (rows) {
+        case 3: lanes = avx2_lanes(a, stride, w, in, 3, lane_scales); break;
+        case 4: lanes = avx2_lanes(a, stride, w, in, 4, lane_scales); break;
+        case 5: lanes = avx2_lanes(a, stride, w, in, 5, lane_scales); break;
+        case 6: lanes = avx2_lanes(a, stride, w, in, 6, lane_scales); break;
+        case 7: lanes = avx2_lanes(a, stride, w, in, 7, lane_scales); break;
+        default: lanes = avx2_lanes(a, stride, w, in, 8, lane_scales); break;
+    }
+    _mm256_storeu_ps(totals, lanes);
+}
+
+/* The AVX2 path's, for one or two rows: int16 activations, each weight sign-extended, 4 sums
+ * a row over 4 steps. */
 AVX2_TARGET static inline __attribute__((always_inline)) void avx2_few(
     const int16_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, const float *scales,
     int64_t blocks, float *totals) {
     for (int r = 0; r < rows; r++) totals[r] = 0.0f;
     for (int64_t first = 0, b = 0; first < in; first += QBLOCK, b++) {
         int64_t end = first + QBLOCK < in ? first + QBLOCK : in;
-        __m256i sums[AVX2_FEW_TILE][4];
+        __m256i sums[2][4];
         for (int r = 0; r < rows; r++) {
             for (int j = 0; j < 4; j++) sums[r][j] = _mm256_setzero_si256();
         }
@@ -605,35 +669,40 @@ AVX2_TARGET static inline __attribute__((always_inline)) void avx2_few(
 AVX2_TARGET __attribute__((noinline)) static void avx2_few_rows(
     const int16_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, const float *scales,
     int64_t blocks, float *totals) {
-    switch (rows) {
-        case 1: avx2_few(a, stride, w, in, 1, scales, blocks, totals); break;
-        case 2: avx2_few(a, stride, w, in, 2, scales, blocks, totals); break;
-        default: avx2_few(a, stride, w, in, AVX2_FEW_TILE, scales, blocks, totals); break;
+    if (rows == 1) {
+        avx2_few(a, stride, w, in, 1, scales, blocks, totals);
+    } else {
+        avx2_few(a, stride, w, in, 2, scales, blocks, totals);
     }
 }
 
-/* Output channel `channel` of every row, weight row by weight row (few rows). */
+/* Output channel `channel` of every row, weight row by weight row (few rows), in tiles of
+ * FEW_TILE rows: 3 or more of them reduced together (vnni_lanes, avx2_lanes), fewer one by one
+ * (vnni_few, avx2_few); the weight row is read from memory once, then from L1. */
 static void few_rows_channel(const QuantizedRows *x, const int8_t *w, const uint16_t *scale,
                              uint16_t *y, int64_t rows, int64_t out, int64_t in, int64_t channel,
                              int path) {
-    float totals[VNNI_FEW_TILE];
-    int tile = path == PATH_VNNI ? VNNI_FEW_TILE : AVX2_FEW_TILE;
+    float totals[FEW_TILE];
     size_t element = quantized_element(path);
     float w_scale = bf16_to_float(scale[channel]);
-    for (int64_t row = 0; row < rows; row += tile) {
-        int count = rows - row < tile ? (int)(rows - row) : tile;
+    const int8_t *wc = w + channel * in;
+    for (int64_t row = 0; row < rows; row += FEW_TILE) {
+        int count = rows - row < FEW_TILE ? (int)(rows - row) : FEW_TILE;
         const char *a = (const char *)x->q + row * x->stride * element;
         const float *scales = x->scales + row * x->blocks;
+        int64_t lanes = row / FEW_TILE * x->blocks * 8; /* the tile's (spread_to_lanes) */
         if (path == PATH_VNNI && count >= LANE_MIN_ROWS) {
-            int64_t lanes = row / VNNI_FEW_TILE * x->blocks * 8; /* the tile's (spread_to_lanes) */
-            vnni_lane_rows((const int8_t *)a, x->stride, w + channel * in, in, count,
-                           x->lane_flips + lanes, x->lane_scales + lanes, totals);
+            vnni_lane_rows((const int8_t *)a, x->stride, wc, in, count, x->lane_flips + lanes,
+                           x->lane_scales + lanes, totals);
         } else if (path == PATH_VNNI) {
-            vnni_few_rows((const int8_t *)a, x->stride, w + channel * in, in, count,
-                          x->flips + row * x->blocks, scales, x->blocks, totals);
+            vnni_few_rows((const int8_t *)a, x->stride, wc, in, count, x->flips + row * x->blocks,
+                          scales, x->blocks, totals);
+        } else if (count >= LANE_MIN_ROWS) {
+            avx2_lane_rows((const int16_t *)a, x->stride, wc, in, count, x->lane_scales + lanes,
+                           totals);
         } else {
-            avx2_few_rows((const int16_t *)a, x->stride, w + channel * in, in, count, scales,
-                          x->blocks, totals);
+            avx2_few_rows((const int16_t *)a, x->stride, wc, in, count, scales, x->blocks,
+                          totals);
         }
         for (int r = 0; r < count; r++) {
             y[(row + r) * out + channel] = float_to_bf16(totals[r] * w_scale);
@@ -648,11 +717,9 @@ static void gemm_shared(const QuantizedRows *quantized, const void *x, int is_fl
                         int64_t out, int64_t in, int path) {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; r++) quantize_into(quantized, x, r, in, path, is_float);
-    if (rows <= (path == PATH_VNNI ? VNNI_FEW_ROWS : FEW_ROWS)) {
-        if (path == PATH_VNNI) {
+    if (rows <= (path == PATH_VNNI ? VNNI_FEW_ROWS : AVX2_FEW_ROWS)) {
 #pragma omp single
-            spread_to_lanes(quantized, rows);
-        }
+        spread_to_lanes(quantized, rows);
 #pragma omp for schedule(static)
         for (int64_t channel = 0; channel < out; channel++) {
             few_rows_channel(quantized, w, scale, y, rows, out, in, channel, path);
