@@ -301,8 +301,8 @@ int int8_gemm_paths(void) {
 }
 
 /* The quantized rows of x: values (`stride` apart), and per row and block a scale and a flip;
- * for the VNNI path's few-row tiles, the same per tile of 8 rows and block in 8 lanes
- * (vnni_lanes). */
+ * for the few-row tiles, the same per tile of 8 rows and block in 8 lanes (vnni_lanes,
+ * avx2_lanes). */
 typedef struct {
     void *q;
     float *scales, *lane_scales;
@@ -350,7 +350,7 @@ static QuantizedRows quantized_rows(void *memory, int64_t rows, int64_t in, int 
 }
 
 /* Row r's scale and flip for each block, in lane r % 8 of its tile's 8 for the block (tile
- * r / 8), for vnni_lanes; zeros past `rows`. */
+ * r / 8), for vnni_lanes and avx2_lanes; zeros past `rows`. */
 static void spread_to_lanes(const QuantizedRows *x, int64_t rows) {
     for (int64_t r = 0; r < lane_rows(rows); r++) {
         for (int64_t b = 0; b < x->blocks; b++) {
@@ -427,19 +427,7 @@ enum { VNNI_FEW_ROWS = 16, AVX2_FEW_ROWS = 12 };
         s##r##0 = dpbusd(s##r##0, w0, _mm512_loadu_si512(ar));                         \
         if (two) s##r##1 = dpbusd(s##r##1, w1, _mm512_loadu_si512(ar + 64));           \
     }
-/* Block b's sums of rows [r, r + 4) (those of them that exist) added to their totals: four
- * rows reduced together, as gemm_block's tiles reduce four channels. */
-VNNI_TARGET static inline void vnni_few_add(__m512i a, __m512i b4, __m512i c, __m512i d, int r,
-                                            int rows, const int32_t *flips, const float *scales,
-                                            int64_t blocks, int64_t b, float *totals) {
-    int32_t sums[4];
-    _mm_storeu_si128((__m128i *)sums, sum4_512(a, b4, c, d));
-    for (int i = 0; i < 4 && r + i < rows; i++) {
-        int64_t at = (r + i) * blocks + b;
-        totals[r + i] = fmaf((float)(sums[i] - flips[at]), scales[at], totals[r + i]);
-    }
-}
-
+/* One or two rows of x with one weight row (three and more: vnni_lanes). */
 VNNI_TARGET static inline __attribute__((always_inline)) void vnni_few(
     const int8_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, const int32_t *flips,
     const float *scales, int64_t blocks, float *totals) {
@@ -447,9 +435,7 @@ VNNI_TARGET static inline __attribute__((always_inline)) void vnni_few(
     for (int r = 0; r < rows; r++) totals[r] = 0.0f;
     for (int64_t first = 0, b = 0; first < in; first += QBLOCK, b++) {
         int64_t end = first + QBLOCK < in ? first + QBLOCK : in;
-        __m512i s00 = zero, s01 = zero, s10 = zero, s11 = zero, s20 = zero, s21 = zero;
-        __m512i s30 = zero, s31 = zero, s40 = zero, s41 = zero, s50 = zero, s51 = zero;
-        __m512i s60 = zero, s61 = zero, s70 = zero, s71 = zero;
+        __m512i s00 = zero, s01 = zero, s10 = zero, s11 = zero;
         for (int64_t k = first; k < end; k += 128) {
             __mmask64 m0 = end - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (end - k)) - 1);
             int two = end - k > 64;
@@ -458,16 +444,14 @@ VNNI_TARGET static inline __attribute__((always_inline)) void vnni_few(
                                           : (((__mmask64)1 << (end - k - 64)) - 1);
             __m512i w0 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m0, w + k), flip);
             __m512i w1 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m1, w + k + 64), flip);
-            VNNI_FEW_STEP(0) VNNI_FEW_STEP(1) VNNI_FEW_STEP(2) VNNI_FEW_STEP(3)
-            VNNI_FEW_STEP(4) VNNI_FEW_STEP(5) VNNI_FEW_STEP(6) VNNI_FEW_STEP(7)
+            VNNI_FEW_STEP(0) VNNI_FEW_STEP(1)
         }
-        vnni_few_add(_mm512_add_epi32(s00, s01), _mm512_add_epi32(s10, s11),
-                     _mm512_add_epi32(s20, s21), _mm512_add_epi32(s30, s31), 0, rows, flips,
-                     scales, blocks, b, totals);
-        if (rows > 4) {
-            vnni_few_add(_mm512_add_epi32(s40, s41), _mm512_add_epi32(s50, s51),
-                         _mm512_add_epi32(s60, s61), _mm512_add_epi32(s70, s71), 4, rows, flips,
-                         scales, blocks, b, totals);
+        int32_t sums[4];
+        _mm_storeu_si128((__m128i *)sums, sum4_512(_mm512_add_epi32(s00, s01),
+                                                   _mm512_add_epi32(s10, s11), zero, zero));
+        for (int r = 0; r < rows; r++) {
+            int64_t at = r * blocks + b;
+            totals[r] = fmaf((float)(sums[r] - flips[at]), scales[at], totals[r]);
         }
     }
 }
@@ -475,10 +459,10 @@ VNNI_TARGET static inline __attribute__((always_inline)) void vnni_few(
 VNNI_TARGET __attribute__((noinline)) static void vnni_few_rows(
     const int8_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, const int32_t *flips,
     const float *scales, int64_t blocks, float *totals) {
-    switch (rows) {
-        TILE_CASE(vnni_few, 1) TILE_CASE(vnni_few, 2) TILE_CASE(vnni_few, 3)
-        TILE_CASE(vnni_few, 4) TILE_CASE(vnni_few, 5) TILE_CASE(vnni_few, 6)
-        TILE_CASE(vnni_few, 7) TILE_CASE(vnni_few, 8)
+    if (rows == 1) {
+        vnni_few(a, stride, w, in, 1, flips, scales, blocks, totals);
+    } else {
+        vnni_few(a, stride, w, in, 2, flips, scales, blocks, totals);
     }
 }
 
