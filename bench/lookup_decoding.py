@@ -34,7 +34,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import subprocess
 import time
@@ -50,6 +49,7 @@ from agent.engine.kernels.choice import COMPILED, KernelChoice
 from agent.engine.loading import LoadedModel, load_local_model
 from agent.engine.lookup import LookupDrafter
 from agent.engine.model import CpuQwen3
+from bench.machine import cpu_features
 
 REPO = Path(__file__).resolve().parents[1]
 CONTEXT_TOKENS = 1400  # an agent prompt with the default tools' schemas (~1,370) and a question
@@ -59,19 +59,9 @@ SAMPLED_SEED = 7
 
 
 def machine() -> dict[str, Any]:
-    """The CPU and torch a figure holds for."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    flags = next((line for line in info.splitlines() if line.startswith("flags")), "").split()
-    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line]
-    return {
-        "cpu": names[0] if names else platform.processor(),
-        "cpus": os.cpu_count(),
-        "features": sorted(f for f in flags if f.startswith(("avx512", "avx2", "amx", "fma"))),
-        "torch": torch.__version__,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(),
-        "load_average": os.getloadavg(),
-    }
+    """The CPU and torch a figure holds for, the threads and the load."""
+    return {**cpu_features(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "load_average": os.getloadavg()}  # fmt: skip
 
 
 # --- cost: the full-size architecture, random weights ------------------------------------------
@@ -416,8 +406,9 @@ def llama_cpp_end_to_end(model_dir: Path, prompt: list[int], tokens: int = 64) -
     outputs: dict[bool, list[int]] = {}
     seconds: dict[bool, float] = {}
     for lookup in (False, True):
-        draft = LlamaPromptLookupDecoding(num_pred_tokens=LLAMA_CPP_DRAFT_TOKENS)
-        draft = draft if lookup else None
+        draft = (
+            LlamaPromptLookupDecoding(num_pred_tokens=LLAMA_CPP_DRAFT_TOKENS) if lookup else None
+        )
         llm = open_model(gguf, threads, n_ctx=len(prompt) + tokens + 64, draft_model=draft)
         for _ in range(2):
             llm.reset()  # the prompt prefilled again, not reused from the last run

@@ -103,12 +103,10 @@ class DecodeBatcher:
         self._turn.release()
         try:
             with self._engine:
-                caches = [step.cache for step in batch]
                 if self.verifies_drafts:
-                    blocks = list(zip([step.tokens for step in batch], caches, strict=True))
-                    logits = self.engine.verify_blocks(blocks)
+                    logits = self.engine.verify_blocks([(s.tokens, s.cache) for s in batch])
                 else:  # single tokens only: drafts are verified only where verifies_drafts
-                    tokens = [step.tokens[0] for step in batch]
+                    tokens, caches = [s.tokens[0] for s in batch], [s.cache for s in batch]
                     logits = self.engine.forward_batch(tokens, caches)[:, None]
             for step, step_logits in zip(batch, logits, strict=True):
                 step.logits = step_logits

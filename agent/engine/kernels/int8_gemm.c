@@ -349,21 +349,22 @@ static QuantizedRows quantized_rows(void *memory, int64_t rows, int64_t in, int 
     return quantized;
 }
 
-/* Row r's scale and flip for each block, in lane r % 8 of its tile's 8 for the block (tile
- * r / 8), for vnni_lanes and avx2_lanes; zeros past `rows`. */
-static void spread_to_lanes(const QuantizedRows *x, int64_t rows) {
-    for (int64_t r = 0; r < lane_rows(rows); r++) {
+/* Row r's scale and flip for each block also in lane r % 8 of its tile's 8 for the block (tile
+ * r / 8), for vnni_lanes and avx2_lanes; the last of `rows` rows zeroes the lanes after it. */
+static void spread_to_lanes(const QuantizedRows *x, int64_t r, int64_t rows) {
+    for (int64_t row = r; row < (r == rows - 1 ? lane_rows(rows) : r + 1); row++) {
         for (int64_t b = 0; b < x->blocks; b++) {
-            int64_t at = (r / 8 * x->blocks + b) * 8 + r % 8;
-            x->lane_scales[at] = r < rows ? x->scales[r * x->blocks + b] : 0.0f;
-            x->lane_flips[at] = r < rows ? x->flips[r * x->blocks + b] : 0;
+            int64_t at = (row / 8 * x->blocks + b) * 8 + row % 8;
+            x->lane_scales[at] = row == r ? x->scales[r * x->blocks + b] : 0.0f;
+            x->lane_flips[at] = row == r ? x->flips[r * x->blocks + b] : 0;
         }
     }
 }
 
-/* Row r of x into `quantized`, its padding zeroed (the tiles read whole vectors). */
-static void quantize_into(const QuantizedRows *quantized, const void *x, int64_t r, int64_t in,
-                          int path, int is_float) {
+/* Row r of `rows` of x into `quantized`, its padding zeroed (the tiles read whole vectors), its
+ * scales and flips in the lanes too. */
+static void quantize_into(const QuantizedRows *quantized, const void *x, int64_t r,
+                          int64_t rows, int64_t in, int path, int is_float) {
     size_t element = quantized_element(path);
     char *q = (char *)quantized->q + (size_t)(r * quantized->stride) * element;
     const void *row = is_float ? (const void *)((const float *)x + r * in)
@@ -376,6 +377,7 @@ static void quantize_into(const QuantizedRows *quantized, const void *x, int64_t
         quantize_row(row, in, q, scales, flips, path, 0);
     }
     memset(q + in * element, 0, (size_t)(quantized->stride - in) * element);
+    spread_to_lanes(quantized, r, rows);
 }
 
 /* One block of output channels [first, end) (at most BLOCK_OUT) for every row: tiles of
@@ -427,23 +429,33 @@ enum { VNNI_FEW_ROWS = 16, AVX2_FEW_ROWS = 12 };
         s##r##0 = dpbusd(s##r##0, w0, _mm512_loadu_si512(ar));                         \
         if (two) s##r##1 = dpbusd(s##r##1, w1, _mm512_loadu_si512(ar + 64));           \
     }
+/* The weights [k, k + 128) of a row, up to `end` (the rest read as zeros, never past it),
+ * as unsigned bytes w + 128 in w0 and w1; whether w1 holds any. */
+VNNI_TARGET static inline int flipped_weights(const int8_t *w, int64_t k, int64_t end,
+                                              __m512i *w0, __m512i *w1) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __mmask64 m0 = end - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (end - k)) - 1);
+    int two = end - k > 64;
+    __mmask64 m1 = !two ? 0
+                 : end - k >= 128 ? ~(__mmask64)0
+                                  : (((__mmask64)1 << (end - k - 64)) - 1);
+    *w0 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m0, w + k), flip);
+    *w1 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m1, w + k + 64), flip);
+    return two;
+}
+
 /* One or two rows of x with one weight row (three and more: vnni_lanes). */
 VNNI_TARGET static inline __attribute__((always_inline)) void vnni_few(
     const int8_t *a, int64_t stride, const int8_t *w, int64_t in, int rows, const int32_t *flips,
     const float *scales, int64_t blocks, float *totals) {
-    const __m512i flip = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
+    const __m512i zero = _mm512_setzero_si512();
     for (int r = 0; r < rows; r++) totals[r] = 0.0f;
     for (int64_t first = 0, b = 0; first < in; first += QBLOCK, b++) {
         int64_t end = first + QBLOCK < in ? first + QBLOCK : in;
         __m512i s00 = zero, s01 = zero, s10 = zero, s11 = zero;
         for (int64_t k = first; k < end; k += 128) {
-            __mmask64 m0 = end - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (end - k)) - 1);
-            int two = end - k > 64;
-            __mmask64 m1 = !two ? 0
-                         : end - k >= 128 ? ~(__mmask64)0
-                                          : (((__mmask64)1 << (end - k - 64)) - 1);
-            __m512i w0 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m0, w + k), flip);
-            __m512i w1 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m1, w + k + 64), flip);
+            __m512i w0, w1;
+            int two = flipped_weights(w, k, end, &w0, &w1);
             VNNI_FEW_STEP(0) VNNI_FEW_STEP(1)
         }
         int32_t sums[4];
@@ -501,7 +513,7 @@ VNNI_TARGET static inline __m256i sum8_512(__m512i v0, __m512i v1, __m512i v2, _
 VNNI_TARGET static inline __attribute__((always_inline)) __m256 vnni_lanes(
     const int8_t *a, int64_t stride, const int8_t *w, int64_t in, int rows,
     const int32_t *lane_flips, const float *lane_scales) {
-    const __m512i flip = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
+    const __m512i zero = _mm512_setzero_si512();
     __m256 totals = _mm256_setzero_ps();
     for (int64_t first = 0, b = 0; first < in; first += QBLOCK, b++) {
         int64_t end = first + QBLOCK < in ? first + QBLOCK : in;
@@ -509,13 +521,8 @@ VNNI_TARGET static inline __attribute__((always_inline)) __m256 vnni_lanes(
         __m512i s30 = zero, s31 = zero, s40 = zero, s41 = zero, s50 = zero, s51 = zero;
         __m512i s60 = zero, s61 = zero, s70 = zero, s71 = zero;
         for (int64_t k = first; k < end; k += 128) {
-            __mmask64 m0 = end - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (end - k)) - 1);
-            int two = end - k > 64;
-            __mmask64 m1 = !two ? 0
-                         : end - k >= 128 ? ~(__mmask64)0
-                                          : (((__mmask64)1 << (end - k - 64)) - 1);
-            __m512i w0 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m0, w + k), flip);
-            __m512i w1 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m1, w + k + 64), flip);
+            __m512i w0, w1;
+            int two = flipped_weights(w, k, end, &w0, &w1);
             _mm_prefetch((const char *)(w + k + LANE_AHEAD), _MM_HINT_T0);
             _mm_prefetch((const char *)(w + k + LANE_AHEAD + 64), _MM_HINT_T0);
             VNNI_FEW_STEP(0) VNNI_FEW_STEP(1) VNNI_FEW_STEP(2) VNNI_FEW_STEP(3)
@@ -700,10 +707,8 @@ static void gemm_shared(const QuantizedRows *quantized, const void *x, int is_fl
                         const int8_t *w, const uint16_t *scale, uint16_t *y, int64_t rows,
                         int64_t out, int64_t in, int path) {
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; r++) quantize_into(quantized, x, r, in, path, is_float);
+    for (int64_t r = 0; r < rows; r++) quantize_into(quantized, x, r, rows, in, path, is_float);
     if (rows <= (path == PATH_VNNI ? VNNI_FEW_ROWS : AVX2_FEW_ROWS)) {
-#pragma omp single
-        spread_to_lanes(quantized, rows);
 #pragma omp for schedule(static)
         for (int64_t channel = 0; channel < out; channel++) {
             few_rows_channel(quantized, w, scale, y, rows, out, in, channel, path);
